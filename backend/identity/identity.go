@@ -1,0 +1,126 @@
+// Package identity finds out, from the kernel alone, who is calling the
+// daemon: the peer's pid/uid/gid from SO_PEERCRED, its login session (the
+// audit session by default, or the POSIX session), the session's user and
+// the executable. Nothing the caller says about itself is trusted.
+package identity
+
+import (
+	"errors"
+	"fmt"
+	"net"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ipvirt/ipvirt/backend/config"
+	"github.com/ipvirt/ipvirt/backend/lease"
+)
+
+// Caller is a process asking the daemon for its address.
+type Caller struct {
+	PID      int
+	UID, GID uint32 // effective credentials, from SO_PEERCRED
+	Session  lease.Session
+	// SessionUID is the session's user: the audit login uid (so a `sudo`
+	// inside a user's session is still that user's session), or in POSIX
+	// mode the caller's own uid.
+	SessionUID uint32
+	Exe        string
+}
+
+// Resolver turns a peer into a Caller.
+type Resolver struct {
+	Proc     Proc
+	Identity config.Identity
+}
+
+// NewResolver returns a resolver reading the host's /proc.
+func NewResolver(id config.Identity) Resolver {
+	return Resolver{Proc: Proc{Root: "/proc"}, Identity: id}
+}
+
+// Session returns the login session of pid under the configured identity.
+func (r Resolver) Session(pid int) (lease.Session, error) {
+	if r.Identity == config.IdentityPOSIX {
+		return r.Proc.POSIXSession(pid)
+	}
+	return r.Proc.AuditSession(pid)
+}
+
+// Resolve reads the session, session user and executable of pid.
+func (r Resolver) Resolve(pid int, uid, gid uint32) (Caller, error) {
+	c := Caller{PID: pid, UID: uid, GID: gid, SessionUID: uid}
+	var err error
+	if c.Session, err = r.Session(pid); err != nil {
+		return Caller{}, fmt.Errorf("identity: session of pid %d: %w", pid, err)
+	}
+	if r.Identity != config.IdentityPOSIX && c.Session.Valid() {
+		luid, ok, err := r.Proc.LoginUID(pid)
+		if err != nil {
+			return Caller{}, fmt.Errorf("identity: loginuid of pid %d: %w", pid, err)
+		}
+		if ok {
+			c.SessionUID = luid
+		}
+	}
+	if c.Exe, err = r.Proc.Exe(pid); err != nil {
+		return Caller{}, fmt.Errorf("identity: executable of pid %d: %w", pid, err)
+	}
+	return c, nil
+}
+
+// soPeerPIDFD is SO_PEERPIDFD (Linux 6.5), not yet in x/sys/unix.
+const soPeerPIDFD = 77
+
+// ErrCallerGone means the caller exited while it was being identified, so
+// what /proc said may describe another process that reused its pid.
+var ErrCallerGone = errors.New("identity: caller exited while being identified")
+
+// ResolveConn identifies the process at the other end of a Unix socket.
+//
+// The pid from SO_PEERCRED is only a number: the caller could exit and the
+// pid be reused while /proc is read. A pidfd pins the process; checking it is
+// still alive after the reads proves they described the caller.
+func (r Resolver) ResolveConn(c *net.UnixConn) (Caller, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return Caller{}, fmt.Errorf("identity: %w", err)
+	}
+	var cred *unix.Ucred
+	pidfd := -1
+	var credErr error
+	err = raw.Control(func(fd uintptr) {
+		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+		if credErr != nil {
+			return
+		}
+		if v, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, soPeerPIDFD); err == nil {
+			pidfd = v
+		}
+	})
+	if err == nil {
+		err = credErr
+	}
+	if err != nil {
+		return Caller{}, fmt.Errorf("identity: SO_PEERCRED: %w", err)
+	}
+	if pidfd < 0 {
+		// Older kernels: a pidfd opened now still catches a pid reused
+		// during the reads below, if not one reused before this point.
+		if v, err := unix.PidfdOpen(int(cred.Pid), 0); err == nil {
+			pidfd = v
+		}
+	}
+	if pidfd >= 0 {
+		defer unix.Close(pidfd)
+	}
+	caller, err := r.Resolve(int(cred.Pid), cred.Uid, cred.Gid)
+	if err != nil {
+		return Caller{}, err
+	}
+	if pidfd >= 0 {
+		if err := unix.PidfdSendSignal(pidfd, 0, nil, 0); err != nil {
+			return Caller{}, fmt.Errorf("%w (pid %d)", ErrCallerGone, cred.Pid)
+		}
+	}
+	return caller, nil
+}
