@@ -149,9 +149,11 @@ type Candidate struct {
 // Candidates classifies every interface of the host (the current network
 // namespace) for the per-session single-adapter rule:
 //
-//   - the configured adapter always counts;
-//   - loopback, interfaces that are down or hold no global IPv4 address
-//     do not;
+//   - loopback never counts, even when it is the configured adapter (a
+//     127/8 pool is the development and demo topology: the host's one real
+//     NIC is still its only adapter);
+//   - otherwise the configured adapter always counts;
+//   - interfaces that are down or hold no global IPv4 address do not;
 //   - a veth counts only when its peer is in another network namespace (it
 //     is this host's uplink, as in a container); a veth whose peer is local
 //     is plumbing for containers or VMs;
@@ -177,10 +179,10 @@ func Candidates(configured Adapter) ([]Candidate, error) {
 func classify(l netlink.Link, configured Adapter, links []netlink.Link) (bool, string) {
 	attrs := l.Attrs()
 	switch {
-	case attrs.Index == configured.Index:
-		return true, "the configured adapter"
 	case attrs.Flags&net.FlagLoopback != 0:
 		return false, "loopback"
+	case attrs.Index == configured.Index:
+		return true, "the configured adapter"
 	case attrs.MasterIndex != 0:
 		return false, "port of a bridge or bond"
 	case attrs.Flags&net.FlagUp == 0:

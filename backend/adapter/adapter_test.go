@@ -154,11 +154,24 @@ func TestResolveAndSingleAdapter(t *testing.T) {
 		}
 	}
 
+	// A loopback adapter (the demo topology) does not count: one uplink is
+	// a single-adapter host.
+	lo, err := Resolve("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckPerSession(lo); err != nil {
+		t.Fatalf("loopback adapter with one uplink refused: %v", err)
+	}
+
 	// A second real uplink makes per-session mode unsupported.
 	uplink(t, lan, "eth1", "10.60.0.2/24")
-	err := CheckPerSession(a)
+	err = CheckPerSession(a)
 	if !errors.Is(err, ErrMultiAdapter) || !strings.Contains(err.Error(), "eth0, eth1") {
 		t.Fatalf("two uplinks: %v; want ErrMultiAdapter naming eth0, eth1", err)
+	}
+	if err := CheckPerSession(lo); !errors.Is(err, ErrMultiAdapter) {
+		t.Fatalf("two uplinks with a loopback adapter: %v; want ErrMultiAdapter", err)
 	}
 }
 

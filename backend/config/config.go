@@ -95,6 +95,10 @@ type Config struct {
 	// ScanInterval is how often live sessions and programs are rescanned to
 	// find holders that ended.
 	ScanInterval Duration `yaml:"scan_interval"`
+	// Preallocate acquires a VIP as soon as a scan sees a new session (or,
+	// per program, a listed program starting) instead of at its first
+	// bind/connect, so that the first connect never waits for the source.
+	Preallocate bool `yaml:"preallocate"`
 }
 
 // StaticPool is the seed's TSVIPool: an inclusive address range and the

@@ -28,6 +28,7 @@ func TestLoadTestdata(t *testing.T) {
 		HTTP:            "127.0.0.1:9477",
 		SessionIdentity: IdentityAudit,
 		ScanInterval:    Duration(500 * time.Millisecond),
+		Preallocate:     true,
 	}
 	if !reflect.DeepEqual(full, want) {
 		t.Errorf("full.yaml:\n got %+v\nwant %+v", full, want)

@@ -32,8 +32,8 @@ func TestParseStat(t *testing.T) {
 		want Stat
 		err  bool
 	}{
-		{"plain", "4242 (bash) S 4200 4242 4242 34816 4300 4194560 1 2 3 4 5 6 7 8 20 0 1 0 987654 1 2", Stat{PPID: 4200, Session: 4242, StartTime: 987654}, false},
-		{"spaces and parens in name", "99 (a) b (c)) R 1 99 77 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 55 0 0", Stat{PPID: 1, Session: 77, StartTime: 55}, false},
+		{"plain", "4242 (bash) S 4200 4242 4242 34816 4300 4194560 1 2 3 4 5 6 7 8 20 0 1 0 987654 1 2", Stat{State: 'S', PPID: 4200, Session: 4242, StartTime: 987654}, false},
+		{"spaces and parens in name", "99 (a) b (c)) R 1 99 77 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 55 0 0", Stat{State: 'R', PPID: 1, Session: 77, StartTime: 55}, false},
 		{"truncated", "1 (init) S 0 1 1", Stat{}, true},
 		{"no name", "garbage", Stat{}, true},
 		{"non-numeric", "1 (x) S a b c 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0", Stat{}, true},

@@ -75,10 +75,14 @@ func (p Proc) LoginUID(pid int) (uid uint32, ok bool, err error) {
 
 // Stat is the part of /proc/PID/stat the daemon needs.
 type Stat struct {
+	State     byte // R, S, D, Z (zombie), X (dead), ...
 	PPID      int
 	Session   int
 	StartTime uint64 // clock ticks since boot
 }
+
+// Dead reports whether the process has exited and only awaits reaping.
+func (s Stat) Dead() bool { return s.State == 'Z' || s.State == 'X' }
 
 // Stat parses /proc/PID/stat. The command name (field 2) may hold spaces and
 // parentheses, so fields are counted from the last ')'.
@@ -107,7 +111,7 @@ func parseStat(b []byte) (Stat, error) {
 	if err := errors.Join(err1, err2, err3); err != nil {
 		return Stat{}, fmt.Errorf("identity: stat: %w", err)
 	}
-	return Stat{PPID: ppid, Session: sid, StartTime: start}, nil
+	return Stat{State: f[0][0], PPID: ppid, Session: sid, StartTime: start}, nil
 }
 
 // POSIXSession returns the POSIX session of pid. Session 0 (kernel threads)

@@ -4,6 +4,7 @@ import (
 	"os"
 	"strconv"
 
+	"github.com/ipvirt/ipvirt/backend/config"
 	"github.com/ipvirt/ipvirt/backend/lease"
 )
 
@@ -55,8 +56,22 @@ func (r Resolver) Scan(withPrograms bool) (Snapshot, error) {
 		if err != nil || pid <= 0 {
 			continue
 		}
-		sess, err := r.Session(pid)
-		if err != nil || !sess.Valid() {
+		// One read of stat gives the POSIX session and tells zombies apart:
+		// an exited process whose parent never reaps it must not keep a
+		// VIP held forever.
+		st, err := r.Proc.Stat(pid)
+		if err != nil || st.Dead() {
+			continue
+		}
+		var sess lease.Session
+		if r.Identity == config.IdentityPOSIX {
+			if st.Session > 1 {
+				sess = lease.Session{Kind: lease.KindPOSIX, ID: uint32(st.Session)}
+			}
+		} else if sess, err = r.Proc.AuditSession(pid); err != nil {
+			continue
+		}
+		if !sess.Valid() {
 			continue
 		}
 		info := snap.Sessions[sess]
@@ -84,7 +99,7 @@ func (r Resolver) Scan(withPrograms bool) (Snapshot, error) {
 // sessionUID is the user a session belongs to, read from one of its
 // processes: the audit login uid, or in POSIX mode the process owner.
 func (r Resolver) sessionUID(pid int) (uint32, bool) {
-	if r.Identity != "posix" {
+	if r.Identity != config.IdentityPOSIX {
 		uid, ok, err := r.Proc.LoginUID(pid)
 		return uid, ok && err == nil
 	}

@@ -108,7 +108,9 @@ func (s *Source) Reconfigure(p config.StaticPool) (stranded []netip.Addr, err er
 func (s *Source) Stats() source.Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return source.Stats{Size: s.pool.Size(), Used: len(s.held), Healthy: true, Health: "static pool"}
+	// Used counts the range only: stranded addresses (outside it after a
+	// reload) are leases, not pool addresses, so free + used = size.
+	return source.Stats{Size: s.pool.Size(), Used: s.pool.Size() - s.pool.Free(), Healthy: true, Health: "static pool"}
 }
 
 // Free returns the number of addresses of the current range not in use.

@@ -1,0 +1,368 @@
+// Package server serves the control protocol (backend/wire/PROTOCOL.md) on
+// a Unix socket and the HTTP endpoints (metrics, sessions, health).
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ipvirt/ipvirt/backend/alloc"
+	"github.com/ipvirt/ipvirt/backend/identity"
+	"github.com/ipvirt/ipvirt/backend/lease"
+	"github.com/ipvirt/ipvirt/backend/metrics"
+	"github.com/ipvirt/ipvirt/backend/wire"
+)
+
+// Backend is what the server asks; the daemon implements it over the
+// manager, the store and the configuration.
+type Backend interface {
+	Query(ctx context.Context, c identity.Caller) alloc.Answer
+	Sessions(only *uint32) []alloc.SessionReport
+	Status() StatusReport
+	ReleaseSession(s lease.Session) []lease.Lease
+	Programs() []ProgramEntry
+	AddProgram(path string) ([]ProgramEntry, error)
+	RemoveProgram(path string) ([]ProgramEntry, error)
+	// IsAdmin reports whether uid may change settings and see every session.
+	IsAdmin(uid uint32) bool
+	UserName(uid uint32) string
+	MIP() netip.Addr
+}
+
+// StatusReport is the STATUS reply.
+type StatusReport struct {
+	alloc.Status
+	Version    string    `json:"version"`
+	Config     string    `json:"config"`
+	Started    time.Time `json:"started"`
+	Adapter    string    `json:"adapter"`
+	Identity   string    `json:"session_identity"`
+	Programs   int       `json:"programs"`
+	StateDir   string    `json:"state_dir"`
+	Socket     string    `json:"socket"`
+	HTTP       string    `json:"http"`
+	ReloadedAt time.Time `json:"reloaded_at,omitzero"`
+}
+
+// ProgramEntry is one program of the effective per-program list.
+type ProgramEntry struct {
+	Path string `json:"path"`
+	// From is "config" (the file lists it) or "runtime" (ipvirtctl added
+	// it and it is persisted in the store).
+	From string `json:"from"`
+}
+
+// Limits of the socket server.
+const (
+	idleTimeout  = 30 * time.Second
+	writeTimeout = 5 * time.Second
+	maxConns     = 8192
+)
+
+// Unix serves the control protocol.
+type Unix struct {
+	Backend  Backend
+	Resolver identity.Resolver
+	Metrics  *metrics.Metrics
+	Log      *slog.Logger
+
+	ln    *net.UnixListener
+	slots chan struct{}
+	wg    sync.WaitGroup
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+}
+
+// Listen binds the socket at path, mode 0666: anyone may ask, since the
+// answer depends only on who the kernel says is asking. A stale socket left
+// by a killed daemon is replaced; a live one means another daemon runs.
+func Listen(path string) (*net.UnixListener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("server: socket directory: %w", err)
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("server: %s is in use: another ipvirtd is running", path)
+	}
+	os.Remove(path)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("server: listen %s: %w", path, err)
+	}
+	ln.SetUnlinkOnClose(true)
+	if err := os.Chmod(path, 0o666); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("server: chmod %s: %w", path, err)
+	}
+	return ln, nil
+}
+
+// Serve accepts connections on ln until Close.
+func (s *Unix) Serve(ln *net.UnixListener) error {
+	s.mu.Lock()
+	s.ln = ln
+	s.slots = make(chan struct{}, maxConns)
+	s.conns = map[net.Conn]struct{}{}
+	s.mu.Unlock()
+	for {
+		c, err := ln.AcceptUnix()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			// EMFILE and friends: back off rather than spin.
+			s.Log.Error("accept failed", "err", err)
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		select {
+		case s.slots <- struct{}{}:
+		default:
+			// Over the limit: closing makes the client fail open at once
+			// instead of waiting out its timeout.
+			c.Close()
+			continue
+		}
+		s.track(c, true)
+		s.wg.Go(func() {
+			defer func() { <-s.slots; s.track(c, false); c.Close() }()
+			s.handle(c)
+		})
+	}
+}
+
+func (s *Unix) track(c net.Conn, add bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if add {
+		s.conns[c] = struct{}{}
+	} else {
+		delete(s.conns, c)
+	}
+}
+
+// Close stops accepting, closes open connections and waits for handlers.
+func (s *Unix) Close() error {
+	s.mu.Lock()
+	if s.ln != nil {
+		s.ln.Close()
+	}
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return nil
+}
+
+func (s *Unix) handle(c *net.UnixConn) {
+	var caller *identity.Caller
+	for {
+		c.SetReadDeadline(time.Now().Add(idleTimeout))
+		f, err := wire.ReadFrame(c, wire.MaxRequestPayload)
+		if err != nil {
+			if errors.Is(err, wire.ErrVersion) {
+				s.reply(c, wire.RespError, wire.AppendError(nil, wire.CodeUnsupportedVersion,
+					fmt.Sprintf("unsupported protocol version %d; this ipvirtd speaks %d", f.Version, wire.Version)))
+			} else if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !isTimeout(err) {
+				s.Log.Debug("bad request frame", "err", err)
+			}
+			return
+		}
+		start := time.Now()
+		if caller == nil {
+			who, err := s.Resolver.ResolveConn(c)
+			if err != nil {
+				s.reply(c, wire.RespError, wire.AppendError(nil, wire.CodeInternal, err.Error()))
+				return
+			}
+			caller = &who
+		}
+		t, payload := s.dispatch(*caller, f)
+		if !s.reply(c, t, payload) {
+			return
+		}
+		if s.Metrics != nil {
+			s.Metrics.RequestDuration.WithLabelValues(opName(f.Type)).Observe(time.Since(start).Seconds())
+		}
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func (s *Unix) reply(c net.Conn, t wire.Type, payload []byte) bool {
+	c.SetWriteDeadline(time.Now().Add(writeTimeout))
+	return wire.WriteFrame(c, t, payload) == nil
+}
+
+func opName(t wire.Type) string {
+	switch t {
+	case wire.OpQuery:
+		return "query"
+	case wire.OpWhoami:
+		return "whoami"
+	case wire.OpStatus:
+		return "status"
+	case wire.OpSessions:
+		return "sessions"
+	case wire.OpProgramsList:
+		return "programs-list"
+	case wire.OpProgramsAdd:
+		return "programs-add"
+	case wire.OpProgramsRemove:
+		return "programs-remove"
+	case wire.OpRelease:
+		return "release"
+	default:
+		return "unknown"
+	}
+}
+
+func errReply(code uint16, format string, args ...any) (wire.Type, []byte) {
+	return wire.RespError, wire.AppendError(nil, code, fmt.Sprintf(format, args...))
+}
+
+func jsonReply(v any) (wire.Type, []byte) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return errReply(wire.CodeInternal, "encode reply: %v", err)
+	}
+	return wire.RespJSON, b
+}
+
+func (s *Unix) dispatch(c identity.Caller, f wire.Frame) (wire.Type, []byte) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	admin := c.UID == 0 || s.Backend.IsAdmin(c.UID)
+	switch f.Type {
+	case wire.OpQuery:
+		return wire.RespAnswer, wire.AppendAnswer(nil, s.toWire(c, s.Backend.Query(ctx, c)))
+	case wire.OpWhoami:
+		return jsonReply(s.whoami(c, s.Backend.Query(ctx, c)))
+	case wire.OpStatus:
+		return jsonReply(s.Backend.Status())
+	case wire.OpSessions:
+		var only *uint32
+		if !admin {
+			only = &c.UID
+		}
+		return jsonReply(s.Backend.Sessions(only))
+	case wire.OpProgramsList:
+		return jsonReply(s.Backend.Programs())
+	case wire.OpProgramsAdd, wire.OpProgramsRemove:
+		if !admin {
+			return errReply(wire.CodePermissionDenied, "programs: only root and administrators may change the program list (you are %s)", s.Backend.UserName(c.UID))
+		}
+		path := string(f.Payload)
+		var list []ProgramEntry
+		var err error
+		if f.Type == wire.OpProgramsAdd {
+			list, err = s.Backend.AddProgram(path)
+		} else {
+			list, err = s.Backend.RemoveProgram(path)
+		}
+		if err != nil {
+			return errReply(wire.CodeBadRequest, "%v", err)
+		}
+		return jsonReply(list)
+	case wire.OpRelease:
+		if !admin {
+			return errReply(wire.CodePermissionDenied, "release: only root and administrators may release sessions (you are %s)", s.Backend.UserName(c.UID))
+		}
+		sess, err := ParseSessionArg(string(f.Payload))
+		if err != nil {
+			return errReply(wire.CodeBadRequest, "release: %v", err)
+		}
+		released := s.Backend.ReleaseSession(sess)
+		if len(released) == 0 {
+			return errReply(wire.CodeNotFound, "release: session %s holds no VIP", sess)
+		}
+		out := make([]map[string]string, 0, len(released))
+		for _, l := range released {
+			out = append(out, map[string]string{"holder": l.Holder.Key(), "vip": l.Addr.String()})
+		}
+		return jsonReply(out)
+	default:
+		return errReply(wire.CodeBadRequest, "unknown request type %d", f.Type)
+	}
+}
+
+// ParseSessionArg reads a session as given on the command line: a bare
+// number is an audit session id, or the text form a:42 / p:1234.
+func ParseSessionArg(s string) (lease.Session, error) {
+	s = strings.TrimSpace(s)
+	if id, err := strconv.ParseUint(s, 10, 32); err == nil {
+		return lease.Session{Kind: lease.KindAudit, ID: uint32(id)}, nil
+	}
+	sess, err := lease.ParseSession(s)
+	if err != nil || !sess.Valid() {
+		return lease.Session{}, fmt.Errorf("%q is not a session id (write 42, a:42 or p:1234)", s)
+	}
+	return sess, nil
+}
+
+func (s *Unix) toWire(c identity.Caller, a alloc.Answer) wire.Answer {
+	w := wire.Answer{Kind: a.Kind, MachineIP: s.Backend.MIP(), TTL: uint32(a.TTL / time.Second),
+		Session: wire.NoSession, Reason: a.Reason}
+	if c.Session.Valid() {
+		w.Session = c.Session.ID
+	}
+	if a.Kind == wire.KindVIP {
+		w.VIP, w.Prefix = a.Lease.Addr, uint8(a.Lease.Subnet.Bits())
+		if !a.Lease.Expiry.IsZero() {
+			w.Expiry = a.Lease.Expiry.Unix()
+		}
+	}
+	return w
+}
+
+// WhoamiReport is the WHOAMI reply.
+type WhoamiReport struct {
+	PID        int       `json:"pid"`
+	UID        uint32    `json:"uid"`
+	GID        uint32    `json:"gid"`
+	Session    string    `json:"session"`
+	SessionUID uint32    `json:"session_uid"`
+	User       string    `json:"user"`
+	Exe        string    `json:"exe"`
+	Result     string    `json:"result"`
+	VIP        string    `json:"vip,omitempty"`
+	Prefix     int       `json:"prefix,omitempty"`
+	Mask       string    `json:"mask,omitempty"`
+	MachineIP  string    `json:"machine_ip"`
+	Holder     string    `json:"holder,omitempty"`
+	Rule       string    `json:"rule"`
+	Reason     string    `json:"reason,omitempty"`
+	TTLSeconds int       `json:"ttl_seconds"`
+	Expiry     time.Time `json:"expiry,omitzero"`
+}
+
+func (s *Unix) whoami(c identity.Caller, a alloc.Answer) WhoamiReport {
+	r := WhoamiReport{PID: c.PID, UID: c.UID, GID: c.GID, Session: c.Session.String(), SessionUID: c.SessionUID,
+		User: s.Backend.UserName(c.SessionUID), Exe: c.Exe, Result: a.Kind.String(), MachineIP: s.Backend.MIP().String(),
+		Rule: string(a.Rule), Reason: a.Reason, TTLSeconds: int(a.TTL / time.Second)}
+	if a.Kind == wire.KindVIP {
+		r.VIP, r.Prefix, r.Mask = a.Lease.Addr.String(), a.Lease.Subnet.Bits(), a.Lease.Mask().String()
+		r.Holder, r.Expiry = a.Holder.Key(), a.Lease.Expiry
+	}
+	return r
+}
