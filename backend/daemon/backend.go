@@ -20,7 +20,9 @@ import (
 var _ server.Backend = (*Daemon)(nil)
 
 // Query implements server.Backend.
-func (d *Daemon) Query(ctx context.Context, c identity.Caller) alloc.Answer { return d.mgr.Query(ctx, c) }
+func (d *Daemon) Query(ctx context.Context, c identity.Caller) alloc.Answer {
+	return d.mgr.Query(ctx, c)
+}
 
 // Sessions implements server.Backend.
 func (d *Daemon) Sessions(only *uint32) []alloc.SessionReport {
