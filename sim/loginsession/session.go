@@ -82,11 +82,25 @@ func (s *Session) LeaderPID() int { return s.cmd.Process.Pid }
 // Run starts a program inside the session and returns its pid once the
 // program has replaced the forked shell (so /proc shows the program).
 func (s *Session) Run(prog string, args ...string) (int, error) {
-	quoted := []string{shellQuote(prog)}
-	for _, a := range args {
-		quoted = append(quoted, shellQuote(a))
+	return s.RunEnv(nil, prog, args...)
+}
+
+// RunEnv is Run with extra environment variables ("NAME=value") for the
+// program, such as LD_PRELOAD.
+func (s *Session) RunEnv(env []string, prog string, args ...string) (int, error) {
+	var words []string
+	for _, e := range env {
+		name, value, ok := strings.Cut(e, "=")
+		if !ok || name == "" || strings.ContainsAny(name, " \t'\"$;&|") {
+			return 0, fmt.Errorf("loginsession: bad environment entry %q", e)
+		}
+		words = append(words, name+"="+shellQuote(value))
 	}
-	reply, err := s.call("run exec " + strings.Join(quoted, " "))
+	words = append(words, "exec", shellQuote(prog))
+	for _, a := range args {
+		words = append(words, shellQuote(a))
+	}
+	reply, err := s.call("run " + strings.Join(words, " "))
 	if err != nil {
 		return 0, err
 	}

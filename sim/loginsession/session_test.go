@@ -74,3 +74,24 @@ func TestSessionRunsProgramsInside(t *testing.T) {
 		})
 	}
 }
+
+func TestRunEnv(t *testing.T) {
+	s, err := Start(context.Background(), POSIX, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	out := t.TempDir() + "/env"
+	pid, err := s.RunEnv([]string{"IPVIRT_TEST=it's $HOME"}, "/bin/sh", "-c", `printf %s "$IPVIRT_TEST" > "$1"`, "sh", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Reap(pid)
+	b, err := os.ReadFile(out)
+	if err != nil || string(b) != "it's $HOME" {
+		t.Fatalf("program saw %q, %v", b, err)
+	}
+	if _, err := s.RunEnv([]string{"BAD NAME=x"}, "true"); err == nil {
+		t.Fatal("accepted a bad variable name")
+	}
+}

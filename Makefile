@@ -1,0 +1,44 @@
+# ipvirt: per-session and per-program virtual IPs on Linux.
+#
+#   make demo    build, then replay the duplicate-IP scenario end to end
+#   make test    build, vet and run every test (root runs the namespace,
+#                eBPF and audit-session tests too; CI=true makes them required)
+#   make bench   run the load benchmarks and print their ratios
+#   make build   binaries into bin/
+#   make deps    install the Debian packages the build and tests need
+
+GO      ?= go
+BIN     := $(CURDIR)/bin
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/ipvirt/ipvirt/backend/daemon.Version=$(VERSION)
+
+.PHONY: all build deps test demo bench generate fuzz clean
+
+all: build
+
+deps:
+	@./scripts/deps.sh
+
+build: deps
+	@mkdir -p $(BIN)
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
+	@if [ -f lsp/preload/Makefile ]; then $(MAKE) --no-print-directory -C lsp/preload OUT=$(BIN); fi
+
+# Tests run against the binaries in bin/ (integration tests start the real
+# ipvirtd), so build first. -p 1 keeps root tests that attach kernel hooks or
+# create namespaces from racing each other on a 2-core machine.
+test: build
+	$(GO) vet ./...
+	IPVIRT_BIN=$(BIN) $(GO) test -count=1 -p 2 -timeout 20m ./...
+
+demo: build
+	$(BIN)/ipvirt-sim run scenarios/duplicate-ip.yaml
+
+bench: build
+	@./bench/run.sh
+
+fuzz:
+	@./scripts/fuzz.sh $${FUZZTIME:-30s}
+
+clean:
+	rm -rf $(BIN)

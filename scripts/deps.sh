@@ -1,0 +1,33 @@
+#!/bin/sh
+# Installs the Debian packages ipvirt's build, tests and demo need, if any
+# is missing. Runs apt-get as root, or through sudo -n; without either it
+# names the missing packages and fails, so nothing is silently assumed.
+set -eu
+
+# Build: C compiler for libipvirt.so and cgo; eBPF toolchain for `make generate`.
+# Tests and simulator: real peers (curl, netcat, python3, socat), namespaces
+# (iproute2), and the DHCP servers ipvirt must interoperate with.
+PACKAGES="${IPVIRT_PACKAGES:-gcc libc6-dev make iproute2 util-linux procps python3 curl netcat-openbsd socat}"
+
+missing=""
+for p in $PACKAGES; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+
+if [ "$(id -u)" = 0 ]; then
+	run=""
+elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+	run="sudo -n"
+else
+	echo "ipvirt: missing Debian packages:$missing" >&2
+	echo "ipvirt: install them with: sudo apt-get install -y$missing" >&2
+	exit 1
+fi
+echo "ipvirt: installing Debian packages:$missing" >&2
+export DEBIAN_FRONTEND=noninteractive
+# A fresh machine may have empty package lists; update only when needed.
+$run apt-get install -y --no-install-recommends $missing >/dev/null 2>&1 || {
+	$run apt-get update -qq >/dev/null
+	$run apt-get install -y --no-install-recommends $missing >/dev/null
+}
