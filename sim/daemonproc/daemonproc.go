@@ -50,6 +50,8 @@ func Binary(name string) (string, error) {
 		if buildErr != nil {
 			return
 		}
+		// Tests run the binaries as other users too.
+		os.Chmod(buildDir, 0o755)
 		cmd := exec.Command("go", "build", "-o", buildDir+"/", "./cmd/...")
 		cmd.Dir = root
 		if out, err := cmd.CombinedOutput(); err != nil {
