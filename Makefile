@@ -32,7 +32,9 @@ test: build
 	IPVIRT_BIN=$(BIN) $(GO) test -count=1 -p 2 -timeout 20m ./...
 
 demo: build
-	$(BIN)/ipvirt-sim run scenarios/duplicate-ip.yaml
+	@if [ -x $(BIN)/ipvirt-sim ] && [ -f scenarios/duplicate-ip.yaml ]; then \
+		$(BIN)/ipvirt-sim run scenarios/duplicate-ip.yaml; \
+	else BIN=$(BIN) ./scripts/demo-backend.sh; fi
 
 bench: build
 	@./bench/run.sh

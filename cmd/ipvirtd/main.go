@@ -3,6 +3,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/ipvirt/ipvirt/backend/adapter"
 	"github.com/ipvirt/ipvirt/backend/config"
 	"github.com/ipvirt/ipvirt/backend/daemon"
 )
@@ -70,6 +72,9 @@ func main() {
 		cfg, a, err := daemon.Check(*cfgPath)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "ipvirtd: %s: %v\n", *cfgPath, err)
+			if errors.Is(err, adapter.ErrMultiAdapter) {
+				explainAdapters(a)
+			}
 			os.Exit(1)
 		}
 		fmt.Printf("ipvirtd: %s is valid: %s mode, source %s, adapter %s (machine IP %s)\n",
@@ -99,6 +104,23 @@ func run(path string, log *slog.Logger) error {
 		}
 	}()
 	return d.Run(ctx)
+}
+
+// explainAdapters prints how every interface was classified for the
+// single-adapter rule, so an administrator sees why one counts.
+func explainAdapters(a adapter.Adapter) {
+	cands, err := adapter.Candidates(a)
+	if err != nil {
+		return
+	}
+	fmt.Fprintln(os.Stderr, "ipvirtd: adapters on this host:")
+	for _, c := range cands {
+		mark := "  not counted"
+		if c.Eligible {
+			mark = "  COUNTED    "
+		}
+		fmt.Fprintf(os.Stderr, "%s %-16s %s\n", mark, c.Name, c.Why)
+	}
 }
 
 func newLogger(level, format string) (*slog.Logger, error) {
