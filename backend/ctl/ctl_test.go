@@ -1,0 +1,38 @@
+package ctl
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+)
+
+// TestUsage checks the exit statuses and messages that need no daemon.
+func TestUsage(t *testing.T) {
+	tests := []struct {
+		args []string
+		code int
+		want string
+	}{
+		{nil, 2, "Usage: ipvirtctl"},
+		{[]string{"--help"}, 0, "Commands:"},
+		{[]string{"frobnicate"}, 2, `unknown command "frobnicate"`},
+		{[]string{"whoami", "extra"}, 2, "whoami takes 0 argument(s)"},
+		{[]string{"release"}, 2, "release takes 1 argument(s) (SESSION)"},
+		{[]string{"-o", "yaml", "status"}, 2, `-o "yaml": want table or json`},
+		{[]string{"programs"}, 2, "programs needs list, add PATH or remove PATH"},
+		{[]string{"programs", "frob"}, 2, `unknown subcommand "frob"`},
+		{[]string{"programs", "--help"}, 0, "ipvirtctl programs list|add PATH|remove PATH"},
+		{[]string{"sessions", "--help"}, 0, "Root and administrators see every session"},
+		{[]string{"run"}, 2, "run needs a command"},
+		{[]string{"--socket", "/nonexistent/ipvirt.sock", "status"}, 1, "cannot reach ipvirtd at /nonexistent/ipvirt.sock"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			var out, errw bytes.Buffer
+			code := Main(tt.args, &out, &errw)
+			if code != tt.code || !strings.Contains(out.String()+errw.String(), tt.want) {
+				t.Fatalf("exit %d (want %d), output:\n%s%s\nwant %q", code, tt.code, out.String(), errw.String(), tt.want)
+			}
+		})
+	}
+}

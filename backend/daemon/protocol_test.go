@@ -1,0 +1,144 @@
+package daemon_test
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ipvirt/ipvirt/backend/wire"
+)
+
+// TestProtocolEdges speaks raw bytes to the real daemon: an unknown version
+// gets an ERROR frame of version 1 and a closed connection; garbage gets a
+// closed connection; a query from a process in no session gets MIP.
+func TestProtocolEdges(t *testing.T) {
+	e := newEnv(t, "")
+	dial := func() net.Conn {
+		c, err := net.Dial("unix", e.d.Socket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		return c
+	}
+
+	c := dial()
+	c.Write(wire.AppendHeader(nil, wire.Header{Version: 2, Type: wire.OpQuery}))
+	f, err := wire.ReadFrame(c, wire.MaxResponsePayload)
+	if err != nil || f.Version != wire.Version || f.Type != wire.RespError {
+		t.Fatalf("version 2 request: frame %+v, %v", f, err)
+	}
+	code, msg, _ := wire.ParseError(f.Payload)
+	if code != wire.CodeUnsupportedVersion || !strings.Contains(msg, "unsupported protocol version 2") {
+		t.Fatalf("error %d %q", code, msg)
+	}
+	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("connection left open after a version mismatch: %v", err)
+	}
+	c.Close()
+
+	c = dial()
+	c.Write([]byte("GET / HTTP/1.0\r\n\r\n"))
+	// Closed with our bytes unread: EOF or a reset, never an answer.
+	if n, err := c.Read(make([]byte, 64)); n != 0 || (err != io.EOF && !errors.Is(err, syscall.ECONNRESET)) {
+		t.Fatalf("garbage answered with %d bytes, %v; want the connection closed", n, err)
+	}
+	c.Close()
+
+	// Several requests on one connection, in turn; this test process is in
+	// no login session (when run outside a login), or in the tester's.
+	c = dial()
+	defer c.Close()
+	for range 3 {
+		c.Write(wire.AppendFrame(nil, wire.OpQuery, nil))
+		f, err := wire.ReadFrame(c, wire.MaxResponsePayload)
+		if err != nil || f.Type != wire.RespAnswer {
+			t.Fatalf("query: %+v %v", f, err)
+		}
+		a, err := wire.ParseAnswer(f.Payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a.MachineIP.String() != "127.0.0.1" || a.TTL == 0 {
+			t.Fatalf("answer %+v", a)
+		}
+	}
+	c.Write(wire.AppendFrame(nil, wire.Type(99), nil))
+	f, _ = wire.ReadFrame(c, wire.MaxResponsePayload)
+	if code, msg, _ := wire.ParseError(f.Payload); f.Type != wire.RespError || code != wire.CodeBadRequest {
+		t.Fatalf("unknown op: %+v %d %q", f, code, msg)
+	}
+}
+
+func TestHTTPEndpoints(t *testing.T) {
+	e := newEnv(t, "")
+	s := e.session(60001)
+	vip := e.mustVIP(s)
+	get := func(path string) (int, string) {
+		resp, err := http.Get("http://" + e.d.HTTP + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := get("/healthz"); code != 200 || body != "ok\n" {
+		t.Fatalf("/healthz: %d %q", code, body)
+	}
+	code, body := get("/v1/sessions")
+	var rows []struct {
+		VIP string `json:"vip"`
+		ID  uint32 `json:"id"`
+	}
+	if code != 200 || json.Unmarshal([]byte(body), &rows) != nil {
+		t.Fatalf("/v1/sessions: %d %s", code, body)
+	}
+	found := false
+	for _, r := range rows {
+		found = found || (r.ID == s.ID && r.VIP == vip)
+	}
+	if !found {
+		t.Fatalf("/v1/sessions lacks session %d with %s: %s", s.ID, vip, body)
+	}
+	if code, body := get("/v1/status"); code != 200 || !strings.Contains(body, `"leases": 1`) {
+		t.Fatalf("/v1/status: %d %s", code, body)
+	}
+	if code, body := get("/metrics"); code != 200 || !strings.Contains(body, `ipvirt_pool_addresses{state="used"} 1`) {
+		t.Fatalf("/metrics: %d", code)
+	}
+}
+
+func TestPreallocateOnLogon(t *testing.T) {
+	e := newEnv(t, "preallocate: true\n")
+	s := e.session(60001)
+	// No process of the session has asked anything: the scan finds it.
+	eventually(t, "the new session has a VIP without asking", func() bool { return e.leases() == 1 })
+	c, _ := e.d.Client()
+	defer c.Close()
+	rows, _ := c.Sessions()
+	var vip string
+	for _, r := range rows {
+		if r.ID == s.ID {
+			vip = r.VIP
+		}
+	}
+	if vip == "" {
+		t.Fatalf("session %d not reported with a VIP: %+v", s.ID, rows)
+	}
+	if got := e.mustVIP(s); got != vip {
+		t.Fatalf("session asked and got %s, pre-allocated %s", got, vip)
+	}
+	// An administrator's session is not pre-allocated.
+	e.session(0)
+	time.Sleep(500 * time.Millisecond) // several scans
+	if n := e.leases(); n != 1 {
+		t.Fatalf("%d leases after an admin logged on, want 1", n)
+	}
+}
