@@ -479,3 +479,35 @@ func TestCheck(t *testing.T) {
 		})
 	}
 }
+
+func TestExcludedSessionsGetMachineIP(t *testing.T) {
+	e := newEnv(t, "")
+	if e.kind == loginsession.Audit {
+		r, err := e.whoami(e.session(0)) // root: an administrator by default
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Result != "mip" || !strings.Contains(r.Reason, "administrator root") {
+			t.Fatalf("root's session got %s (%s), want mip as an administrator", r.Result, r.Reason)
+		}
+	}
+	if e.kind != loginsession.Audit {
+		t.Skip("POSIX sessions: every process is in some session; session 0 needs audit sessions (root)")
+	}
+	mine, _ := os.ReadFile("/proc/self/sessionid")
+	if strings.TrimSpace(string(mine)) != "4294967295" {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("the test runs inside audit session %s; CI must run outside a login session", mine)
+		}
+		t.Skipf("this test runs inside audit session %s: a session-0 process cannot be made from here", mine)
+	}
+	out, err := exec.Command(e.ctl, "--socket", e.d.Socket, "-o", "json", "whoami").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r server.WhoamiReport
+	json.Unmarshal(out, &r)
+	if r.Result != "mip" || r.Rule != "no-session" {
+		t.Fatalf("a process in no session got %s (%s)", r.Result, r.Reason)
+	}
+}
