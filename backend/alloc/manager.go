@@ -340,13 +340,26 @@ func lifetime(l lease.Lease, now time.Time) time.Duration {
 	return max(l.Expiry.Sub(now), time.Second)
 }
 
-// release ends h's lease. The address goes back to the source last, after
-// the store delete is queued, so it can never be granted again while a
-// record still names the old holder.
+// release ends h's lease and gives its address back to the source.
 func (m *Manager) release(h lease.Holder, why string) (lease.Lease, bool) {
+	l, ok := m.withdraw(h, netip.Addr{}, why)
+	if !ok {
+		return l, false
+	}
+	m.opts.Source.Release(l)
+	m.log.Info("vip released", "holder", h.Key(), "vip", l.Addr.String(), "why", why)
+	return l, true
+}
+
+// withdraw forgets h's lease (only if it holds addr, when addr is valid):
+// observers first, then the adapter, then the store. The caller returns the
+// address to the source, if the source still has it, only after this: the
+// store delete is queued first and the store commits in order, so the
+// address can never be granted again while a record still names h.
+func (m *Manager) withdraw(h lease.Holder, addr netip.Addr, why string) (lease.Lease, bool) {
 	m.mu.Lock()
 	e := m.holders[h]
-	if e == nil || !e.done() || e.err != nil {
+	if e == nil || !e.done() || e.err != nil || (addr.IsValid() && e.lease.Addr != addr) {
 		m.mu.Unlock()
 		return lease.Lease{}, false
 	}
@@ -364,9 +377,7 @@ func (m *Manager) release(h lease.Holder, why string) (lease.Lease, bool) {
 		}
 	}
 	m.opts.Store.DeleteAsync(h)
-	m.opts.Source.Release(l)
 	m.counters.released(why)
-	m.log.Info("vip released", "holder", h.Key(), "vip", l.Addr.String(), "why", why)
 	return l, true
 }
 

@@ -203,24 +203,8 @@ func (m *Manager) Renewed(l lease.Lease) {
 // (expired unrenewed, NAK). The VIP is withdrawn; the holder's next request
 // acquires a new one.
 func (m *Manager) Lost(h lease.Holder, addr netip.Addr, reason error) {
-	m.mu.Lock()
-	e := m.holders[h]
-	if e == nil || !e.done() || e.err != nil || e.lease.Addr != addr {
-		m.mu.Unlock()
-		return
+	// The source no longer has the address: nothing to give back.
+	if _, ok := m.withdraw(h, addr, ReleaseLost); ok {
+		m.log.Warn("vip withdrawn", "holder", h.Key(), "vip", addr.String(), "reason", reason)
 	}
-	delete(m.holders, h)
-	m.mu.Unlock()
-	l := e.lease
-	for _, o := range m.observers {
-		o.Released(l)
-	}
-	if m.opts.Installer != nil {
-		if err := m.opts.Installer.Remove(l.Addr, l.Subnet.Bits()); err != nil {
-			m.log.Error("vip removal failed", "vip", l.Addr.String(), "err", err)
-		}
-	}
-	m.opts.Store.DeleteAsync(h)
-	m.counters.released(ReleaseLost)
-	m.log.Warn("vip withdrawn", "holder", h.Key(), "vip", addr.String(), "reason", reason)
 }
