@@ -12,7 +12,7 @@ BIN     := $(CURDIR)/bin
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/ipvirt/ipvirt/backend/daemon.Version=$(VERSION)
 
-.PHONY: all build deps test demo bench generate fuzz clean
+.PHONY: all build deps test demo bench generate fuzz install clean
 
 all: build
 
@@ -41,6 +41,18 @@ bench: build
 
 fuzz:
 	@./scripts/fuzz.sh $${FUZZTIME:-30s}
+
+# Installs into PREFIX (default /usr/local) and DESTDIR: the daemon in sbin,
+# ipvirtctl in bin, the preload library in lib/ipvirt, the systemd unit, and
+# an example config (never overwriting /etc/ipvirt/ipvirt.yaml).
+PREFIX ?= /usr/local
+install: build
+	install -D -m 0755 $(BIN)/ipvirtd $(DESTDIR)$(PREFIX)/sbin/ipvirtd
+	install -D -m 0755 $(BIN)/ipvirtctl $(DESTDIR)$(PREFIX)/bin/ipvirtctl
+	@if [ -f $(BIN)/libipvirt.so ]; then install -D -m 0755 $(BIN)/libipvirt.so $(DESTDIR)$(PREFIX)/lib/ipvirt/libipvirt.so; fi
+	install -D -m 0644 deploy/ipvirtd.service $(DESTDIR)/etc/systemd/system/ipvirtd.service
+	install -D -m 0644 deploy/ipvirt.yaml $(DESTDIR)/etc/ipvirt/ipvirt.yaml.example
+	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/ipvirt/README.md
 
 clean:
 	rm -rf $(BIN)
