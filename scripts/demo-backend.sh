@@ -11,6 +11,7 @@ identity=posix
 if [ "$(id -u)" = 0 ] && [ -w /proc/self/loginuid ]; then identity=audit; fi
 cat >"$dir/ipvirt.yaml" <<EOC
 adapter: lo
+source: static
 static_pool: {start: 127.77.0.10, end: 127.77.0.250, subnet_mask: 255.255.255.0}
 session_identity: $identity
 admins: {users: [root], groups: [sudo, wheel]}

@@ -7,7 +7,8 @@ set -eu
 # Build: C compiler for libipvirt.so and cgo; eBPF toolchain for `make generate`.
 # Tests and simulator: real peers (curl, netcat, python3, socat), namespaces
 # (iproute2), and the DHCP servers ipvirt must interoperate with.
-PACKAGES="${IPVIRT_PACKAGES:-gcc libc6-dev make iproute2 util-linux procps python3 curl netcat-openbsd socat}"
+PACKAGES="${IPVIRT_PACKAGES:-gcc libc6-dev make iproute2 util-linux procps python3 curl netcat-openbsd socat
+	kea-dhcp4-server dnsmasq-base isc-dhcp-server}"
 
 missing=""
 for p in $PACKAGES; do
@@ -26,6 +27,14 @@ else
 fi
 echo "ipvirt: installing Debian packages:$missing" >&2
 export DEBIAN_FRONTEND=noninteractive
+# The DHCP servers are test peers, run by the tests themselves: keep their
+# packages from starting system services on install (policy-rc.d, see
+# invoke-rc.d(8)), unless the host already has a policy.
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+	printf '#!/bin/sh\nexit 101\n' | $run tee /usr/sbin/policy-rc.d >/dev/null
+	$run chmod +x /usr/sbin/policy-rc.d
+	trap '$run rm -f /usr/sbin/policy-rc.d' EXIT
+fi
 # A fresh machine may have empty package lists; update only when needed.
 $run apt-get install -y --no-install-recommends $missing >/dev/null 2>&1 || {
 	$run apt-get update -qq >/dev/null

@@ -18,6 +18,8 @@ const (
 	ReleaseAdmin    = "admin"
 	ReleaseLost     = "lost"
 	ReleaseConflict = "conflict"
+	// ReleaseSourceChanged: the lease came from a source no longer configured.
+	ReleaseSourceChanged = "source-changed"
 )
 
 // Run scans for ended holders every interval until ctx is done.

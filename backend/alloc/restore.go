@@ -47,6 +47,17 @@ func (m *Manager) Restore() (RestoreReport, error) {
 
 	var dead []lease.Holder
 	for _, l := range leases {
+		if l.Source != m.opts.Source.Name() {
+			// The source was switched (static to dhcp or back): the new
+			// source cannot vouch for the address. The holder asks again
+			// and gets one of the new source's.
+			rep.Released++
+			m.log.Warn("lease of another source dropped", "holder", l.Holder.Key(), "vip", l.Addr.String(),
+				"lease_source", l.Source, "source", m.opts.Source.Name())
+			m.opts.Store.DeleteAsync(l.Holder)
+			m.counters.released(ReleaseSourceChanged)
+			continue
+		}
 		if err := m.opts.Source.Adopt(l); err != nil {
 			// Two records for one address can only come from a damaged
 			// store. Keeping the first and dropping this one may strand a

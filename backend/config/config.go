@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/ipvirt/ipvirt/backend/source/dhcp"
 )
 
 // DefaultPath is where ipvirtd looks for its config.
@@ -81,24 +83,36 @@ type Config struct {
 	// Adapter is an interface name (eth0), a MAC address (as the seed's
 	// AdapterAddress) or a subnet (10.0.0.0/24, as the Windows group policy):
 	// the adapter holding an address in it.
-	Adapter         string     `yaml:"adapter"`
-	Source          string     `yaml:"source"`
-	StaticPool      StaticPool `yaml:"static_pool"`
-	Programs        []string   `yaml:"programs"`
-	Admins          Admins     `yaml:"admins"`
-	OnExhausted     Exhausted  `yaml:"on_exhausted"`
-	Grace           Duration   `yaml:"grace"`
-	StateDir        string     `yaml:"state_dir"`
-	Socket          string     `yaml:"socket"`
-	HTTP            string     `yaml:"http"`
-	SessionIdentity Identity   `yaml:"session_identity"`
+	Adapter    string     `yaml:"adapter"`
+	Source     string     `yaml:"source"`
+	StaticPool StaticPool `yaml:"static_pool"`
+	// DHCP configures the DHCP client (source: dhcp): see dhcp.Config.
+	DHCP            dhcp.Config `yaml:"dhcp"`
+	Programs        []string    `yaml:"programs"`
+	Admins          Admins      `yaml:"admins"`
+	OnExhausted     Exhausted   `yaml:"on_exhausted"`
+	Grace           Duration    `yaml:"grace"`
+	StateDir        string      `yaml:"state_dir"`
+	Socket          string      `yaml:"socket"`
+	HTTP            string      `yaml:"http"`
+	SessionIdentity Identity    `yaml:"session_identity"`
 	// ScanInterval is how often live sessions and programs are rescanned to
 	// find holders that ended.
 	ScanInterval Duration `yaml:"scan_interval"`
 	// Preallocate acquires a VIP as soon as a scan sees a new session (or,
 	// per program, a listed program starting) instead of at its first
 	// bind/connect, so that the first connect never waits for the source.
-	Preallocate bool `yaml:"preallocate"`
+	// Unset, it is on for DHCP (an exchange and its ARP probe take longer
+	// than an intercepted connect waits) and off for the static pool.
+	Preallocate *bool `yaml:"preallocate"`
+}
+
+// PreallocateOn resolves Preallocate and its source-dependent default.
+func (c Config) PreallocateOn() bool {
+	if c.Preallocate != nil {
+		return *c.Preallocate
+	}
+	return c.Source == SourceDHCP
 }
 
 // StaticPool is the seed's TSVIPool: an inclusive address range and the
@@ -140,7 +154,7 @@ func Default() Config {
 	return Config{
 		Enabled:         true,
 		Mode:            PerSession,
-		Source:          SourceStatic,
+		Source:          SourceDHCP,
 		Admins:          Admins{Users: []string{"root"}, Groups: []string{"sudo", "wheel"}},
 		OnExhausted:     ExhaustedMachineIP,
 		Grace:           Duration(DefaultGrace),
@@ -211,7 +225,12 @@ func (c *Config) Validate() error {
 			errs = append(errs, err)
 		}
 	case SourceDHCP:
-		bad("source: dhcp is not available in this build; use source: static with a static_pool")
+		if err := c.DHCP.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+		if c.StaticPool != (StaticPool{}) {
+			bad("static_pool: set, but source is dhcp (the default); write source: static to use the pool")
+		}
 	default:
 		bad("source: %q is not static or dhcp", c.Source)
 	}

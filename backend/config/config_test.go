@@ -11,6 +11,7 @@ import (
 )
 
 func TestLoadTestdata(t *testing.T) {
+	yes := true
 	full, err := Load("testdata/full.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -28,7 +29,7 @@ func TestLoadTestdata(t *testing.T) {
 		HTTP:            "127.0.0.1:9477",
 		SessionIdentity: IdentityAudit,
 		ScanInterval:    Duration(500 * time.Millisecond),
-		Preallocate:     true,
+		Preallocate:     &yes,
 	}
 	if !reflect.DeepEqual(full, want) {
 		t.Errorf("full.yaml:\n got %+v\nwant %+v", full, want)
@@ -38,7 +39,7 @@ func TestLoadTestdata(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if min.Mode != PerSession || min.OnExhausted != ExhaustedMachineIP || min.Grace.Std() != DefaultGrace ||
+	if min.Source != SourceStatic || min.PreallocateOn() || min.Mode != PerSession || min.OnExhausted != ExhaustedMachineIP || min.Grace.Std() != DefaultGrace ||
 		min.Socket != DefaultSocket || min.SessionIdentity != IdentityAudit || !min.Enabled {
 		t.Errorf("minimal.yaml did not get the defaults: %+v", min)
 	}
@@ -50,18 +51,18 @@ func TestLoadTestdata(t *testing.T) {
 // TestParseErrors checks that each mistake is refused with a message naming
 // the bad value, so an administrator can fix it without reading code.
 func TestParseErrors(t *testing.T) {
-	const pool = "static_pool: {start: 10.0.0.10, end: 10.0.0.20, subnet_mask: 255.255.255.0}\n"
+	const pool = "source: static\nstatic_pool: {start: 10.0.0.10, end: 10.0.0.20, subnet_mask: 255.255.255.0}\n"
 	tests := []struct {
 		name string
 		yaml string
 		want string
 	}{
 		{"unknown key", "adapter: eth0\n" + pool + "enable: true\n", "field enable not found"},
-		{"typo nested", "adapter: eth0\nstatic_pool: {start: 10.0.0.1, ending: 10.0.0.2}\n", "field ending not found"},
+		{"typo nested", "adapter: eth0\nsource: static\nstatic_pool: {start: 10.0.0.1, ending: 10.0.0.2}\n", "field ending not found"},
 		{"bad mode", "adapter: eth0\n" + pool + "mode: per-user\n", `mode: "per-user"`},
 		{"bad on_exhausted", "adapter: eth0\n" + pool + "on_exhausted: fail\n", `on_exhausted: "fail"`},
 		{"bad identity", "adapter: eth0\n" + pool + "session_identity: logind\n", `session_identity: "logind"`},
-		{"bad source", "adapter: eth0\n" + pool + "source: ldap\n", `source: "ldap"`},
+		{"bad source", "adapter: eth0\nsource: ldap\n", `source: "ldap"`},
 		{"no adapter", pool, "adapter: missing"},
 		{"bare number grace", "adapter: eth0\n" + pool + "grace: 5\n", `"5" is not a duration`},
 		{"negative grace", "adapter: eth0\n" + pool + "grace: -1s\n", "grace: -1s is negative"},
@@ -71,18 +72,21 @@ func TestParseErrors(t *testing.T) {
 		{"bad http", "adapter: eth0\n" + pool + "http: localhost\n", `http: "localhost"`},
 		{"relative program", "adapter: eth0\n" + pool + "programs: [psql]\n", `programs[0]: "psql" is not an absolute path`},
 		{"program twice", "adapter: eth0\n" + pool + "programs: [/bin/a, /bin/../bin/a]\n", `programs[1]: "/bin/../bin/a" is listed twice`},
-		{"bad address", "adapter: eth0\nstatic_pool: {start: 10.0.0, end: 10.0.0.20, subnet_mask: 255.255.255.0}\n", "10.0.0"},
-		{"missing start", "adapter: eth0\nstatic_pool: {end: 10.0.0.20, subnet_mask: 255.255.255.0}\n", "static_pool.start: missing"},
-		{"missing mask", "adapter: eth0\nstatic_pool: {start: 10.0.0.1, end: 10.0.0.20}\n", "static_pool.subnet_mask: missing"},
-		{"ipv6 start", "adapter: eth0\nstatic_pool: {start: '2001:db8::1', end: 10.0.0.20, subnet_mask: 255.255.255.0}\n", "2001:db8::1 is not an IPv4"},
-		{"holey mask", "adapter: eth0\nstatic_pool: {start: 10.0.0.1, end: 10.0.0.20, subnet_mask: 255.0.255.0}\n", "255.0.255.0 is not a contiguous"},
-		{"mask /31", "adapter: eth0\nstatic_pool: {start: 10.0.0.1, end: 10.0.0.1, subnet_mask: 255.255.255.254}\n", "leaves no room"},
-		{"start after end", "adapter: eth0\nstatic_pool: {start: 10.0.0.30, end: 10.0.0.20, subnet_mask: 255.255.255.0}\n", "start 10.0.0.30 is after end 10.0.0.20"},
-		{"two subnets", "adapter: eth0\nstatic_pool: {start: 10.0.0.30, end: 10.0.1.20, subnet_mask: 255.255.255.0}\n", "not in one subnet under mask 255.255.255.0 (10.0.0.0/24)"},
-		{"network address", "adapter: eth0\nstatic_pool: {start: 10.0.0.0, end: 10.0.0.20, subnet_mask: 255.255.255.0}\n", "10.0.0.0 is the network address"},
-		{"broadcast", "adapter: eth0\nstatic_pool: {start: 10.0.0.10, end: 10.0.0.255, subnet_mask: 255.255.255.0}\n", "10.0.0.255 is the broadcast address"},
+		{"bad address", "adapter: eth0\nsource: static\nstatic_pool: {start: 10.0.0, end: 10.0.0.20, subnet_mask: 255.255.255.0}\n", "10.0.0"},
+		{"missing start", "adapter: eth0\nsource: static\nstatic_pool: {end: 10.0.0.20, subnet_mask: 255.255.255.0}\n", "static_pool.start: missing"},
+		{"missing mask", "adapter: eth0\nsource: static\nstatic_pool: {start: 10.0.0.1, end: 10.0.0.20}\n", "static_pool.subnet_mask: missing"},
+		{"ipv6 start", "adapter: eth0\nsource: static\nstatic_pool: {start: '2001:db8::1', end: 10.0.0.20, subnet_mask: 255.255.255.0}\n", "2001:db8::1 is not an IPv4"},
+		{"holey mask", "adapter: eth0\nsource: static\nstatic_pool: {start: 10.0.0.1, end: 10.0.0.20, subnet_mask: 255.0.255.0}\n", "255.0.255.0 is not a contiguous"},
+		{"mask /31", "adapter: eth0\nsource: static\nstatic_pool: {start: 10.0.0.1, end: 10.0.0.1, subnet_mask: 255.255.255.254}\n", "leaves no room"},
+		{"start after end", "adapter: eth0\nsource: static\nstatic_pool: {start: 10.0.0.30, end: 10.0.0.20, subnet_mask: 255.255.255.0}\n", "start 10.0.0.30 is after end 10.0.0.20"},
+		{"two subnets", "adapter: eth0\nsource: static\nstatic_pool: {start: 10.0.0.30, end: 10.0.1.20, subnet_mask: 255.255.255.0}\n", "not in one subnet under mask 255.255.255.0 (10.0.0.0/24)"},
+		{"network address", "adapter: eth0\nsource: static\nstatic_pool: {start: 10.0.0.0, end: 10.0.0.20, subnet_mask: 255.255.255.0}\n", "10.0.0.0 is the network address"},
+		{"broadcast", "adapter: eth0\nsource: static\nstatic_pool: {start: 10.0.0.10, end: 10.0.0.255, subnet_mask: 255.255.255.0}\n", "10.0.0.255 is the broadcast address"},
 		{"two documents", "adapter: eth0\n" + pool + "---\nadapter: eth1\n", "more than one YAML document"},
 		{"not a map", "- a\n- b\n", "cannot unmarshal"},
+		{"pool without source static", "adapter: eth0\nstatic_pool: {start: 10.0.0.10, end: 10.0.0.20, subnet_mask: 255.255.255.0}\n", "write source: static to use the pool"},
+		{"bad dhcp key", "adapter: eth0\ndhcp: {lease_wiat: 5s}\n", "field lease_wiat not found"},
+		{"bad dhcp server", "adapter: eth0\ndhcp: {server: nowhere}\n", `server "nowhere"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -98,14 +102,29 @@ func TestParseErrors(t *testing.T) {
 }
 
 func TestSeveralErrorsReportedAtOnce(t *testing.T) {
-	_, err := Parse([]byte("adapter: eth0\nmode: x\non_exhausted: y\nstatic_pool: {start: 10.0.0.1, end: 10.0.0.2, subnet_mask: 255.255.255.0}\n"))
+	_, err := Parse([]byte("adapter: eth0\nsource: static\nmode: x\non_exhausted: y\nstatic_pool: {start: 10.0.0.1, end: 10.0.0.2, subnet_mask: 255.255.255.0}\n"))
 	if err == nil || !strings.Contains(err.Error(), "mode:") || !strings.Contains(err.Error(), "on_exhausted:") {
 		t.Fatalf("want both mistakes reported, got %v", err)
 	}
 }
 
+func TestDHCPIsTheDefaultSource(t *testing.T) {
+	c, err := Parse([]byte("adapter: eth0\ndhcp: {server: 10.0.0.1, lease_wait: 3s}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Source != SourceDHCP || !c.PreallocateOn() || c.DHCP.Server != "10.0.0.1" || c.DHCP.LeaseWait != 3*time.Second {
+		t.Fatalf("got %+v", c)
+	}
+	no := false
+	c.Preallocate = &no
+	if c.PreallocateOn() {
+		t.Fatal("explicit preallocate: false ignored")
+	}
+}
+
 func TestDisabledNeedsNoAdapter(t *testing.T) {
-	if _, err := Parse([]byte("enabled: false\nstatic_pool: {start: 10.0.0.1, end: 10.0.0.2, subnet_mask: 255.255.255.0}\n")); err != nil {
+	if _, err := Parse([]byte("enabled: false\nsource: static\nstatic_pool: {start: 10.0.0.1, end: 10.0.0.2, subnet_mask: 255.255.255.0}\n")); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -167,7 +186,7 @@ func FuzzParse(f *testing.F) {
 		}
 		f.Add(b)
 	}
-	f.Add([]byte("adapter: eth0\nstatic_pool: {start: 10.0.0.1, end: 10.0.0.1, subnet_mask: 255.255.255.0}\n"))
+	f.Add([]byte("adapter: eth0\nsource: static\nstatic_pool: {start: 10.0.0.1, end: 10.0.0.1, subnet_mask: 255.255.255.0}\n"))
 	f.Add([]byte("grace: 1h\nmode: per-program\nprograms: [/a, /b]"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := Parse(b)
@@ -175,6 +194,9 @@ func FuzzParse(f *testing.F) {
 			return
 		}
 		p := c.StaticPool
+		if c.Source != SourceStatic {
+			return
+		}
 		if !p.Start.Is4() || !p.End.Is4() || p.End.Less(p.Start) {
 			t.Fatalf("accepted a bad pool: %+v", p)
 		}

@@ -21,7 +21,7 @@ import (
 	"github.com/ipvirt/ipvirt/backend/metrics"
 	"github.com/ipvirt/ipvirt/backend/server"
 	"github.com/ipvirt/ipvirt/backend/source"
-	"github.com/ipvirt/ipvirt/backend/source/static"
+	"github.com/ipvirt/ipvirt/backend/source/dhcp"
 	"github.com/ipvirt/ipvirt/backend/store"
 )
 
@@ -75,6 +75,7 @@ type Daemon struct {
 	unix     *server.Unix
 	started  time.Time
 
+	events     eventsRelay
 	mu         sync.Mutex // guards cfg and reloadedAt
 	cfg        config.Config
 	reloadedAt time.Time
@@ -112,6 +113,7 @@ func (d *Daemon) build() error {
 	}
 	d.mgr = alloc.New(alloc.Options{Source: src, Store: d.store, Installer: inst, Scanner: d.resolver,
 		Users: d.users, MIP: d.adapter.MIP(), Log: d.log}, d.settings(d.cfg))
+	d.events.m.Store(d.mgr)
 	rep, err := d.mgr.Restore()
 	if err != nil {
 		return err
@@ -132,16 +134,10 @@ func (d *Daemon) build() error {
 		}
 	}
 	d.metrics = metrics.New(d.mgr, d.store)
-	return nil
-}
-
-func (d *Daemon) newSource(cfg config.Config) (source.Source, error) {
-	switch cfg.Source {
-	case config.SourceStatic:
-		return static.New(cfg.StaticPool)
-	default:
-		return nil, fmt.Errorf("source: %q is not available", cfg.Source)
+	if ds, ok := src.(*dhcp.Source); ok {
+		d.metrics.Registry.MustRegister(metrics.DHCPCollector(ds.Counters))
 	}
+	return nil
 }
 
 // settings derives the manager's settings from a configuration and the
@@ -152,7 +148,7 @@ func (d *Daemon) settings(cfg config.Config) alloc.Settings {
 		Admins:      cfg.Admins,
 		OnExhausted: cfg.OnExhausted,
 		Grace:       cfg.Grace.Std(),
-		Prealloc:    cfg.Preallocate,
+		Prealloc:    cfg.PreallocateOn(),
 	}
 }
 

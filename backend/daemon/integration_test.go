@@ -48,15 +48,24 @@ func sessionKind() (loginsession.Kind, string) {
 	return loginsession.POSIX, "posix"
 }
 
-// newEnv starts ipvirtd with a loopback pool and the given extra config.
+// newEnv starts ipvirtd with a loopback static pool and the given extra
+// config.
 func newEnv(t *testing.T, extra string) *env {
 	t.Helper()
-	kind, identity := sessionKind()
-	body := fmt.Sprintf("adapter: lo\nsession_identity: %s\ngrace: 1s\nscan_interval: 100ms\n", identity)
+	body := "adapter: lo\nsource: static\n"
 	if !strings.Contains(extra, "static_pool") {
 		body += "static_pool: {start: 127.77.0.10, end: 127.77.0.250, subnet_mask: 255.255.255.0}\n"
 	}
-	d, err := daemonproc.New(t.TempDir(), body+extra, true)
+	return newEnvBody(t, body+extra)
+}
+
+// newEnvBody starts ipvirtd with body plus the session identity of this
+// machine and short grace and scan intervals.
+func newEnvBody(t *testing.T, body string) *env {
+	t.Helper()
+	kind, identity := sessionKind()
+	body = fmt.Sprintf("session_identity: %s\ngrace: 1s\nscan_interval: 100ms\n", identity) + body
+	d, err := daemonproc.New(t.TempDir(), body, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -376,7 +385,8 @@ func TestNonAdminRefusedAndFiltered(t *testing.T) {
 	e := newEnv(t, "")
 	mine := e.session(60001)
 	e.mustVIP(mine)
-	e.mustVIP(e.session(60002))
+	theirs := e.session(60002)
+	e.mustVIP(theirs)
 
 	// t.TempDir is 0700; the socket's directory must be reachable by the
 	// unprivileged user, as /run/ipvirt is.
@@ -404,13 +414,23 @@ func TestNonAdminRefusedAndFiltered(t *testing.T) {
 	}
 	out, code = asUser("-o", "json", "sessions")
 	var rows []struct {
+		ID  uint32 `json:"id"`
 		UID uint32 `json:"uid"`
 	}
 	if code != 0 || json.Unmarshal([]byte(out), &rows) != nil {
 		t.Fatalf("non-admin sessions: exit %d, %q", code, out)
 	}
-	if len(rows) != 1 || rows[0].UID != 60001 {
-		t.Fatalf("uid 60001 sees %+v, want only its own session", rows)
+	// Other tests on this host may run sessions of uid 60001 too: every row
+	// must be that user's, its session among them, the other user's not.
+	sawMine := false
+	for _, r := range rows {
+		if r.UID != 60001 || r.ID == theirs.ID {
+			t.Fatalf("uid 60001 sees %+v, want only its own sessions", rows)
+		}
+		sawMine = sawMine || r.ID == mine.ID
+	}
+	if !sawMine {
+		t.Fatalf("uid 60001 does not see its session %d: %+v", mine.ID, rows)
 	}
 	// Root releases; the session's next question gets a VIP again.
 	c, _ := e.d.Client()
@@ -426,7 +446,7 @@ func TestReloadMovesPoolKeepsLeases(t *testing.T) {
 	s := e.session(60001)
 	old := e.mustVIP(s)
 	_, identity := sessionKind()
-	body := fmt.Sprintf("adapter: lo\nsession_identity: %s\ngrace: 1s\nscan_interval: 100ms\n"+
+	body := fmt.Sprintf("adapter: lo\nsource: static\nsession_identity: %s\ngrace: 1s\nscan_interval: 100ms\n"+
 		"static_pool: {start: 127.78.0.10, end: 127.78.0.20, subnet_mask: 255.255.255.0}\n", identity)
 	if err := e.d.WriteConfig(body); err != nil {
 		t.Fatal(err)
@@ -462,9 +482,9 @@ func TestCheck(t *testing.T) {
 		name, body, want string
 		code             int
 	}{
-		{"valid", "adapter: lo\nstatic_pool: {start: 127.77.0.10, end: 127.77.0.20, subnet_mask: 255.255.255.0}\n", "is valid", 0},
-		{"pool outside adapter", "adapter: lo\nstatic_pool: {start: 10.0.0.10, end: 10.0.0.20, subnet_mask: 255.255.255.0}\n", "not inside lo's subnet 127.0.0.0/8", 1},
-		{"no such adapter", "adapter: nosuch0\nstatic_pool: {start: 127.77.0.10, end: 127.77.0.20, subnet_mask: 255.255.255.0}\n", `no interface named "nosuch0"`, 1},
+		{"valid", "adapter: lo\nsource: static\nstatic_pool: {start: 127.77.0.10, end: 127.77.0.20, subnet_mask: 255.255.255.0}\n", "is valid", 0},
+		{"pool outside adapter", "adapter: lo\nsource: static\nstatic_pool: {start: 10.0.0.10, end: 10.0.0.20, subnet_mask: 255.255.255.0}\n", "not inside lo's subnet 127.0.0.0/8", 1},
+		{"no such adapter", "adapter: nosuch0\nsource: static\nstatic_pool: {start: 127.77.0.10, end: 127.77.0.20, subnet_mask: 255.255.255.0}\n", `no interface named "nosuch0"`, 1},
 		{"unknown key", "adapter: lo\npool: {}\n", "field pool not found", 1},
 	}
 	for _, tt := range tests {

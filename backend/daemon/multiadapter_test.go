@@ -68,7 +68,7 @@ func TestCheckRefusesPerSessionOnTwoAdapters(t *testing.T) {
 	dir := t.TempDir()
 	check := func(mode string) (string, int) {
 		cfg := filepath.Join(dir, mode+".yaml")
-		os.WriteFile(cfg, []byte("adapter: eth0\nmode: "+mode+"\n"+
+		os.WriteFile(cfg, []byte("adapter: eth0\nsource: static\nmode: "+mode+"\n"+
 			"static_pool: {start: 10.50.0.100, end: 10.50.0.199, subnet_mask: 255.255.255.0}\n"), 0o644)
 		out, err := exec.Command("ip", "netns", "exec", ns, bin, "--check", "--config", cfg).CombinedOutput()
 		if ee, ok := err.(*exec.ExitError); ok {

@@ -1,0 +1,97 @@
+package daemon_test
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ipvirt/ipvirt/sim/dhcpserver"
+)
+
+// TestDHCPSource runs the real ipvirtd with source: dhcp against a synthetic
+// DHCP server, in relay mode over loopback (no root needed): sessions get
+// leases with their own client ids, leases renew without changing address,
+// a SIGKILLed daemon comes back renewing rather than starting over, and an
+// ended session's lease is released on the wire.
+func TestDHCPSource(t *testing.T) {
+	srv, err := dhcpserver.Start(context.Background(), dhcpserver.Config{
+		Listen:     "127.0.0.1:0",
+		RangeStart: netip.MustParseAddr("127.79.0.10"), RangeEnd: netip.MustParseAddr("127.79.0.250"), PrefixLen: 24,
+		LeaseTime: 4 * time.Second,
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	port := srv.Addr().Port()
+	e := newEnvBody(t, fmt.Sprintf(`adapter: lo
+preallocate: false
+dhcp:
+  server: 127.0.0.1:%d
+  server_port: %d
+  relay_address: 127.79.0.1
+  arp_probe: false
+  retransmit_base: 200ms
+  renew_retry_min: 200ms
+  lease_wait: 5s
+`, port, port))
+
+	a, b := e.session(60001), e.session(60002)
+	vipA, vipB := e.mustVIP(a), e.mustVIP(b)
+	if vipA == vipB || !netip.MustParsePrefix("127.79.0.0/24").Contains(netip.MustParseAddr(vipA)) {
+		t.Fatalf("VIPs %s and %s: want two distinct addresses from the DHCP range", vipA, vipB)
+	}
+	if got := len(srv.Leases()); got != 2 {
+		t.Fatalf("server holds %d leases, want 2", got)
+	}
+	for _, l := range srv.Leases() {
+		if l.VendorClass != "ipvirt" || len(l.Client) < 10 || l.Client[:3] != "id:" {
+			t.Fatalf("server lease %+v: want vendor class ipvirt and a client id", l)
+		}
+	}
+
+	// Renewals at T1 (2s) keep the addresses.
+	waitServer(t, srv, "two renewals", func(c dhcpserver.Counters) bool { return c.Renewals >= 2 })
+	if v := e.mustVIP(a); v != vipA {
+		t.Fatalf("session A's VIP changed across renewals: %s -> %s", vipA, v)
+	}
+	if v, _ := e.d.Metric("ipvirt_dhcp_extended_total", `phase="renew"`); v < 1 {
+		t.Fatalf("ipvirt_dhcp_extended_total{phase=renew} = %v", v)
+	}
+
+	// SIGKILL and restart: the same addresses, renewed, no new DISCOVER.
+	discovers := srv.Counters().Discovers
+	e.d.Stop(syscall.SIGKILL)
+	if err := e.d.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if v := e.mustVIP(a); v != vipA {
+		t.Fatalf("after SIGKILL session A got %s, had %s", v, vipA)
+	}
+	renewals := srv.Counters().Renewals
+	waitServer(t, srv, "a renewal after the restart", func(c dhcpserver.Counters) bool { return c.Renewals > renewals })
+	if d := srv.Counters().Discovers; d != discovers {
+		t.Fatalf("the restarted daemon sent %d DISCOVERs: it should renew its persisted leases", d-discovers)
+	}
+
+	// Session B ends: after the grace period its lease is released.
+	b.Close()
+	waitServer(t, srv, "B's RELEASE", func(c dhcpserver.Counters) bool { return c.Releases >= 1 })
+	for _, l := range srv.Leases() {
+		if l.Addr.String() == vipB {
+			t.Fatalf("released %s still leased on the server", vipB)
+		}
+	}
+}
+
+func waitServer(t *testing.T, srv *dhcpserver.Server, what string, cond func(dhcpserver.Counters) bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := srv.Wait(ctx, func(c dhcpserver.Counters, _ []dhcpserver.Lease) bool { return cond(c) }); err != nil {
+		t.Fatalf("waiting for %s: %v (server counters %+v)", what, err, srv.Counters())
+	}
+}
