@@ -109,7 +109,7 @@ func newDaemon(dir string) *daemon.Daemon {
 	}
 	cfg := filepath.Join(dir, "ipvirt.yaml")
 	// A /15 mask so that 127.80.0.1-127.81.0.0 is 65,536 usable addresses.
-	body := fmt.Sprintf("adapter: lo\nstatic_pool: {start: 127.80.0.1, end: 127.81.0.0, subnet_mask: 255.254.0.0}\n"+
+	body := fmt.Sprintf("adapter: lo\nsource: static\nstatic_pool: {start: 127.80.0.1, end: 127.81.0.0, subnet_mask: 255.254.0.0}\n"+
 		"state_dir: %s\nsocket: %s\nhttp: \"\"\n", filepath.Join(dir, "state"), filepath.Join(dir, "sock"))
 	if err := os.WriteFile(cfg, []byte(body), 0o644); err != nil {
 		fatal(err)
@@ -154,7 +154,7 @@ func fsyncRate(dir string, d time.Duration) float64 {
 func roundTrip(base string) {
 	dir := filepath.Join(base, "proc")
 	os.MkdirAll(dir, 0o755)
-	d, err := daemonproc.New(dir, "adapter: lo\nsession_identity: posix\nstatic_pool: {start: 127.77.0.10, end: 127.77.0.250, subnet_mask: 255.255.255.0}\n", false)
+	d, err := daemonproc.New(dir, "adapter: lo\nsource: static\nsession_identity: posix\nstatic_pool: {start: 127.77.0.10, end: 127.77.0.250, subnet_mask: 255.255.255.0}\n", false)
 	if err != nil {
 		fmt.Printf("socket round trip: skipped: %v\n", err)
 		return

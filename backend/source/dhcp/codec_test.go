@@ -122,7 +122,6 @@ func TestParseGrant(t *testing.T) {
 	}
 }
 
-
 // A loopback address is a VIP only on the loopback adapter (the loopback
 // topology), like a 127/8 static pool.
 func TestParseGrantLoopback(t *testing.T) {
