@@ -22,7 +22,14 @@ deps:
 build: deps
 	@mkdir -p $(BIN)
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
-	@if [ -f lsp/preload/Makefile ]; then $(MAKE) --no-print-directory -C lsp/preload OUT=$(BIN); fi
+	@for d in lsp/preload sim/dbclient; do \
+		if [ -f $$d/Makefile ]; then $(MAKE) --no-print-directory -C $$d OUT=$(BIN) || exit 1; fi; \
+	done
+
+# Regenerates the eBPF objects from lsp/bpf/*.bpf.c (bpf2go). The objects are
+# committed, so only someone editing the C needs clang.
+generate: deps
+	$(GO) generate ./lsp/bpf/...
 
 # Tests run against the binaries in bin/ (integration tests start the real
 # ipvirtd), so build first. -p 1 keeps root tests that attach kernel hooks or
@@ -32,9 +39,7 @@ test: build
 	IPVIRT_BIN=$(BIN) $(GO) test -count=1 -p 2 -timeout 20m ./...
 
 demo: build
-	@if [ -x $(BIN)/ipvirt-sim ] && [ -f scenarios/duplicate-ip.yaml ]; then \
-		$(BIN)/ipvirt-sim run scenarios/duplicate-ip.yaml; \
-	else BIN=$(BIN) ./scripts/demo-backend.sh; fi
+	@$(BIN)/ipvirt-sim run scenarios/duplicate-ip.yaml
 
 bench: build
 	@./bench/run.sh

@@ -4,11 +4,13 @@
 # names the missing packages and fails, so nothing is silently assumed.
 set -eu
 
-# Build: C compiler for libipvirt.so and cgo; eBPF toolchain for `make generate`.
+# Build: C compiler for libipvirt.so, the simulator's C client and static test
+# binaries; eBPF toolchain (clang, llvm-strip, libbpf headers) for `make generate`,
+# bpftool for inspecting attached programs.
 # Tests and simulator: real peers (curl, netcat, python3, socat), namespaces
 # (iproute2), and the DHCP servers ipvirt must interoperate with.
 PACKAGES="${IPVIRT_PACKAGES:-gcc libc6-dev make iproute2 util-linux procps python3 curl netcat-openbsd socat
-	kea-dhcp4-server dnsmasq-base isc-dhcp-server}"
+	kea-dhcp4-server dnsmasq-base isc-dhcp-server clang llvm libbpf-dev bpftool}"
 
 missing=""
 for p in $PACKAGES; do

@@ -1,0 +1,309 @@
+package scenario
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/ipvirt/ipvirt/sim/daemonproc"
+	"github.com/ipvirt/ipvirt/sim/loginsession"
+)
+
+// defaultUID is the first login uid given to sessions whose group names
+// none: ordinary users (uid 0 would be root, an administrator).
+const defaultUID = 1001
+
+// liveSession is one started session of a group.
+type liveSession struct {
+	group *SessionGroup
+	index int
+	label string                // "alice#2"
+	sess  *loginsession.Session // nil for a no-session group
+	key   string                // the daemon's session key: a:42, p:1234
+	uid   uint32
+	procs []*exec.Cmd // no-session clients
+}
+
+func (s *liveSession) close() error {
+	for _, c := range s.procs {
+		loginsession.KillGroup(c)
+		c.Wait()
+	}
+	if s.sess != nil {
+		return s.sess.Close()
+	}
+	return nil
+}
+
+func (r *runner) startSessions(ctx context.Context, p *Phase) ([]*liveSession, error) {
+	var live []*liveSession
+	n := 0
+	for gi := range p.Sessions {
+		g := &p.Sessions[gi]
+		for i := 0; i < g.Count; i++ {
+			// Without a uid, every session is a different ordinary user.
+			uid := uint32(defaultUID + n)
+			n++
+			if g.UID != nil {
+				uid = *g.UID
+			}
+			s := &liveSession{group: g, index: i, label: g.Name, uid: uid}
+			if g.Count > 1 {
+				s.label = fmt.Sprintf("%s#%d", g.Name, i+1)
+			}
+			if g.NoSession {
+				if err := outsideAnySession(r.kind); err != nil {
+					return live, fmt.Errorf("group %s: %w", g.Name, err)
+				}
+				s.key = "-"
+				s.uid = uint32(os.Getuid())
+				live = append(live, s)
+				continue
+			}
+			sess, err := loginsession.Start(ctx, r.kind, uid)
+			if err != nil {
+				return live, fmt.Errorf("group %s: %w", g.Name, err)
+			}
+			s.sess = sess
+			if sess.Kind == loginsession.Audit {
+				s.key = fmt.Sprintf("a:%d", sess.ID)
+			} else {
+				s.key = fmt.Sprintf("p:%d", sess.ID)
+				s.uid = uint32(os.Getuid())
+			}
+			live = append(live, s)
+		}
+	}
+	return live, nil
+}
+
+// outsideAnySession checks that processes started directly by the
+// simulator are in no login session, as a system service is.
+func outsideAnySession(kind loginsession.Kind) error {
+	if kind != loginsession.Audit {
+		return fmt.Errorf("no_session needs audit sessions (run as root): with POSIX sessions every process is in one")
+	}
+	b, err := os.ReadFile("/proc/self/sessionid")
+	if err != nil {
+		return err
+	}
+	if id := strings.TrimSpace(string(b)); id != "4294967295" {
+		return fmt.Errorf("no_session: the simulator itself runs in audit session %s, so its children would too; run it from a service or cron", id)
+	}
+	return nil
+}
+
+// ClientResult is one client process and what it reported.
+type ClientResult struct {
+	Session     *liveSession
+	Spec        *Client
+	Program     string // path it ran as
+	Interceptor string
+	Source      netip.AddrPort // invalid when it never connected
+	Verdict     string         // accepted, refused, denied, bind-failed, error
+	Errno       string
+	Connect     time.Duration
+	VIP         netip.Addr // what ipvirtctl reports for its holder
+}
+
+// runClient starts one client in its session and waits for its result.
+func (r *runner) runClient(ctx context.Context, d *daemonproc.Daemon, p *Phase, s *liveSession, spec *Client, paths map[string]string, live []*liveSession) (*ClientResult, error) {
+	out := filepath.Join(r.work, fmt.Sprintf("result-%d", time.Now().UnixNano()))
+	args := []string{"--hold", "--out", out}
+	if spec.Bind != "" {
+		addr, err := r.resolveBind(d, spec.Bind, live)
+		if err != nil {
+			return nil, err
+		}
+		args = append(args, "--bind", addr.String())
+	}
+	args = append(args, r.topo.ServerAddr().String(), strconv.Itoa(int(r.srv.Addr().Port())))
+	prog := paths[spec.Program]
+	if spec.Kind == "go" {
+		args = append([]string{"client"}, args...)
+	}
+	var env []string
+	if p.Interceptor == "preload" {
+		env = []string{"LD_PRELOAD=" + r.bins.Preload, "IPVIRT_SOCKET=" + d.Socket}
+	}
+	var pid int
+	var err error
+	if s.sess != nil {
+		pid, err = s.sess.RunEnv(env, prog, args...)
+	} else {
+		cmd := exec.CommandContext(ctx, prog, args...)
+		cmd.Env = append(os.Environ(), env...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		if err = cmd.Start(); err == nil {
+			pid = cmd.Process.Pid
+			s.procs = append(s.procs, cmd)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("start %s in %s: %w", spec.Program, s.label, err)
+	}
+	res := &ClientResult{Session: s, Spec: spec, Program: prog, Interceptor: p.Interceptor}
+	line, err := waitResult(ctx, out, pid)
+	if err != nil {
+		return nil, fmt.Errorf("%s in %s: %w", spec.Program, s.label, err)
+	}
+	return res, res.parse(line)
+}
+
+// waitResult waits for the client's result file (written atomically).
+func waitResult(ctx context.Context, path string, pid int) (string, error) {
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if b, err := os.ReadFile(path); err == nil {
+			return strings.TrimSpace(string(b)), nil
+		}
+		if ctx.Err() != nil {
+			return "", ctx.Err()
+		}
+		if syscall.Kill(pid, 0) == syscall.ESRCH {
+			if b, err := os.ReadFile(path); err == nil {
+				return strings.TrimSpace(string(b)), nil
+			}
+			return "", fmt.Errorf("client pid %d exited without a result", pid)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	return "", fmt.Errorf("no result from client pid %d after 20s", pid)
+}
+
+// parse reads "source=A:P verdict=V connect_ns=N errno=E".
+func (c *ClientResult) parse(line string) error {
+	for _, f := range strings.Fields(line) {
+		k, v, _ := strings.Cut(f, "=")
+		switch k {
+		case "source":
+			if v != "-" {
+				ap, err := netip.ParseAddrPort(v)
+				if err != nil {
+					return fmt.Errorf("client result %q: %w", line, err)
+				}
+				c.Source = ap
+			}
+		case "verdict":
+			c.Verdict = v
+		case "connect_ns":
+			n, _ := strconv.ParseInt(v, 10, 64)
+			c.Connect = time.Duration(n)
+		case "errno":
+			if v != "0" {
+				c.Errno = v
+			}
+		}
+	}
+	if c.Verdict == "" {
+		return fmt.Errorf("client result %q: no verdict", line)
+	}
+	return nil
+}
+
+// parseBind reads a literal address or "vip of GROUP[N]" (N from 1).
+func parseBind(s string) (netip.Addr, *bindRef, error) {
+	if a, err := netip.ParseAddr(s); err == nil {
+		return a, nil, nil
+	}
+	rest, ok := strings.CutPrefix(s, "vip of ")
+	if !ok {
+		return netip.Addr{}, nil, fmt.Errorf("%q: want an address or \"vip of GROUP[N]\"", s)
+	}
+	ref := &bindRef{group: rest, index: 1}
+	if g, n, ok := strings.Cut(rest, "["); ok {
+		i, err := strconv.Atoi(strings.TrimSuffix(n, "]"))
+		if err != nil || i < 1 || !strings.HasSuffix(n, "]") {
+			return netip.Addr{}, nil, fmt.Errorf("%q: bad session number", s)
+		}
+		ref.group, ref.index = g, i
+	}
+	return netip.Addr{}, ref, nil
+}
+
+type bindRef struct {
+	group string
+	index int
+}
+
+func (r *runner) resolveBind(d *daemonproc.Daemon, spec string, live []*liveSession) (netip.Addr, error) {
+	a, ref, err := parseBind(spec)
+	if err != nil || ref == nil {
+		return a, err
+	}
+	rows, err := r.sessionsReport(d)
+	if err != nil {
+		return a, err
+	}
+	for _, s := range live {
+		if s.group.Name == ref.group && s.index == ref.index-1 {
+			for _, row := range rows {
+				if row.Session == s.key && row.VIP != "" {
+					return netip.ParseAddr(row.VIP)
+				}
+			}
+			return a, fmt.Errorf("bind %q: session %s has no VIP yet (run a client in it first)", spec, s.label)
+		}
+	}
+	return a, fmt.Errorf("bind %q: no such session", spec)
+}
+
+// SessionRow is the part of `ipvirtctl sessions -o json` the checks use.
+type SessionRow struct {
+	Session  string `json:"session"`
+	User     string `json:"user"`
+	State    string `json:"state"`
+	VIP      string `json:"vip"`
+	Programs []struct {
+		Program string `json:"program"`
+		VIP     string `json:"vip"`
+		State   string `json:"state"`
+	} `json:"programs"`
+}
+
+type report []SessionRow
+
+// sessionsReport runs the real `ipvirtctl sessions -o json`, the report an
+// administrator reads, so the scenario checks it rather than internals.
+func (r *runner) sessionsReport(d *daemonproc.Daemon) (report, error) {
+	cmd := exec.Command(r.bins.IPVirtctl, "--socket", d.Socket, "sessions", "-o", "json")
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("ipvirtctl sessions: %w", err)
+	}
+	var rows report
+	if err := json.NewDecoder(bufio.NewReader(strings.NewReader(string(out)))).Decode(&rows); err != nil {
+		return nil, fmt.Errorf("ipvirtctl sessions -o json: %w", err)
+	}
+	return rows, nil
+}
+
+// vipOf is the VIP the report gives c's holder: its program's in
+// per-program mode, else its session's.
+func (rep report) vipOf(c *ClientResult) netip.Addr {
+	for _, row := range rep {
+		if row.Session != c.Session.key {
+			continue
+		}
+		for _, p := range row.Programs {
+			if p.Program == c.Program && p.VIP != "" {
+				a, _ := netip.ParseAddr(p.VIP)
+				return a
+			}
+		}
+		if row.VIP != "" {
+			a, _ := netip.ParseAddr(row.VIP)
+			return a
+		}
+	}
+	return netip.Addr{}
+}

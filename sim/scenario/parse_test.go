@@ -1,0 +1,123 @@
+package scenario
+
+import (
+	"os"
+	"strings"
+	"testing"
+)
+
+const minimal = `
+name: t
+daemon: {source: static}
+phases:
+  - name: p
+    sessions:
+      - name: s
+        run: [{}]
+`
+
+func TestParseDefaults(t *testing.T) {
+	f, err := Parse([]byte(minimal))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := f.Phases[0]
+	if p.Interceptor != "preload" || p.Sessions[0].Count != 1 || p.Sessions[0].Run[0].Program != "db-client" || p.Sessions[0].Run[0].Kind != "c" {
+		t.Fatalf("defaults not applied: %+v", p)
+	}
+	if k, _ := f.topologyKind(); k != "loopback" {
+		t.Fatalf("topology %q", k)
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	tests := []struct {
+		name, old, new, want string
+	}{
+		{"unknown top key", "name: t", "name: t\nbogus: 1", "field bogus not found"},
+		{"no name", "name: t", `name: ""`, "name: missing"},
+		{"unknown requirement", "name: t", "name: t\nrequires: [moon]", `unknown requirement "moon"`},
+		{"unknown topology", "name: t", "name: t\ntopology: {kind: mesh}", `unknown kind "mesh"`},
+		{"topology not a map", "name: t", "name: t\ntopology: loopback", "want a mapping"},
+		{"no phases", "phases:", "phases: []\nx:", "field x not found"},
+		{"bad interceptor", "    sessions:", "    interceptor: ebpf\n    sessions:", `interceptor "ebpf"`},
+		{"bad source", "run: [{}]", "run: [{expect: {source: dhcp}}]", `expect.source "dhcp"`},
+		{"bad verdict", "run: [{}]", "run: [{expect: {verdict: maybe}}]", `expect.verdict "maybe"`},
+		{"bad kind", "run: [{}]", "run: [{kind: rust}]", `kind "rust"`},
+		{"program with slash", "run: [{}]", "run: [{program: /bin/sh}]", "a plain name"},
+		{"bad bind", "run: [{}]", "run: [{bind: somewhere}]", "want an address or"},
+		{"bad bind index", "run: [{}]", `run: [{bind: "vip of s[0]"}]`, "bad session number"},
+		{"no clients", "run: [{}]", "run: []", "run: no clients"},
+		{"count too big", "      - name: s", "      - name: s\n        count: 20000", "count 20000"},
+		{"unknown expect block", "    sessions:", "    expect: {wire: {}}\n    sessions:", `expect: unknown key "wire"`},
+		{"metric without value", "    sessions:", "    expect: {metrics: [{name: x}]}\n    sessions:", "equals or min"},
+		{"bad duration", "    sessions:", "    expect: {connect_p99_below: soon}\n    sessions:", `bad duration "soon"`},
+		{"typo in expect", "    sessions:", "    expect: {acepted: 1}\n    sessions:", `unknown key "acepted"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			doc := strings.Replace(minimal, tt.old, tt.new, 1)
+			if doc == minimal {
+				t.Fatalf("%q not in the minimal scenario", tt.old)
+			}
+			_, err := Parse([]byte(doc))
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error %v, want it to contain %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestParseBind(t *testing.T) {
+	tests := []struct {
+		in    string
+		addr  string
+		group string
+		index int
+	}{
+		{"127.78.0.10", "127.78.0.10", "", 0},
+		{"vip of alice", "", "alice", 1},
+		{"vip of alice[3]", "", "alice", 3},
+	}
+	for _, tt := range tests {
+		a, ref, err := parseBind(tt.in)
+		if err != nil {
+			t.Fatalf("%q: %v", tt.in, err)
+		}
+		if tt.addr != "" && a.String() != tt.addr {
+			t.Errorf("%q: addr %s", tt.in, a)
+		}
+		if tt.group != "" && (ref == nil || ref.group != tt.group || ref.index != tt.index) {
+			t.Errorf("%q: ref %+v", tt.in, ref)
+		}
+	}
+}
+
+func TestMerge(t *testing.T) {
+	base := map[string]any{"mode": "per-session", "static_pool": map[string]any{"start": "a", "end": "b"}}
+	got := merge(merge(map[string]any{}, base), map[string]any{"static_pool": map[string]any{"end": "c"}, "grace": "1s"})
+	pool := got["static_pool"].(map[string]any)
+	if pool["start"] != "a" || pool["end"] != "c" || got["grace"] != "1s" || got["mode"] != "per-session" {
+		t.Fatalf("merge: %v", got)
+	}
+	if base["static_pool"].(map[string]any)["end"] != "b" {
+		t.Fatal("merge changed its input")
+	}
+}
+
+// FuzzParse: a scenario file is input from a user; the parser must reject,
+// never panic.
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(minimal))
+	for _, name := range []string{"duplicate-ip.yaml", "admin-excluded.yaml", "exhausted.yaml"} {
+		if b, err := os.ReadFile(scenarioPath(name)); err == nil {
+			f.Add(b)
+		}
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		s, err := Parse(b)
+		if err == nil && (s.Name == "" || len(s.Phases) == 0) {
+			t.Fatalf("accepted a scenario without name or phases: %q", b)
+		}
+	})
+}

@@ -1,0 +1,100 @@
+package scenario
+
+import (
+	"fmt"
+	"strings"
+	"text/tabwriter"
+)
+
+func (r *runner) header() {
+	w := r.opts.Out
+	fmt.Fprintf(w, "\n== %s\n", r.f.Name)
+	if d := strings.TrimSpace(r.f.Description); d != "" {
+		for _, line := range strings.Split(d, "\n") {
+			fmt.Fprintf(w, "   %s\n", strings.TrimSpace(line))
+		}
+	}
+	kind := "audit (kernel login sessions, as pam_loginuid makes them)"
+	if r.kind != "audit" {
+		kind = "POSIX (setsid; run as root for kernel audit sessions)"
+	}
+	fmt.Fprintf(w, "   sessions: %s; machine IP %s; database server %s\n", kind, r.topo.MachineIP(), r.srv.Addr())
+}
+
+func (r *runner) print(i int, p *Phase, pr *PhaseResult) {
+	w := r.opts.Out
+	fmt.Fprintf(w, "\n-- phase %d/%d: %s  [interceptor: %s]\n", i+1, len(r.f.Phases), p.Name, p.Interceptor)
+	for _, line := range wrap(p.Says, 76) {
+		fmt.Fprintf(w, "   %s\n", line)
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "   SESSION\tUSER\tPROGRAM\tLEFT FROM\tSERVER SAID\tCONNECT")
+	for _, c := range pr.Clients {
+		src := "-"
+		if c.Source.IsValid() {
+			src = c.Source.Addr().String()
+			switch {
+			case c.Source.Addr() == r.topo.MachineIP():
+				src += " (machine IP)"
+			case c.Source.Addr() == c.VIP:
+				src += " (VIP)"
+			}
+		}
+		verdict := c.Verdict
+		if c.Errno != "" {
+			verdict += " (" + c.Errno + ")"
+		}
+		sess := c.Session.label + " " + c.Session.key
+		if c.Session.sess == nil {
+			sess = c.Session.label + " (no session)"
+		}
+		fmt.Fprintf(tw, "   %s\t%d\t%s\t%s\t%s\t%s\n", sess, c.Session.uid, c.Spec.Program, src, verdict, c.Connect.Round(1000))
+	}
+	tw.Flush()
+	for _, o := range pr.Outcomes {
+		mark := "PASS"
+		got := ""
+		if !o.OK {
+			mark = "FAIL"
+			if o.Got != "" {
+				got = "  (got " + o.Got + ")"
+			}
+		}
+		fmt.Fprintf(w, "   %s  %s%s\n", mark, o.What, got)
+	}
+}
+
+// Summary prints the closing line of a file's run.
+func Summary(r *Result) string {
+	if r.Skipped != "" {
+		return fmt.Sprintf("SKIP %s: %s", r.Name, r.Skipped)
+	}
+	checks := 0
+	for _, p := range r.Phases {
+		checks += len(p.Outcomes)
+	}
+	if f := r.Failed(); f > 0 {
+		return fmt.Sprintf("FAIL %s: %d of %d checks failed (%s)", r.Name, f, checks, r.Took.Round(1e7))
+	}
+	return fmt.Sprintf("PASS %s: %d phases, %d checks (%s)", r.Name, len(r.Phases), checks, r.Took.Round(1e7))
+}
+
+// wrap breaks text into lines of at most width columns, at spaces.
+func wrap(text string, width int) []string {
+	var lines []string
+	line := ""
+	for _, w := range strings.Fields(text) {
+		if line != "" && len(line)+1+len(w) > width {
+			lines = append(lines, line)
+			line = ""
+		}
+		if line != "" {
+			line += " "
+		}
+		line += w
+	}
+	if line != "" {
+		lines = append(lines, line)
+	}
+	return lines
+}

@@ -1,0 +1,97 @@
+package scenario
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func scenarioPath(name string) string { return filepath.Join("..", "..", "scenarios", name) }
+
+// The scenario files in scenarios/ are the acceptance tests of issue 3:
+// run them for real (audit sessions as root, POSIX otherwise).
+func TestScenarioFiles(t *testing.T) {
+	for _, name := range []string{"duplicate-ip.yaml", "admin-excluded.yaml", "exhausted.yaml"} {
+		t.Run(name, func(t *testing.T) {
+			f, err := Load(scenarioPath(name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var out bytes.Buffer
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			res, err := Run(ctx, f, Options{Out: &out})
+			if err != nil {
+				t.Fatalf("%v\n%s", err, out.String())
+			}
+			if res.Skipped != "" {
+				t.Skip(res.Skipped)
+			}
+			if res.Failed() > 0 || len(res.Phases) != len(f.Phases) {
+				t.Fatalf("%s\n%s", Summary(res), out.String())
+			}
+			assertNoLeftovers(t)
+		})
+	}
+}
+
+// A scenario must be able to fail: the same run with a wrong expectation
+// reports it, names it and counts it.
+func TestWrongExpectationFails(t *testing.T) {
+	b, err := os.ReadFile(scenarioPath("duplicate-ip.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Phase 1 (disabled) really accepts one client; claim three.
+	wrong := strings.Replace(string(b), "      accepted: 1\n", "      accepted: 3\n", 1)
+	if wrong == string(b) {
+		t.Fatal("fixture changed: no 'accepted: 1' to falsify")
+	}
+	f, err := Parse([]byte(wrong))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Phases = f.Phases[:1]
+	var out bytes.Buffer
+	res, err := Run(context.Background(), f, Options{Out: &out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Failed() != 1 {
+		t.Fatalf("failed checks = %d, want 1\n%s", res.Failed(), out.String())
+	}
+	if !strings.Contains(out.String(), "FAIL  accepted by the server = 3  (got 1)") {
+		t.Fatalf("report does not name the failed check:\n%s", out.String())
+	}
+	if !strings.HasPrefix(Summary(res), "FAIL duplicate-ip") {
+		t.Fatalf("summary %q", Summary(res))
+	}
+}
+
+// assertNoLeftovers: no client or daemon of a finished run still runs (the
+// clients run from the run's work directory, which is gone by now).
+func assertNoLeftovers(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var left []string
+		procs, _ := filepath.Glob("/proc/[0-9]*/exe")
+		for _, p := range procs {
+			exe, err := os.Readlink(p)
+			if err == nil && strings.Contains(exe, "/ipvirt-sim-") {
+				left = append(left, filepath.Dir(p)+" "+exe)
+			}
+		}
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("processes left behind: %v", left)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
