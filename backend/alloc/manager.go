@@ -223,6 +223,42 @@ func (m *Manager) Query(ctx context.Context, c identity.Caller) Answer {
 	return m.notVirtualized(s, v.Holder, c, err)
 }
 
+// QueryNow is Query for callers that must not wait: it answers when the
+// answer is at hand (not virtualized, or a holder whose lease is ready) and
+// reports false when it would need an allocation, which the caller then
+// asks for with Query. The socket server answers most QUERYs this way on
+// its accept thread, without a goroutine hand-off.
+func (m *Manager) QueryNow(c identity.Caller) (Answer, bool) {
+	s := m.settings.Load()
+	admin, userName := false, ""
+	if s.Policy.Enabled && c.Session.Valid() {
+		if admin = m.opts.Users.IsAdmin(c.SessionUID, s.Admins); admin {
+			userName = m.opts.Users.Name(c.SessionUID)
+		}
+	}
+	v := policy.Decide(s.Policy, c, admin, userName)
+	if v.Rule != policy.RuleVirtualize {
+		m.counters.count(wire.KindMIP, v.Rule)
+		return Answer{Kind: wire.KindMIP, Rule: v.Rule, Reason: v.Reason, TTL: ttlMIP}, true
+	}
+	m.mu.RLock()
+	e := m.holders[v.Holder]
+	m.mu.RUnlock()
+	if e == nil {
+		return Answer{}, false
+	}
+	select {
+	case <-e.ready:
+	default:
+		return Answer{}, false
+	}
+	if e.err != nil {
+		return Answer{}, false
+	}
+	m.counters.count(wire.KindVIP, policy.RuleVirtualize)
+	return Answer{Kind: wire.KindVIP, Lease: e.lease, Rule: policy.RuleVirtualize, TTL: vipTTL(e.lease, m.opts.Now()), Holder: v.Holder}, true
+}
+
 func vipTTL(l lease.Lease, now time.Time) time.Duration {
 	ttl := ttlVIP
 	if !l.Expiry.IsZero() {

@@ -24,6 +24,11 @@ func (d *Daemon) Query(ctx context.Context, c identity.Caller) alloc.Answer {
 	return d.mgr.Query(ctx, c)
 }
 
+// QueryNow implements server.Backend.
+func (d *Daemon) QueryNow(c identity.Caller) (alloc.Answer, bool) {
+	return d.mgr.QueryNow(c)
+}
+
 // Sessions implements server.Backend.
 func (d *Daemon) Sessions(only *uint32) []alloc.SessionReport {
 	return d.mgr.Sessions(only, identity.LogindDir)

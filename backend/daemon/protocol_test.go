@@ -153,3 +153,49 @@ func TestPreallocateOnLogon(t *testing.T) {
 		t.Fatalf("an administrator's session was pre-allocated %s", v)
 	}
 }
+
+// TestSlowClients: the socket's accept thread answers QUERYs inline, so a
+// client that connects and says nothing, or sends its request in pieces,
+// must neither block other clients nor go unanswered.
+func TestSlowClients(t *testing.T) {
+	e := newEnv(t, "")
+	dial := func() net.Conn {
+		c, err := net.Dial("unix", e.d.Socket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	query := func(c net.Conn, parts ...[]byte) {
+		t.Helper()
+		for i, p := range parts {
+			if i > 0 {
+				time.Sleep(20 * time.Millisecond) // past the inline wait
+			}
+			if _, err := c.Write(p); err != nil {
+				t.Fatal(err)
+			}
+		}
+		f, err := wire.ReadFrame(c, wire.MaxResponsePayload)
+		if err != nil || f.Type != wire.RespAnswer {
+			t.Fatalf("query: %+v %v", f, err)
+		}
+	}
+	req := wire.AppendFrame(nil, wire.OpQuery, nil)
+
+	silent := make([]net.Conn, 5)
+	for i := range silent {
+		silent[i] = dial()
+	}
+	// Others are served while the silent ones say nothing.
+	for range 3 {
+		query(dial(), req)
+	}
+	query(dial(), req[:6], req[6:]) // a request split across writes
+	// The silent ones are still served once they speak.
+	for _, c := range silent {
+		query(c, req)
+	}
+}

@@ -85,20 +85,22 @@ func (r Resolver) ResolveConn(c *net.UnixConn) (Caller, error) {
 	if err != nil {
 		return Caller{}, fmt.Errorf("identity: %w", err)
 	}
-	var cred *unix.Ucred
+	var caller Caller
+	var resErr error
+	if err := raw.Control(func(fd uintptr) { caller, resErr = r.ResolveFD(int(fd)) }); err != nil {
+		return Caller{}, fmt.Errorf("identity: %w", err)
+	}
+	return caller, resErr
+}
+
+// ResolveFD is ResolveConn on a raw connected Unix socket.
+func (r Resolver) ResolveFD(fd int) (Caller, error) {
+	cred, err := unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED)
 	pidfd := -1
-	var credErr error
-	err = raw.Control(func(fd uintptr) {
-		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-		if credErr != nil {
-			return
-		}
-		if v, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, soPeerPIDFD); err == nil {
+	if err == nil {
+		if v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, soPeerPIDFD); err == nil {
 			pidfd = v
 		}
-	})
-	if err == nil {
-		err = credErr
 	}
 	if err != nil {
 		return Caller{}, fmt.Errorf("identity: SO_PEERCRED: %w", err)

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ipvirt/ipvirt/backend/lease"
 )
 
@@ -118,14 +120,28 @@ func parseStat(b []byte) (Stat, error) {
 // and 1 (init's own session, where services that never call setsid live)
 // count as no session.
 func (p Proc) POSIXSession(pid int) (lease.Session, error) {
-	st, err := p.Stat(pid)
-	if err != nil {
-		return lease.Session{}, err
+	var sid int
+	if p.Root == "/proc" {
+		// getsid(2) is a few times cheaper than reading /proc/PID/stat of a
+		// process that just started, and this is on every first connect.
+		var err error
+		if sid, err = unix.Getsid(pid); err != nil {
+			if errors.Is(err, unix.ESRCH) {
+				err = syscall.ENOENT // the process is gone, as a /proc read says it
+			}
+			return lease.Session{}, &os.PathError{Op: "getsid", Path: strconv.Itoa(pid), Err: err}
+		}
+	} else {
+		st, err := p.Stat(pid)
+		if err != nil {
+			return lease.Session{}, err
+		}
+		sid = st.Session
 	}
-	if st.Session <= 1 {
+	if sid <= 1 {
 		return lease.Session{}, nil
 	}
-	return lease.Session{Kind: lease.KindPOSIX, ID: uint32(st.Session)}, nil
+	return lease.Session{Kind: lease.KindPOSIX, ID: uint32(sid)}, nil
 }
 
 // Exe returns the path of pid's executable. A binary replaced or removed

@@ -29,6 +29,9 @@ import (
 // manager, the store and the configuration.
 type Backend interface {
 	Query(ctx context.Context, c identity.Caller) alloc.Answer
+	// QueryNow answers without blocking, or reports false (see
+	// alloc.Manager.QueryNow).
+	QueryNow(c identity.Caller) (alloc.Answer, bool)
 	Sessions(only *uint32) []alloc.SessionReport
 	Status() StatusReport
 	ReleaseSession(s lease.Session) []lease.Lease
@@ -83,6 +86,7 @@ type Unix struct {
 	wg    sync.WaitGroup
 	mu    sync.Mutex
 	conns map[net.Conn]struct{}
+	fast  *fastPath
 }
 
 // Listen binds the socket at path, mode 0666: anyone may ask, since the
@@ -109,13 +113,19 @@ func Listen(path string) (*net.UnixListener, error) {
 	return ln, nil
 }
 
-// Serve accepts connections on ln until Close.
+// Serve accepts connections on ln until Close: on a dedicated thread with
+// blocking system calls (fast.go) when it can, else in a goroutine.
 func (s *Unix) Serve(ln *net.UnixListener) error {
 	s.mu.Lock()
 	s.ln = ln
 	s.slots = make(chan struct{}, maxConns)
 	s.conns = map[net.Conn]struct{}{}
 	s.mu.Unlock()
+	fast, err := s.newFastPath(ln)
+	if err == nil {
+		return fast.serve()
+	}
+	s.Log.Warn("socket fast path unavailable; serving from goroutines", "err", err)
 	for {
 		c, err := ln.AcceptUnix()
 		if err != nil {
@@ -139,12 +149,18 @@ func (s *Unix) Serve(ln *net.UnixListener) error {
 			c.Close()
 			continue
 		}
-		s.track(c, true)
-		s.wg.Go(func() {
-			defer func() { <-s.slots; s.track(c, false); c.Close() }()
-			s.handle(c)
-		})
+		s.goServe(c, nil)
 	}
+}
+
+// goServe serves c from a goroutine; caller is its identity when known. The
+// caller of goServe holds one of s.slots for c.
+func (s *Unix) goServe(c *net.UnixConn, caller *identity.Caller) {
+	s.track(c, true)
+	s.wg.Go(func() {
+		defer func() { <-s.slots; s.track(c, false); c.Close() }()
+		s.handle(c, caller)
+	})
 }
 
 func (s *Unix) track(c net.Conn, add bool) {
@@ -160,6 +176,14 @@ func (s *Unix) track(c net.Conn, add bool) {
 // Close stops accepting, closes open connections and waits for handlers.
 func (s *Unix) Close() error {
 	s.mu.Lock()
+	fast := s.fast
+	s.mu.Unlock()
+	if fast != nil {
+		// Outside the lock: the thread may be handing off a connection,
+		// which takes it.
+		fast.stop()
+	}
+	s.mu.Lock()
 	if s.ln != nil {
 		s.ln.Close()
 	}
@@ -171,8 +195,7 @@ func (s *Unix) Close() error {
 	return nil
 }
 
-func (s *Unix) handle(c *net.UnixConn) {
-	var caller *identity.Caller
+func (s *Unix) handle(c *net.UnixConn, caller *identity.Caller) {
 	for {
 		c.SetReadDeadline(time.Now().Add(idleTimeout))
 		f, err := wire.ReadFrame(c, wire.MaxRequestPayload)
