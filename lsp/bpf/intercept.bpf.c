@@ -1,0 +1,532 @@
+//go:build ignore
+
+// SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause
+/*
+ * ipvirt kernel interceptor: gives the sockets of a login session (or of one
+ * program in it) the session's virtual IP as source address.
+ *
+ * The hot path only reads maps the daemon fills; it never waits for the
+ * daemon. A caller outside any audit session, or without a map entry, returns
+ * at the first lookup and is never changed (except by enforcement, see
+ * check_src).
+ *
+ * GPL because bpf_get_current_task_btf() is a GPL-only helper.
+ */
+#include "kernel.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_tracing.h>
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Bumped when a map layout or a field's meaning changes: a daemon never
+ * adopts pinned objects of another ABI (see pin.go). */
+#define IPVIRT_ABI 1
+
+#define AUDIT_SID_UNSET 0xffffffffu
+#define MAX_RANGES 16
+
+#define CFG_ENFORCE (1u << 0)
+#define CFG_PER_PROGRAM (1u << 1)
+
+/* An executable, as the kernel names it: (superblock dev, inode). */
+struct exe_id {
+	__u64 ino;
+	__u32 dev;
+	__u32 pad;
+};
+
+/* A holder: a whole session (ino = dev = 0) or one program in a session. */
+struct holder {
+	__u64 ino;
+	__u32 dev;
+	__u32 sid;
+};
+
+struct pool_range {
+	__u32 start; /* host byte order, inclusive */
+	__u32 end;
+};
+
+struct settings {
+	__u32 abi;
+	__u32 flags;
+	__be32 machine_ip;
+	__u32 nranges;
+	struct pool_range ranges[MAX_RANGES];
+};
+
+enum event_kind {
+	EV_SESSION = 1, /* a new audit session was created */
+	EV_EXEC = 2,    /* a program of interest was executed */
+	EV_MISS = 3,    /* first socket call of a pending session without a VIP */
+	EV_DENIED = 4,  /* enforcement refused a source address */
+};
+
+enum hook {
+	HOOK_NONE = 0,
+	HOOK_CONNECT4,
+	HOOK_SENDMSG4,
+	HOOK_BIND4,
+	HOOK_CONNECT6,
+	HOOK_SENDMSG6,
+	HOOK_BIND6,
+};
+
+enum counter {
+	CNT_CONNECT_BOUND,  /* connect: socket bound to the VIP */
+	CNT_SENDMSG_SRC,    /* unconnected sendmsg: source set to the VIP */
+	CNT_BIND_REWRITTEN, /* bind to wildcard/machine IP turned into the VIP */
+	CNT_DENIED,         /* enforcement refusals */
+	CNT_MISS,           /* miss events emitted */
+	CNT_BIND_FAILED,    /* bpf_bind() returned an error (connect went on) */
+	CNT_EVENTS_LOST,    /* ring buffer full */
+	CNT_MAX,
+};
+
+struct event {
+	__u32 kind;
+	__u32 sid;
+	__u32 pid;
+	__u32 uid;
+	__u32 loginuid;
+	__be32 addr;
+	__u16 port; /* host byte order */
+	__u16 hook;
+	__u32 owner_sid;
+	__u64 exe_ino;
+	__u32 exe_dev;
+	__u32 pad;
+	char comm[16];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);     /* audit session id */
+	__type(value, __be32);  /* VIP */
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} sessions SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct holder);
+	__type(value, __be32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} programs SEC(".maps");
+
+/* VIP -> its holder: what enforcement protects besides the pool ranges. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 131072);
+	__type(key, __be32);
+	__type(value, struct holder);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} owners SEC(".maps");
+
+/* Executables whose exec the daemon wants to hear about. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct exe_id);
+	__type(value, __u8);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} interest SEC(".maps");
+
+/* Sessions created but not yet decided by the daemon (value: ktime ns). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u64);
+} pending SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct settings);
+} config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CNT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} events SEC(".maps");
+
+struct caller {
+	__u32 sid;
+	__be32 vip; /* 0: no entry */
+	struct holder key;
+};
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
+	if (v)
+		__sync_fetch_and_add(v, 1);
+}
+
+static __always_inline bool is_loopback(__be32 addr)
+{
+	return (bpf_ntohl(addr) >> 24) == 127;
+}
+
+static __always_inline bool is_v4mapped(const __u32 ip6[4])
+{
+	return ip6[0] == 0 && ip6[1] == 0 && ip6[2] == bpf_htonl(0xffff);
+}
+
+static __always_inline const struct settings *get_config(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&config, &zero);
+}
+
+static __always_inline void exe_of(struct task_struct *t, struct holder *key)
+{
+	struct mm_struct *mm = t->mm;
+	if (!mm)
+		return;
+	struct file *f = mm->exe_file;
+	if (!f)
+		return;
+	struct inode *ino = f->f_inode;
+	if (!ino)
+		return;
+	key->ino = ino->i_ino;
+	key->dev = ino->i_sb->s_dev;
+}
+
+/* resolve fills c with the calling task's session and VIP: a per-program
+ * entry wins over the session's entry. */
+static __always_inline void resolve(struct caller *c, const struct settings *cfg)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	__be32 *vip;
+
+	c->sid = t->sessionid;
+	c->vip = 0;
+	c->key.ino = 0;
+	c->key.dev = 0;
+	c->key.sid = c->sid;
+	if (c->sid == AUDIT_SID_UNSET)
+		return;
+	if (cfg && (cfg->flags & CFG_PER_PROGRAM)) {
+		struct holder k = {.sid = c->sid};
+		exe_of(t, &k);
+		if (k.ino) {
+			vip = bpf_map_lookup_elem(&programs, &k);
+			if (vip) {
+				c->vip = *vip;
+				c->key = k;
+				return;
+			}
+		}
+	}
+	vip = bpf_map_lookup_elem(&sessions, &c->sid);
+	if (vip)
+		c->vip = *vip;
+}
+
+static __always_inline void emit(__u32 kind, __u32 sid, __be32 addr, __u16 port,
+				 __u16 hook, __u32 owner_sid)
+{
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(CNT_EVENTS_LOST);
+		return;
+	}
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct holder k = {};
+	exe_of(t, &k);
+	e->kind = kind;
+	e->sid = sid;
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	e->uid = (__u32)bpf_get_current_uid_gid();
+	e->loginuid = t->loginuid.val;
+	e->addr = addr;
+	e->port = port;
+	e->hook = hook;
+	e->owner_sid = owner_sid;
+	e->exe_ino = k.ino;
+	e->exe_dev = k.dev;
+	e->pad = 0;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* miss reports, once, that a session the daemon has not decided about yet
+ * is already using the network: the daemon lost the race (README: window). */
+static __always_inline void miss(const struct caller *c, __be32 addr, __u16 port, __u16 hook)
+{
+	if (c->sid == AUDIT_SID_UNSET)
+		return;
+	if (!bpf_map_lookup_elem(&pending, &c->sid))
+		return;
+	if (bpf_map_delete_elem(&pending, &c->sid) != 0)
+		return; /* another CPU reported it */
+	count(CNT_MISS);
+	emit(EV_MISS, c->sid, addr, port, hook, AUDIT_SID_UNSET);
+}
+
+static __always_inline bool in_pool(const struct settings *cfg, __be32 addr)
+{
+	__u32 a = bpf_ntohl(addr);
+	for (int i = 0; i < MAX_RANGES; i++) {
+		if (i >= cfg->nranges)
+			break;
+		if (a >= cfg->ranges[i].start && a <= cfg->ranges[i].end)
+			return true;
+	}
+	return false;
+}
+
+/* check_src returns 1 when the caller may use addr as source address, 0 to
+ * refuse with EPERM. Only login sessions are policed: tasks outside any
+ * audit session are system services (ipvirtd itself binds leased VIPs to
+ * renew them) and unprivileged users cannot leave their session. */
+static __always_inline int check_src(const struct caller *c, const struct settings *cfg,
+				     __be32 addr, __u16 port, __u16 hook)
+{
+	if (!cfg || !(cfg->flags & CFG_ENFORCE))
+		return 1;
+	if (c->sid == AUDIT_SID_UNSET || addr == 0 || addr == c->vip)
+		return 1;
+	struct holder *owner = bpf_map_lookup_elem(&owners, &addr);
+	if (!owner && !in_pool(cfg, addr))
+		return 1;
+	count(CNT_DENIED);
+	emit(EV_DENIED, c->sid, addr, port, hook, owner ? owner->sid : AUDIT_SID_UNSET);
+	return 0;
+}
+
+/* wanted reports whether a VIP should be the source towards dst: loopback
+ * traffic keeps its loopback source unless the VIP itself is a loopback
+ * address (the simulator's topology), and a loopback VIP cannot reach a
+ * non-loopback destination anyway (the kernel refuses that route). */
+static __always_inline bool wanted(__be32 vip, __be32 dst)
+{
+	return is_loopback(vip) == is_loopback(dst);
+}
+
+SEC("cgroup/connect4")
+int ipvirt_connect4(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	const struct settings *cfg;
+	struct caller c;
+
+	if (!sk || sk->src_ip4)
+		return 1; /* bound by the program (or the preload library) */
+	cfg = get_config();
+	resolve(&c, cfg);
+	if (!c.vip) {
+		miss(&c, ctx->user_ip4, bpf_ntohs(ctx->user_port), HOOK_CONNECT4);
+		return 1;
+	}
+	if (!wanted(c.vip, ctx->user_ip4))
+		return 1;
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr = c.vip};
+	if (bpf_bind(ctx, (struct sockaddr *)&sa, sizeof(sa)) == 0)
+		count(CNT_CONNECT_BOUND);
+	else
+		count(CNT_BIND_FAILED);
+	return 1;
+}
+
+SEC("cgroup/sendmsg4")
+int ipvirt_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	const struct settings *cfg;
+	struct caller c;
+
+	if (!sk)
+		return 1;
+	cfg = get_config();
+	resolve(&c, cfg);
+	if (ctx->msg_src_ip4) /* IP_PKTINFO chose a source: police it */
+		return check_src(&c, cfg, ctx->msg_src_ip4, 0, HOOK_SENDMSG4);
+	if (sk->src_ip4)
+		return 1;
+	if (!c.vip) {
+		miss(&c, ctx->user_ip4, bpf_ntohs(ctx->user_port), HOOK_SENDMSG4);
+		return 1;
+	}
+	if (!wanted(c.vip, ctx->user_ip4))
+		return 1;
+	ctx->msg_src_ip4 = c.vip;
+	count(CNT_SENDMSG_SRC);
+	return 1;
+}
+
+/* bind_rewrite returns the address a bind to addr should really use. */
+static __always_inline __be32 bind_rewrite(const struct caller *c, const struct settings *cfg,
+					   __be32 addr)
+{
+	if (!c->vip)
+		return addr;
+	if (addr == 0)
+		return c->vip;
+	if (cfg && cfg->machine_ip && addr == cfg->machine_ip &&
+	    (!is_loopback(addr) || is_loopback(c->vip)))
+		return c->vip;
+	return addr;
+}
+
+SEC("cgroup/bind4")
+int ipvirt_bind4(struct bpf_sock_addr *ctx)
+{
+	const struct settings *cfg = get_config();
+	struct caller c;
+	__be32 addr = ctx->user_ip4;
+
+	resolve(&c, cfg);
+	if (c.sid == AUDIT_SID_UNSET)
+		return 1;
+	__be32 to = bind_rewrite(&c, cfg, addr);
+	if (to != addr) {
+		ctx->user_ip4 = to;
+		count(CNT_BIND_REWRITTEN);
+		return 1;
+	}
+	if (!c.vip && addr == 0)
+		miss(&c, addr, bpf_ntohs(ctx->user_port), HOOK_BIND4);
+	return check_src(&c, cfg, addr, bpf_ntohs(ctx->user_port), HOOK_BIND4);
+}
+
+/* IPv6 hooks: only IPv4-mapped addresses (::ffff:a.b.c.d) on dual-stack
+ * sockets concern a VIP; native IPv6 passes through untouched. */
+
+SEC("cgroup/connect6")
+int ipvirt_connect6(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	const struct settings *cfg;
+	struct caller c;
+
+	if (!sk || !is_v4mapped(ctx->user_ip6))
+		return 1;
+	if (sk->src_ip6[0] | sk->src_ip6[1] | sk->src_ip6[2] | sk->src_ip6[3])
+		return 1;
+	__be32 dst = ctx->user_ip6[3];
+	cfg = get_config();
+	resolve(&c, cfg);
+	if (!c.vip) {
+		miss(&c, dst, bpf_ntohs(ctx->user_port), HOOK_CONNECT6);
+		return 1;
+	}
+	if (!wanted(c.vip, dst))
+		return 1;
+	struct sockaddr_in6 sa;
+	__builtin_memset(&sa, 0, sizeof(sa)); /* no .rodata initializer */
+	sa.sin6_family = AF_INET6;
+	sa.sin6_addr[2] = bpf_htonl(0xffff);
+	sa.sin6_addr[3] = c.vip;
+	if (bpf_bind(ctx, (struct sockaddr *)&sa, sizeof(sa)) == 0)
+		count(CNT_CONNECT_BOUND);
+	else
+		count(CNT_BIND_FAILED);
+	return 1;
+}
+
+/* The kernel hands an unconnected UDPv6 send to a v4-mapped destination to
+ * the IPv4 path (udp_sendmsg), which runs sendmsg4; this hook covers the
+ * sends that do reach sendmsg6 with a mapped address. */
+SEC("cgroup/sendmsg6")
+int ipvirt_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	const struct settings *cfg;
+	struct caller c;
+
+	if (!sk || !is_v4mapped(ctx->user_ip6))
+		return 1;
+	cfg = get_config();
+	resolve(&c, cfg);
+	if (ctx->msg_src_ip6[0] | ctx->msg_src_ip6[1] | ctx->msg_src_ip6[2] | ctx->msg_src_ip6[3]) {
+		if (!is_v4mapped(ctx->msg_src_ip6))
+			return 1;
+		return check_src(&c, cfg, ctx->msg_src_ip6[3], 0, HOOK_SENDMSG6);
+	}
+	if (sk->src_ip6[0] | sk->src_ip6[1] | sk->src_ip6[2] | sk->src_ip6[3])
+		return 1;
+	__be32 dst = ctx->user_ip6[3];
+	if (!c.vip) {
+		miss(&c, dst, bpf_ntohs(ctx->user_port), HOOK_SENDMSG6);
+		return 1;
+	}
+	if (!wanted(c.vip, dst))
+		return 1;
+	ctx->msg_src_ip6[0] = 0;
+	ctx->msg_src_ip6[1] = 0;
+	ctx->msg_src_ip6[2] = bpf_htonl(0xffff);
+	ctx->msg_src_ip6[3] = c.vip;
+	count(CNT_SENDMSG_SRC);
+	return 1;
+}
+
+/* bind6 rewrites and polices only mapped addresses: "::" stays "::" so a
+ * dual-stack server keeps serving IPv6 (README: "IPv6 wildcard"). */
+SEC("cgroup/bind6")
+int ipvirt_bind6(struct bpf_sock_addr *ctx)
+{
+	const struct settings *cfg;
+	struct caller c;
+
+	if (!is_v4mapped(ctx->user_ip6))
+		return 1;
+	cfg = get_config();
+	resolve(&c, cfg);
+	if (c.sid == AUDIT_SID_UNSET)
+		return 1;
+	__be32 addr = ctx->user_ip6[3];
+	__be32 to = bind_rewrite(&c, cfg, addr);
+	if (to != addr) {
+		ctx->user_ip6[3] = to;
+		count(CNT_BIND_REWRITTEN);
+		return 1;
+	}
+	return check_src(&c, cfg, addr, bpf_ntohs(ctx->user_port), HOOK_BIND6);
+}
+
+/* A write to /proc/self/loginuid that succeeded gave the task a new audit
+ * session: tell the daemon before the session's first connect. */
+SEC("fexit/audit_set_loginuid")
+int BPF_PROG(ipvirt_new_session)
+{
+	__u64 ret = 0;
+	bpf_get_func_ret(ctx, &ret);
+	if ((int)ret != 0)
+		return 0;
+	struct task_struct *t = bpf_get_current_task_btf();
+	__u32 sid = t->sessionid;
+	if (sid == AUDIT_SID_UNSET)
+		return 0;
+	__u64 now = bpf_ktime_get_ns();
+	bpf_map_update_elem(&pending, &sid, &now, BPF_ANY);
+	emit(EV_SESSION, sid, 0, 0, HOOK_NONE, AUDIT_SID_UNSET);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(ipvirt_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	struct holder k = {};
+	exe_of(p, &k);
+	if (!k.ino)
+		return 0;
+	struct exe_id id = {.ino = k.ino, .dev = k.dev};
+	if (!bpf_map_lookup_elem(&interest, &id))
+		return 0;
+	emit(EV_EXEC, p->sessionid, 0, 0, HOOK_NONE, AUDIT_SID_UNSET);
+	return 0;
+}

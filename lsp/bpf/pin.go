@@ -1,0 +1,391 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// abiVersion must equal IPVIRT_ABI in intercept.bpf.c (a test checks it).
+// It is stored in the config map so that a daemon never adopts pinned
+// programs whose maps mean something else.
+const abiVersion = 1
+
+// The pin directory holds one file per map ("map_<name>") and per link
+// ("link_<hook>"). It is created complete under a staging name and renamed
+// into place, so a pin directory that exists is never half populated.
+// bpffs refuses names with a dot (EPERM), hence "_staging_", "_dying_".
+var mapNames = []string{"sessions", "programs", "owners", "interest", "pending", "config", "counters", "events"}
+
+type cgroupHook struct {
+	name   string
+	attach ebpf.AttachType
+	prog   func(*interceptPrograms) *ebpf.Program
+}
+
+var cgroupHooks = []cgroupHook{
+	{"connect4", ebpf.AttachCGroupInet4Connect, func(p *interceptPrograms) *ebpf.Program { return p.IpvirtConnect4 }},
+	{"sendmsg4", ebpf.AttachCGroupUDP4Sendmsg, func(p *interceptPrograms) *ebpf.Program { return p.IpvirtSendmsg4 }},
+	{"bind4", ebpf.AttachCGroupInet4Bind, func(p *interceptPrograms) *ebpf.Program { return p.IpvirtBind4 }},
+	{"connect6", ebpf.AttachCGroupInet6Connect, func(p *interceptPrograms) *ebpf.Program { return p.IpvirtConnect6 }},
+	{"sendmsg6", ebpf.AttachCGroupUDP6Sendmsg, func(p *interceptPrograms) *ebpf.Program { return p.IpvirtSendmsg6 }},
+	{"bind6", ebpf.AttachCGroupInet6Bind, func(p *interceptPrograms) *ebpf.Program { return p.IpvirtBind6 }},
+}
+
+type tracingHook struct {
+	name   string
+	attach ebpf.AttachType
+	prog   func(*interceptPrograms) *ebpf.Program
+}
+
+var tracingHooks = []tracingHook{
+	{"new_session", ebpf.AttachTraceFExit, func(p *interceptPrograms) *ebpf.Program { return p.IpvirtNewSession }},
+	{"exec", ebpf.AttachTraceRawTp, func(p *interceptPrograms) *ebpf.Program { return p.IpvirtExec }},
+}
+
+// kernelObjects are the maps and links an Interceptor holds, whether it
+// created them or adopted them from pins.
+type kernelObjects struct {
+	maps  map[string]*ebpf.Map
+	links map[string]link.Link
+}
+
+func (ko *kernelObjects) linkNames() []string {
+	var names []string
+	for _, h := range cgroupHooks {
+		names = append(names, h.name)
+	}
+	for _, h := range tracingHooks {
+		names = append(names, h.name)
+	}
+	return names
+}
+
+// detach breaks every link explicitly (a pin or a stray fd elsewhere would
+// otherwise keep the program attached), then closes all handles.
+func (ko *kernelObjects) detach() error {
+	var errs []error
+	for name, l := range ko.links {
+		if err := l.Detach(); err != nil && !errors.Is(err, link.ErrNotSupported) {
+			errs = append(errs, fmt.Errorf("bpf: detach %s: %w", name, err))
+		}
+		l.Close()
+	}
+	ko.links = nil
+	ko.closeMaps()
+	return errors.Join(errs...)
+}
+
+// release closes the handles and leaves whatever is pinned attached.
+func (ko *kernelObjects) release() {
+	for _, l := range ko.links {
+		l.Close()
+	}
+	ko.links = nil
+	ko.closeMaps()
+}
+
+func (ko *kernelObjects) closeMaps() {
+	for _, m := range ko.maps {
+		m.Close()
+	}
+	ko.maps = nil
+}
+
+func (ko *kernelObjects) pin(dir string) error {
+	for name, m := range ko.maps {
+		if err := m.Pin(filepath.Join(dir, "map_"+name)); err != nil {
+			return fmt.Errorf("bpf: pin map %s: %w", name, err)
+		}
+	}
+	for name, l := range ko.links {
+		if err := l.Pin(filepath.Join(dir, "link_"+name)); err != nil {
+			return fmt.Errorf("bpf: pin link %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// attachFresh loads the programs, attaches every hook and pins the result
+// at pinDir. On any error it undoes everything: no hook stays attached.
+func attachFresh(spec *ebpf.CollectionSpec, cgroup, pinDir string) (_ *kernelObjects, _ *lockedDir, err error) {
+	objs, err := loadObjects(spec)
+	if err != nil {
+		return nil, nil, err
+	}
+	// Links hold their own references to the programs.
+	defer objs.interceptPrograms.Close()
+
+	ko := &kernelObjects{maps: map[string]*ebpf.Map{
+		"sessions": objs.Sessions, "programs": objs.Programs, "owners": objs.Owners,
+		"interest": objs.Interest, "pending": objs.Pending, "config": objs.Config,
+		"counters": objs.Counters, "events": objs.Events,
+	}, links: map[string]link.Link{}}
+	staging := pinDir + "_staging_" + strconv.Itoa(os.Getpid())
+	var lock *lockedDir
+	defer func() {
+		if err != nil {
+			ko.detach()
+			removePins(staging)
+			lock.unlock()
+		}
+	}()
+	if err := writeSettings(ko.maps["config"], settings{}); err != nil {
+		return nil, nil, err
+	}
+
+	cg, err := os.Open(cgroup)
+	if err != nil {
+		return nil, nil, fmt.Errorf("bpf: open cgroup %s: %w", cgroup, err)
+	}
+	defer cg.Close()
+	for _, h := range cgroupHooks {
+		// A bpf_link (not the legacy PROG_ATTACH) so that it can be pinned
+		// and coexists with other programs on the same cgroup.
+		l, err := link.AttachRawLink(link.RawLinkOptions{
+			Target: int(cg.Fd()), Program: h.prog(&objs.interceptPrograms), Attach: h.attach,
+		})
+		if err != nil {
+			return nil, nil, classifyAttachError(fmt.Errorf("bpf: attach %s to cgroup %s: %w", h.name, cgroup, err))
+		}
+		ko.links[h.name] = l
+	}
+	for _, h := range tracingHooks {
+		prog := h.prog(&objs.interceptPrograms)
+		if prog == nil {
+			continue // not loadable here (see loadObjects)
+		}
+		l, err := link.AttachTracing(link.TracingOptions{Program: prog, AttachType: h.attach})
+		if err != nil {
+			// Optional, like loading: session events make allocation
+			// happen ahead of the first connect, nothing more.
+			continue
+		}
+		ko.links[h.name] = l
+	}
+
+	if err := os.Mkdir(staging, 0o700); err != nil {
+		return nil, nil, fmt.Errorf("bpf: create %s: %w", staging, err)
+	}
+	if lock, err = tryLockDir(staging); err != nil {
+		return nil, nil, err
+	}
+	if err := ko.pin(staging); err != nil {
+		return nil, nil, err
+	}
+	if err := unix.Renameat2(unix.AT_FDCWD, staging, unix.AT_FDCWD, pinDir, unix.RENAME_NOREPLACE); err != nil {
+		return nil, nil, fmt.Errorf("bpf: publish %s as %s: %w", staging, pinDir, err)
+	}
+	return ko, lock, nil
+}
+
+// loadObjects loads the maps and the cgroup programs, which interception
+// needs, then each tracing program on its own: they only tell the daemon of
+// new sessions and execs, and some kernels refuse them (no fexit trampoline
+// support, a function not traceable, lockdown), which must not cost the
+// interception itself. A tracing program that did not load is nil.
+func loadObjects(spec *ebpf.CollectionSpec) (*interceptObjects, error) {
+	core := spec.Copy()
+	tracing := map[string]*ebpf.ProgramSpec{}
+	for name, ps := range core.Programs {
+		if ps.Type == ebpf.Tracing {
+			tracing[name] = ps
+			delete(core.Programs, name)
+		}
+	}
+	coll, err := ebpf.NewCollection(core)
+	if err != nil {
+		return nil, classifyLoadError(err)
+	}
+	objs := &interceptObjects{}
+	if err := coll.Assign(&objs.interceptMaps); err != nil {
+		coll.Close()
+		return nil, fmt.Errorf("bpf: assign maps: %w", err)
+	}
+	p := &objs.interceptPrograms
+	progs := map[string]**ebpf.Program{
+		"ipvirt_connect4": &p.IpvirtConnect4, "ipvirt_sendmsg4": &p.IpvirtSendmsg4, "ipvirt_bind4": &p.IpvirtBind4,
+		"ipvirt_connect6": &p.IpvirtConnect6, "ipvirt_sendmsg6": &p.IpvirtSendmsg6, "ipvirt_bind6": &p.IpvirtBind6,
+		"ipvirt_new_session": &p.IpvirtNewSession, "ipvirt_exec": &p.IpvirtExec,
+	}
+	for name, dst := range progs {
+		if _, ok := tracing[name]; ok {
+			continue
+		}
+		if *dst = coll.DetachProgram(name); *dst == nil {
+			coll.Close()
+			objs.interceptPrograms.Close()
+			return nil, fmt.Errorf("bpf: program %s missing from the objects", name)
+		}
+	}
+	for name := range objs.mapNames() {
+		coll.DetachMap(name)
+	}
+	coll.Close()
+	for name, ps := range tracing {
+		one := spec.Copy()
+		one.Programs = map[string]*ebpf.ProgramSpec{name: ps}
+		c, err := ebpf.NewCollectionWithOptions(one, ebpf.CollectionOptions{MapReplacements: objs.mapsByName()})
+		if err != nil {
+			continue // see the comment above; the README documents the window
+		}
+		*progs[name] = c.DetachProgram(name)
+		c.Close()
+	}
+	return objs, nil
+}
+
+func (o *interceptObjects) mapsByName() map[string]*ebpf.Map {
+	m := o.interceptMaps
+	return map[string]*ebpf.Map{
+		"config": m.Config, "counters": m.Counters, "events": m.Events, "interest": m.Interest,
+		"owners": m.Owners, "pending": m.Pending, "programs": m.Programs, "sessions": m.Sessions,
+	}
+}
+
+func (o *interceptObjects) mapNames() map[string]*ebpf.Map { return o.mapsByName() }
+
+// adopt takes over the interceptor pinned at pinDir by an earlier daemon
+// (one that crashed or called Release): the programs never stopped.
+func adopt(spec *ebpf.CollectionSpec, cgroup, pinDir string) (_ *kernelObjects, _ *lockedDir, err error) {
+	lock, err := tryLockDir(pinDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	ko := &kernelObjects{maps: map[string]*ebpf.Map{}, links: map[string]link.Link{}}
+	defer func() {
+		if err != nil {
+			ko.release() // never detach what we failed to adopt
+			lock.unlock()
+		}
+	}()
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s: %s", ErrIncompatible, pinDir, fmt.Sprintf(format, args...))
+	}
+	for _, name := range mapNames {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, "map_"+name), nil)
+		if err != nil {
+			return nil, nil, bad("map %s: %v", name, err)
+		}
+		ko.maps[name] = m
+		if err := spec.Maps[name].Compatible(m); err != nil {
+			return nil, nil, bad("map %s: %v", name, err)
+		}
+	}
+	s, err := readSettings(ko.maps["config"])
+	if err != nil {
+		return nil, nil, bad("%v", err)
+	}
+	if s.Abi != abiVersion {
+		return nil, nil, bad("ABI %d, this build speaks %d", s.Abi, abiVersion)
+	}
+	cgID, err := cgroupID(cgroup)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, h := range cgroupHooks {
+		l, err := link.LoadPinnedLink(filepath.Join(pinDir, "link_"+h.name), nil)
+		if err != nil {
+			return nil, nil, bad("link %s: %v", h.name, err)
+		}
+		ko.links[h.name] = l
+		info, err := l.Info()
+		if err != nil {
+			return nil, nil, bad("link %s: %v", h.name, err)
+		}
+		ci := info.Cgroup()
+		if ci == nil || ci.CgroupId != cgID || ebpf.AttachType(ci.AttachType) != h.attach {
+			return nil, nil, bad("link %s is not attached to %s (cgroup id %d) as %s", h.name, cgroup, cgID, h.attach)
+		}
+	}
+	for _, h := range tracingHooks {
+		l, err := link.LoadPinnedLink(filepath.Join(pinDir, "link_"+h.name), nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue // the earlier daemon could not attach it either
+		}
+		if err != nil {
+			return nil, nil, bad("link %s: %v", h.name, err)
+		}
+		ko.links[h.name] = l
+	}
+	return ko, lock, nil
+}
+
+// removePins detaches every link pinned in dir and deletes the directory,
+// which frees everything nobody else holds. Used for leftovers (a staging
+// or dying directory of a dead process) and by Close.
+func removePins(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("bpf: read %s: %w", dir, err)
+	}
+	var errs []error
+	for _, e := range entries {
+		p := filepath.Join(dir, e.Name())
+		if strings.HasPrefix(e.Name(), "link_") {
+			if l, err := link.LoadPinnedLink(p, nil); err == nil {
+				if err := l.Detach(); err != nil && !errors.Is(err, link.ErrNotSupported) {
+					errs = append(errs, fmt.Errorf("bpf: detach %s: %w", p, err))
+				}
+				l.Close()
+			}
+		}
+		if err := os.Remove(p); err != nil {
+			errs = append(errs, fmt.Errorf("bpf: unpin %s: %w", p, err))
+		}
+	}
+	if err := os.Remove(dir); err != nil {
+		errs = append(errs, fmt.Errorf("bpf: remove %s: %w", dir, err))
+	}
+	return errors.Join(errs...)
+}
+
+// cleanupStale removes staging and dying directories left by processes
+// that died in the middle of Open or Close. A live owner holds its
+// directory's flock, so those are skipped.
+func cleanupStale(pinDir string) {
+	for _, pattern := range []string{pinDir + "_staging_*", pinDir + "_dying_*"} {
+		dirs, _ := filepath.Glob(pattern)
+		for _, d := range dirs {
+			l, err := tryLockDir(d)
+			if err != nil {
+				continue
+			}
+			removePins(d)
+			l.unlock()
+		}
+	}
+}
+
+// classifyLoadError turns a load failure caused by the kernel (no BTF, a
+// missing field or helper, verifier refusal due to privileges) into an
+// UnsupportedError.
+func classifyLoadError(err error) error {
+	var ve *ebpf.VerifierError
+	switch {
+	case errors.Is(err, ebpf.ErrNotSupported), errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES):
+		return &UnsupportedError{Requirement: "kernel", Err: fmt.Errorf("load programs: %w", err)}
+	case errors.As(err, &ve):
+		return &UnsupportedError{Requirement: "kernel", Err: fmt.Errorf("verifier refused the programs: %w", err)}
+	case strings.Contains(err.Error(), "CO-RE"), strings.Contains(err.Error(), "btf"):
+		return &UnsupportedError{Requirement: "kernel", Err: fmt.Errorf("kernel types do not match: %w", err)}
+	}
+	return fmt.Errorf("bpf: load programs: %w", err)
+}
+
+func classifyAttachError(err error) error {
+	if errors.Is(err, ebpf.ErrNotSupported) || errors.Is(err, unix.EPERM) || errors.Is(err, unix.EOPNOTSUPP) {
+		return &UnsupportedError{Requirement: "kernel", Err: err}
+	}
+	return err
+}
