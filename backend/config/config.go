@@ -70,6 +70,24 @@ const (
 	IdentityPOSIX Identity = "posix"
 )
 
+// Interceptor is how programs are made to use their VIP.
+type Interceptor string
+
+const (
+	// InterceptorPreload: libipvirt.so (LD_PRELOAD) asks the daemon.
+	InterceptorPreload Interceptor = "preload"
+	// InterceptorBPF: cgroup eBPF programs read the daemon's maps in the
+	// kernel, covering static and Go binaries, with enforcement.
+	InterceptorBPF Interceptor = "bpf"
+	// InterceptorBoth: the kernel programs, and the library for hosts that
+	// also deploy it (the library binds first; the kernel leaves bound
+	// sockets alone).
+	InterceptorBoth Interceptor = "both"
+)
+
+// Kernel reports whether the eBPF interceptor is wanted.
+func (i Interceptor) Kernel() bool { return i == InterceptorBPF || i == InterceptorBoth }
+
 // Source names where VIPs come from.
 const (
 	SourceStatic = "static"
@@ -99,11 +117,18 @@ type Config struct {
 	// ScanInterval is how often live sessions and programs are rescanned to
 	// find holders that ended.
 	ScanInterval Duration `yaml:"scan_interval"`
+	// Interceptor is preload (default), bpf or both.
+	Interceptor Interceptor `yaml:"interceptor"`
+	// Enforce (bpf) makes the kernel refuse, with EPERM, a bind or send
+	// from another holder's VIP or from a pool address the caller does not
+	// hold. Unset: on with the kernel interceptor.
+	Enforce *bool `yaml:"enforce"`
 	// Preallocate acquires a VIP as soon as a scan sees a new session (or,
 	// per program, a listed program starting) instead of at its first
 	// bind/connect, so that the first connect never waits for the source.
 	// Unset, it is on for DHCP (an exchange and its ARP probe take longer
-	// than an intercepted connect waits) and off for the static pool.
+	// than an intercepted connect waits) and for the kernel interceptor
+	// (which never asks the daemon), off otherwise.
 	Preallocate *bool `yaml:"preallocate"`
 }
 
@@ -112,7 +137,15 @@ func (c Config) PreallocateOn() bool {
 	if c.Preallocate != nil {
 		return *c.Preallocate
 	}
-	return c.Source == SourceDHCP
+	return c.Source == SourceDHCP || c.Interceptor.Kernel()
+}
+
+// EnforceOn resolves Enforce and its default.
+func (c Config) EnforceOn() bool {
+	if c.Enforce != nil {
+		return *c.Enforce && c.Interceptor.Kernel()
+	}
+	return c.Interceptor.Kernel()
 }
 
 // StaticPool is the seed's TSVIPool: an inclusive address range and the
@@ -163,6 +196,7 @@ func Default() Config {
 		HTTP:            DefaultHTTP,
 		SessionIdentity: IdentityAudit,
 		ScanInterval:    Duration(DefaultScanInterval),
+		Interceptor:     InterceptorPreload,
 	}
 }
 
@@ -213,6 +247,17 @@ func (c *Config) Validate() error {
 	case ExhaustedMachineIP, ExhaustedDeny:
 	default:
 		bad("on_exhausted: %q is not machine-ip or deny", c.OnExhausted)
+	}
+	switch c.Interceptor {
+	case InterceptorPreload, InterceptorBPF, InterceptorBoth:
+	default:
+		bad("interceptor: %q is not preload, bpf or both", c.Interceptor)
+	}
+	if c.Interceptor.Kernel() && c.SessionIdentity == IdentityPOSIX {
+		bad("interceptor: %s needs session_identity: audit (the kernel programs know a task's audit session, not its POSIX session)", c.Interceptor)
+	}
+	if c.Enforce != nil && *c.Enforce && !c.Interceptor.Kernel() {
+		bad("enforce: true needs interceptor: bpf or both (only the kernel can refuse a bind)")
 	}
 	switch c.SessionIdentity {
 	case IdentityAudit, IdentityPOSIX:

@@ -11,7 +11,7 @@ import (
 )
 
 func TestLoadTestdata(t *testing.T) {
-	yes := true
+	yes, no := true, false
 	full, err := Load("testdata/full.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -30,6 +30,8 @@ func TestLoadTestdata(t *testing.T) {
 		SessionIdentity: IdentityAudit,
 		ScanInterval:    Duration(500 * time.Millisecond),
 		Preallocate:     &yes,
+		Interceptor:     InterceptorBoth,
+		Enforce:         &no,
 	}
 	if !reflect.DeepEqual(full, want) {
 		t.Errorf("full.yaml:\n got %+v\nwant %+v", full, want)
@@ -63,6 +65,9 @@ func TestParseErrors(t *testing.T) {
 		{"bad on_exhausted", "adapter: eth0\n" + pool + "on_exhausted: fail\n", `on_exhausted: "fail"`},
 		{"bad identity", "adapter: eth0\n" + pool + "session_identity: logind\n", `session_identity: "logind"`},
 		{"bad source", "adapter: eth0\nsource: ldap\n", `source: "ldap"`},
+		{"bad interceptor", "adapter: eth0\n" + pool + "interceptor: ebpf\n", `interceptor: "ebpf" is not preload, bpf or both`},
+		{"bpf with posix sessions", "adapter: eth0\n" + pool + "interceptor: bpf\nsession_identity: posix\n", "interceptor: bpf needs session_identity: audit"},
+		{"enforce without bpf", "adapter: eth0\n" + pool + "enforce: true\n", "enforce: true needs interceptor: bpf or both"},
 		{"no adapter", pool, "adapter: missing"},
 		{"bare number grace", "adapter: eth0\n" + pool + "grace: 5\n", `"5" is not a duration`},
 		{"negative grace", "adapter: eth0\n" + pool + "grace: -1s\n", "grace: -1s is negative"},
@@ -211,4 +216,28 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("pool size %d", n)
 		}
 	})
+}
+
+func TestInterceptorDefaults(t *testing.T) {
+	const pool = "adapter: eth0\nsource: static\nstatic_pool: {start: 10.0.0.10, end: 10.0.0.20, subnet_mask: 255.255.255.0}\n"
+	tests := []struct {
+		body            string
+		kernel, enforce bool
+		prealloc        bool
+	}{
+		{"", false, false, false},
+		{"interceptor: bpf\n", true, true, true},
+		{"interceptor: both\nenforce: false\n", true, false, true},
+		{"interceptor: bpf\npreallocate: false\n", true, true, false},
+	}
+	for _, tt := range tests {
+		c, err := Parse([]byte(pool + tt.body))
+		if err != nil {
+			t.Fatalf("%q: %v", tt.body, err)
+		}
+		if c.Interceptor.Kernel() != tt.kernel || c.EnforceOn() != tt.enforce || c.PreallocateOn() != tt.prealloc {
+			t.Errorf("%q: kernel %v enforce %v prealloc %v, want %v %v %v", tt.body,
+				c.Interceptor.Kernel(), c.EnforceOn(), c.PreallocateOn(), tt.kernel, tt.enforce, tt.prealloc)
+		}
+	}
 }

@@ -61,7 +61,8 @@ func (d *Daemon) Status() server.StatusReport {
 	d.mu.Unlock()
 	return server.StatusReport{Status: d.mgr.Status(), Version: Version, Config: d.path, Started: d.started,
 		Adapter: d.adapter.Name, Identity: string(cfg.SessionIdentity), Programs: programs,
-		StateDir: cfg.StateDir, Socket: cfg.Socket, HTTP: cfg.HTTP, ReloadedAt: reloaded}
+		StateDir: cfg.StateDir, Socket: cfg.Socket, HTTP: cfg.HTTP, ReloadedAt: reloaded,
+		Interceptor: d.interceptorState(cfg)}
 }
 
 // policyFor is the effective policy: the file's program list with the
@@ -166,4 +167,18 @@ func (d *Daemon) applyLocked(why string) {
 		d.log.Warn("lease kept although the new settings would not grant it; it ends with its holder",
 			"change", why, "holder", l.Holder.Key(), "vip", l.Addr.String())
 	}
+}
+
+// interceptorState says which interceptor runs, and why not the configured
+// one when the kernel refused it.
+func (d *Daemon) interceptorState(cfg config.Config) string {
+	switch {
+	case !cfg.Interceptor.Kernel():
+		return string(cfg.Interceptor)
+	case d.kernel == nil:
+		return fmt.Sprintf("preload (configured %s; kernel interceptor unavailable: %v)", cfg.Interceptor, d.kernelErr)
+	case d.kernel.ic.Adopted():
+		return string(cfg.Interceptor) + " (attached; adopted from a previous daemon)"
+	}
+	return string(cfg.Interceptor) + " (attached)"
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/ipvirt/ipvirt/backend/alloc"
 	"github.com/ipvirt/ipvirt/backend/config"
 	"github.com/ipvirt/ipvirt/backend/identity"
+	"github.com/ipvirt/ipvirt/backend/lease"
 	"github.com/ipvirt/ipvirt/backend/metrics"
 	"github.com/ipvirt/ipvirt/backend/server"
 	"github.com/ipvirt/ipvirt/backend/source"
@@ -75,6 +76,9 @@ type Daemon struct {
 	unix     *server.Unix
 	started  time.Time
 
+	kernel    *kernel // nil: preload only
+	kernelErr error   // why the configured kernel interceptor is not running
+
 	events     eventsRelay
 	mu         sync.Mutex // guards cfg and reloadedAt
 	cfg        config.Config
@@ -114,9 +118,25 @@ func (d *Daemon) build() error {
 	d.mgr = alloc.New(alloc.Options{Source: src, Store: d.store, Installer: inst, Scanner: d.resolver,
 		Users: d.users, MIP: d.adapter.MIP(), Log: d.log}, d.settings(d.cfg))
 	d.events.m.Store(d.mgr)
+	if d.cfg.Interceptor.Kernel() {
+		// Before Restore: the observer sees every adopted lease as a grant.
+		if k, err := openKernel(d.cfg, d.adapter.MIP(), d.log); err != nil {
+			d.kernelErr = err
+			d.log.Error("kernel interceptor unavailable; serving the preload interceptor only", "err", err)
+		} else {
+			d.kernel = k
+			d.mgr.AddObserver(k)
+		}
+	}
 	rep, err := d.mgr.Restore()
 	if err != nil {
+		if d.kernel != nil {
+			d.kernel.ic.Close()
+		}
 		return err
+	}
+	if d.kernel != nil {
+		d.kernel.reconcile(d.mgr.Leases())
 	}
 	d.log.Info("leases restored", "adopted", rep.Adopted, "released", rep.Released,
 		"host_rebooted", rep.Rebooted, "conflicts", rep.Conflicts)
@@ -134,6 +154,9 @@ func (d *Daemon) build() error {
 		}
 	}
 	d.metrics = metrics.New(d.mgr, d.store)
+	if d.kernel != nil {
+		d.metrics.Registry.MustRegister(d.kernel.collector())
+	}
 	if ds, ok := src.(*dhcp.Source); ok {
 		d.metrics.Registry.MustRegister(metrics.DHCPCollector(ds.Counters))
 	}
@@ -182,6 +205,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	scanCtx, stopScan := context.WithCancel(context.Background())
 	go d.mgr.Run(scanCtx, cfg.ScanInterval.Std())
+	if d.kernel != nil {
+		go d.kernel.watch(func(sid, uid uint32, _ string) {
+			d.mgr.Ensure(lease.Session{Kind: lease.KindAudit, ID: sid}, uid, "")
+		})
+	}
 	d.log.Info("ipvirtd ready", "version", Version, "socket", cfg.Socket, "http", cfg.HTTP,
 		"mode", cfg.Mode, "enabled", cfg.Enabled, "source", cfg.Source, "adapter", d.adapter.Name,
 		"machine_ip", d.adapter.MIP().String(), "session_identity", cfg.SessionIdentity)
@@ -198,6 +226,16 @@ func (d *Daemon) Run(ctx context.Context) error {
 		cancel()
 	}
 	d.unix.Close()
+	if d.kernel != nil {
+		// A clean stop detaches: nothing of ipvirt stays in the kernel
+		// without a daemon to keep it true. (SIGKILL leaves the programs
+		// attached and pinned; the next start adopts them.)
+		if err := d.kernel.ic.Close(); err != nil {
+			d.log.Error("kernel interceptor: detach", "err", err)
+		} else {
+			d.log.Info("kernel interceptor detached")
+		}
+	}
 	d.src.Close()
 	if err := d.store.Close(); err != nil && runErr == nil {
 		runErr = err

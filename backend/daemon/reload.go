@@ -32,6 +32,8 @@ func (d *Daemon) Reload() error {
 		{"source", old.Source, cfg.Source},
 		{"adapter", d.adapter.Name, a.Name},
 		{"scan_interval", old.ScanInterval, cfg.ScanInterval},
+		{"interceptor", old.Interceptor, cfg.Interceptor},
+		{"enforce", old.EnforceOn(), cfg.EnforceOn()},
 	} {
 		if k.old != k.new {
 			d.log.Warn("reload: change needs a restart; keeping the running value", "key", k.key,
@@ -40,6 +42,7 @@ func (d *Daemon) Reload() error {
 	}
 	cfg.Socket, cfg.HTTP, cfg.StateDir = old.Socket, old.HTTP, old.StateDir
 	cfg.SessionIdentity, cfg.Source, cfg.ScanInterval = old.SessionIdentity, old.Source, old.ScanInterval
+	cfg.Interceptor, cfg.Enforce = old.Interceptor, old.Enforce
 
 	if st, ok := d.src.(*static.Source); ok && cfg.StaticPool != old.StaticPool {
 		stranded, err := st.Reconfigure(cfg.StaticPool)

@@ -57,6 +57,9 @@ type StatusReport struct {
 	Socket     string    `json:"socket"`
 	HTTP       string    `json:"http"`
 	ReloadedAt time.Time `json:"reloaded_at,omitzero"`
+	// Interceptor is the running interceptor: preload, bpf or both, with
+	// the reason when the configured kernel interceptor could not start.
+	Interceptor string `json:"interceptor"`
 }
 
 // ProgramEntry is one program of the effective per-program list.

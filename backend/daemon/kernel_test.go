@@ -1,0 +1,168 @@
+package daemon_test
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/ipvirt/ipvirt/backend/client"
+	"github.com/ipvirt/ipvirt/sim/loginsession"
+)
+
+// kernelProgs counts the ipvirt programs attached at the cgroup2 root for
+// connect4 (one per attached interceptor).
+func kernelProgs(t *testing.T) int {
+	t.Helper()
+	f, err := os.Open("/sys/fs/cgroup/unified")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: ebpf.AttachCGroupInet4Connect})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, p := range res.Programs {
+		if prog, err := ebpf.NewProgramFromID(p.ID); err == nil {
+			if info, err := prog.Info(); err == nil && info.Name == "ipvirt_connect4" {
+				n++
+			}
+			prog.Close()
+		}
+	}
+	return n
+}
+
+// TestKernelInterceptor runs ipvirtd with `interceptor: bpf`: a static C
+// binary (no LD_PRELOAD possible) in a new audit session leaves from the
+// VIP the daemon allocated for the session ahead of its first connect; a
+// SIGKILLed daemon leaves the programs working and the next one adopts
+// them; SIGTERM detaches.
+func TestKernelInterceptor(t *testing.T) {
+	requireRoot(t)
+	if _, err := os.Stat("/sys/fs/cgroup/unified/cgroup.procs"); err != nil {
+		t.Skip("this test looks for the cgroup2 root at /sys/fs/cgroup/unified")
+	}
+	before := kernelProgs(t)
+	e := newEnv(t, "interceptor: bpf\nstatic_pool: {start: 127.73.0.10, end: 127.73.0.20, subnet_mask: 255.255.255.0}\nadmins: {users: [], groups: []}\n")
+	if got := kernelProgs(t); got != before+1 {
+		t.Fatalf("%d ipvirt connect4 programs attached, want %d:\n%s", got, before+1, e.d.Logs())
+	}
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	cget := filepath.Join(dir, "cget")
+	if out, err := exec.Command("gcc", "-static", "-O2", "-o", cget, "../../lsp/bpf/testdata/cget.c").CombinedOutput(); err != nil {
+		t.Fatalf("gcc -static: %v\n%s", err, out)
+	}
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var seen []string
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host, _, _ := net.SplitHostPort(r.RemoteAddr)
+		mu.Lock()
+		seen = append(seen, host)
+		mu.Unlock()
+	})}
+	go srv.Serve(ln)
+	defer srv.Close()
+	port := fmt.Sprint(ln.Addr().(*net.TCPAddr).Port)
+	last := func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(seen) == 0 {
+			return ""
+		}
+		return seen[len(seen)-1]
+	}
+	sessionVIP := func(s *loginsession.Session) string {
+		c, err := client.Dial(e.d.Socket, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		rows, err := c.Sessions()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rows {
+			if r.ID == s.ID && r.VIP != "" {
+				return r.VIP
+			}
+		}
+		return ""
+	}
+	get := func(s *loginsession.Session) {
+		t.Helper()
+		pid, err := s.Run(cget, "127.0.0.1", port)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Reap(pid)
+	}
+
+	s := e.session(63001)
+	// The daemon learns of the session without the session asking (a scan,
+	// or the kernel's session event), and fills the map before the client
+	// runs: no process of the session ever talks to ipvirtd.
+	var vip string
+	eventually(t, "a VIP for the new session", func() bool { vip = sessionVIP(s); return vip != "" })
+	get(s)
+	if got := last(); got != vip {
+		t.Fatalf("static binary left from %s, want the session's VIP %s", got, vip)
+	}
+
+	// SIGKILL: the kernel keeps the programs and maps; the session keeps
+	// its VIP with no daemon at all.
+	if err := e.d.Stop(syscall.SIGKILL); err != nil && !strings.Contains(err.Error(), "killed") {
+		t.Logf("stop: %v", err)
+	}
+	get(s)
+	if got := last(); got != vip {
+		t.Fatalf("with the daemon killed the client left from %s, want %s", got, vip)
+	}
+	if got := kernelProgs(t); got != before+1 {
+		t.Fatalf("after SIGKILL %d programs attached, want %d", got, before+1)
+	}
+	if err := e.d.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	c, err := client.Dial(e.d.Socket, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := c.Status()
+	c.Close()
+	if err != nil || !strings.Contains(st.Interceptor, "adopted") {
+		t.Fatalf("restarted daemon's interceptor: %q (%v), want adopted", st.Interceptor, err)
+	}
+	if got := kernelProgs(t); got != before+1 {
+		t.Fatalf("after adoption %d programs attached, want %d (no second attach)", got, before+1)
+	}
+	get(s)
+	if got := last(); got != vip {
+		t.Fatalf("after adoption the client left from %s, want %s", got, vip)
+	}
+
+	// SIGTERM detaches.
+	if err := e.d.Stop(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if got := kernelProgs(t); got != before {
+		t.Fatalf("after SIGTERM %d programs attached, want %d", got, before)
+	}
+}
