@@ -100,6 +100,7 @@ func status(g *globals, args []string) int {
 				{"virtualization", enabled + ", " + s.Mode + " mode"},
 				{"adapter", s.Adapter + " (machine IP " + s.MachineIP + ")"},
 				{"source", s.Source + ", " + health},
+				{"interceptor", s.Interceptor},
 				{"pool", pool},
 				{"leases", fmt.Sprintf("%d active, %d pending", s.Leases, s.Pending)},
 				{"sessions", fmt.Sprint(s.Sessions)},

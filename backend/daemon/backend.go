@@ -177,8 +177,13 @@ func (d *Daemon) interceptorState(cfg config.Config) string {
 		return string(cfg.Interceptor)
 	case d.kernel == nil:
 		return fmt.Sprintf("preload (configured %s; kernel interceptor unavailable: %v)", cfg.Interceptor, d.kernelErr)
-	case d.kernel.ic.Adopted():
-		return string(cfg.Interceptor) + " (attached; adopted from a previous daemon)"
 	}
-	return string(cfg.Interceptor) + " (attached)"
+	state := string(cfg.Interceptor) + " (attached"
+	if d.kernel.ic.Adopted() {
+		state += "; adopted from a previous daemon"
+	}
+	if d.kernel.ic.SessionEvents() {
+		return state + "; new sessions reported by the kernel)"
+	}
+	return state + "; new sessions found by the scan)"
 }
