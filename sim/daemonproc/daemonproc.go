@@ -90,6 +90,12 @@ type Daemon struct {
 	HTTP   string // host:port, "" when disabled
 	// Extra are arguments added to the command line (e.g. --log-level).
 	Extra []string
+	// Wrap, when set, rewrites the command line before it runs (to start
+	// the daemon inside a network namespace); it must exec its argument.
+	Wrap func(argv []string) []string
+	// DialHTTP, when set, dials the daemon's HTTP address for Metric (from
+	// inside the daemon's network namespace).
+	DialHTTP func(ctx context.Context, network, addr string) (net.Conn, error)
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -150,8 +156,11 @@ func (d *Daemon) Start(ctx context.Context) error {
 	if d.logs == nil {
 		d.logs = &lockedBuffer{}
 	}
-	args := append([]string{"--config", d.Config, "--log-level", "debug"}, d.Extra...)
-	cmd := exec.Command(bin, args...)
+	argv := append([]string{bin, "--config", d.Config, "--log-level", "debug"}, d.Extra...)
+	if d.Wrap != nil {
+		argv = d.Wrap(argv)
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout = d.logs
 	cmd.Stderr = d.logs
 	// The daemon is a service: it must not share the caller's login session
@@ -253,7 +262,7 @@ func (d *Daemon) Metric(name string, labels ...string) (float64, error) {
 	if d.HTTP == "" {
 		return 0, errors.New("daemonproc: http disabled")
 	}
-	body, err := httpGet("http://" + d.HTTP + "/metrics")
+	body, err := httpGetVia(d.DialHTTP, "http://"+d.HTTP+"/metrics")
 	if err != nil {
 		return 0, err
 	}

@@ -1,16 +1,22 @@
 package daemonproc
 
 import (
+	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
 )
 
-func httpGet(url string) (string, error) {
+// httpGetVia fetches url, dialling with dial when it is set.
+func httpGetVia(dial func(ctx context.Context, network, addr string) (net.Conn, error), url string) (string, error) {
 	c := http.Client{Timeout: 5 * time.Second}
+	if dial != nil {
+		c.Transport = &http.Transport{DialContext: dial, DisableKeepAlives: true}
+	}
 	resp, err := c.Get(url)
 	if err != nil {
 		return "", err

@@ -15,6 +15,9 @@ import (
 // Status is what Main writes to its -status file: the counters and lease
 // table, for a parent process (the simulator) to assert on.
 type Status struct {
+	// Seq counts the files written, so that a reader that asked for a fresh
+	// one (SIGUSR1) knows when it has it: file times are too coarse.
+	Seq      uint64   `json:"seq"`
 	ServerID string   `json:"server_id"`
 	Listen   string   `json:"listen"`
 	Counters Counters `json:"counters"`
@@ -57,18 +60,22 @@ func Main(args []string) int {
 		log.Error(err.Error())
 		return 1
 	}
+	// Before the first status file: a reader may signal as soon as it sees
+	// one, and SIGUSR1 unhandled would kill the server.
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	defer signal.Stop(usr1)
+	var seq uint64
 	write := func() {
 		if *statusPath == "" {
 			return
 		}
-		if err := srv.writeStatus(*statusPath); err != nil {
+		seq++
+		if err := srv.writeStatus(*statusPath, seq); err != nil {
 			log.Error(err.Error())
 		}
 	}
 	write()
-	usr1 := make(chan os.Signal, 1)
-	signal.Notify(usr1, syscall.SIGUSR1)
-	defer signal.Stop(usr1)
 	for {
 		select {
 		case <-usr1:
@@ -103,13 +110,17 @@ func (s *Server) WriteStatus(w io.Writer) error {
 }
 
 // writeStatus replaces path atomically so a reader never sees half a file.
-func (s *Server) writeStatus(path string) error {
+func (s *Server) writeStatus(path string, seq uint64) error {
 	tmp := path + ".tmp"
 	f, err := os.Create(tmp)
 	if err != nil {
 		return fmt.Errorf("dhcpserver: status: %w", err)
 	}
-	if err := s.WriteStatus(f); err != nil {
+	st := s.Status()
+	st.Seq = seq
+	enc := json.NewEncoder(f)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(st); err != nil {
 		f.Close()
 		return fmt.Errorf("dhcpserver: status %s: %w", tmp, err)
 	}

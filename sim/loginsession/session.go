@@ -41,7 +41,21 @@ done`
 
 // Start opens a new login session of kind for uid.
 func Start(ctx context.Context, kind Kind, uid uint32) (*Session, error) {
+	return StartWrapped(ctx, kind, uid, nil)
+}
+
+// StartWrapped is Start with the session leader's command line rewritten by
+// wrap (nil: unchanged), for example to run the session inside a network
+// namespace. wrap must exec its argument so the leader keeps its pid.
+func StartWrapped(ctx context.Context, kind Kind, uid uint32, wrap func(argv []string) []string) (*Session, error) {
 	cmd := Command(ctx, kind, uid, "/bin/sh", "-c", leaderScript)
+	if wrap != nil {
+		argv := wrap(append([]string{cmd.Path}, cmd.Args[1:]...))
+		cmd.Path, cmd.Args, cmd.Err = argv[0], argv, nil
+		if lp, err := exec.LookPath(argv[0]); err == nil {
+			cmd.Path = lp
+		}
+	}
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, err

@@ -8,6 +8,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/ipvirt/ipvirt/sim/daemonproc"
 )
 
 // check evaluates the phase's expectations, client by client then phase-wide.
@@ -62,64 +64,61 @@ func (r *runner) check(ctx context.Context, p *Phase, env *PhaseEnv) []Outcome {
 	}
 
 	x := p.Expect
-	count := func(verdict string) int {
+	// Accepted, refused and distinct sources are the server's own view
+	// (what accept() saw), not what the clients claim.
+	var acc, ref int
+	srcs := map[netip.Addr]bool{}
+	for _, c := range env.Server {
+		if c.Accepted {
+			acc++
+		} else {
+			ref++
+		}
+		srcs[c.Source.Addr()] = true
+	}
+	if x.Accepted != nil {
+		add(acc == *x.Accepted, fmt.Sprintf("accepted by the server = %d", *x.Accepted), fmt.Sprint(acc))
+	}
+	if x.Refused != nil {
+		add(ref == *x.Refused, fmt.Sprintf("refused by the server = %d", *x.Refused), fmt.Sprint(ref))
+	}
+	if x.Denied != nil {
 		n := 0
 		for _, c := range env.Clients {
-			if c.Verdict == verdict {
+			if c.Verdict == "denied" {
 				n++
 			}
 		}
-		return n
-	}
-	for _, v := range []struct {
-		name string
-		want *int
-	}{{"accepted", x.Accepted}, {"refused", x.Refused}, {"denied", x.Denied}} {
-		if v.want != nil {
-			got := count(v.name)
-			add(got == *v.want, fmt.Sprintf("%s by the server = %d", v.name, *v.want), fmt.Sprint(got))
-		}
-	}
-	if x.Denied != nil {
-		// "denied by the server" reads wrong: denied is the client's connect.
-		out[len(out)-1].What = fmt.Sprintf("denied (connect failed) = %d", *x.Denied)
+		add(n == *x.Denied, fmt.Sprintf("denied (connect failed with EACCES/EPERM) = %d", *x.Denied), fmt.Sprint(n))
 	}
 	if x.DistinctSources != nil {
-		set := map[netip.Addr]bool{}
-		for _, c := range env.Clients {
-			if c.Source.IsValid() {
-				set[c.Source.Addr()] = true
-			}
-		}
-		add(len(set) == *x.DistinctSources, fmt.Sprintf("distinct source addresses = %d", *x.DistinctSources), fmt.Sprint(len(set)))
+		add(len(srcs) == *x.DistinctSources, fmt.Sprintf("distinct source addresses the server saw = %d", *x.DistinctSources), fmt.Sprint(len(srcs)))
 	}
 	if x.SourcesMatchReport {
 		out = append(out, matchReport(env, mip))
 	}
-	if x.ConnectP99Below > 0 {
-		var d []time.Duration
-		for _, c := range env.Clients {
-			if c.Source.IsValid() {
-				d = append(d, c.Connect)
-			}
+	var lat []time.Duration
+	for _, c := range env.Clients {
+		if c.Source.IsValid() {
+			lat = append(lat, c.Connect)
 		}
-		p99 := percentile(d, 0.99)
-		add(len(d) > 0 && p99 < time.Duration(x.ConnectP99Below), fmt.Sprintf("connect() p99 < %v", time.Duration(x.ConnectP99Below)), p99.String())
+	}
+	for _, q := range []struct {
+		name  string
+		q     float64
+		limit Duration
+	}{{"p50", 0.50, x.ConnectP50Below}, {"p99", 0.99, x.ConnectP99Below}} {
+		if q.limit > 0 {
+			v := percentile(lat, q.q)
+			got := fmt.Sprintf("%v over %d connects", v, len(lat))
+			add(len(lat) > 0 && v < time.Duration(q.limit), fmt.Sprintf("connect() %s < %v [interceptor %s]", q.name, time.Duration(q.limit), p.Interceptor), got)
+		}
 	}
 	for _, m := range x.Metrics {
-		out = append(out, metricOutcome(env, m))
+		out = append(out, metricOutcome(env.Daemon, m))
 	}
-	names := make([]string, 0, len(x.Extra))
-	for name := range x.Extra {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	for _, name := range names {
-		spec := x.Extra[name]
-		regMu.Lock()
-		c := checks[name]
-		regMu.Unlock()
-		out = append(out, c(ctx, env, &spec)...)
+	for _, d := range x.DHCP {
+		out = append(out, r.dhcpOutcome(ctx, d))
 	}
 	return out
 }
@@ -177,7 +176,7 @@ func matchReport(env *PhaseEnv, mip netip.Addr) Outcome {
 	return Outcome{OK: len(bad) == 0, What: "sources equal the VIPs `ipvirtctl sessions` reports", Got: strings.Join(bad, "; ")}
 }
 
-func metricOutcome(env *PhaseEnv, m MetricExpect) Outcome {
+func metricOutcome(d *daemonproc.Daemon, m MetricExpect) Outcome {
 	var labels, shown []string
 	for k, v := range m.Labels {
 		labels = append(labels, fmt.Sprintf("%s=%q", k, v))
@@ -188,14 +187,47 @@ func metricOutcome(env *PhaseEnv, m MetricExpect) Outcome {
 	if len(shown) > 0 {
 		name += "{" + strings.Join(shown, ",") + "}"
 	}
-	got, err := env.Daemon.Metric(m.Name, labels...)
+	got, err := d.Metric(m.Name, labels...)
+	ok, what := bounds(got, m.Equals, m.Min, m.Max)
 	if err != nil {
-		return Outcome{What: "metric " + name, Got: err.Error()}
+		return Outcome{What: "ipvirtd " + name + what, Got: err.Error()}
 	}
-	if m.Equals != nil {
-		return Outcome{OK: got == *m.Equals, What: fmt.Sprintf("ipvirtd %s = %g", name, *m.Equals), Got: fmt.Sprint(got)}
+	return Outcome{OK: ok, What: "ipvirtd " + name + what, Got: fmt.Sprint(got)}
+}
+
+// bounds checks v against equals/min/max and words the expectation.
+func bounds(v float64, equals, lo, hi *float64) (bool, string) {
+	ok, what := true, ""
+	if equals != nil {
+		ok = ok && v == *equals
+		what += fmt.Sprintf(" = %g", *equals)
 	}
-	return Outcome{OK: got >= *m.Min, What: fmt.Sprintf("ipvirtd %s >= %g", name, *m.Min), Got: fmt.Sprint(got)}
+	if lo != nil {
+		ok = ok && v >= *lo
+		what += fmt.Sprintf(" >= %g", *lo)
+	}
+	if hi != nil {
+		ok = ok && v <= *hi
+		what += fmt.Sprintf(" <= %g", *hi)
+	}
+	return ok, what
+}
+
+// dhcpOutcome checks a synthetic DHCP server's counter (or lease count).
+func (r *runner) dhcpOutcome(ctx context.Context, d DHCPExpect) Outcome {
+	ok, what := bounds(0, d.Equals, d.Min, d.Max)
+	what = fmt.Sprintf("DHCP server %s %s%s", d.Server, d.Counter, what)
+	p := r.dhcpByName(d.Server)
+	st, err := p.Status(ctx)
+	if err != nil {
+		return Outcome{What: what, Got: err.Error()}
+	}
+	v, found := st.counter(d.Counter)
+	if !found {
+		return Outcome{What: what, Got: fmt.Sprintf("no counter %q (have leases, %s)", d.Counter, strings.ToLower(strings.Join(sortedKeys(st.Counters), ", ")))}
+	}
+	ok, _ = bounds(float64(v), d.Equals, d.Min, d.Max)
+	return Outcome{OK: ok, What: what, Got: fmt.Sprint(v)}
 }
 
 func percentile(d []time.Duration, q float64) time.Duration {

@@ -1,7 +1,6 @@
 package scenario
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -11,10 +10,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
-	"github.com/ipvirt/ipvirt/sim/daemonproc"
 	"github.com/ipvirt/ipvirt/sim/loginsession"
 )
 
@@ -44,46 +43,38 @@ func (s *liveSession) close() error {
 	return nil
 }
 
-func (r *runner) startSessions(ctx context.Context, p *Phase) ([]*liveSession, error) {
-	var live []*liveSession
-	n := 0
-	for gi := range p.Sessions {
-		g := &p.Sessions[gi]
-		for i := 0; i < g.Count; i++ {
-			// Without a uid, every session is a different ordinary user.
-			uid := uint32(defaultUID + n)
-			n++
-			if g.UID != nil {
-				uid = *g.UID
-			}
-			s := &liveSession{group: g, index: i, label: g.Name, uid: uid}
-			if g.Count > 1 {
-				s.label = fmt.Sprintf("%s#%d", g.Name, i+1)
-			}
-			if g.NoSession {
-				if err := outsideAnySession(r.kind); err != nil {
-					return live, fmt.Errorf("group %s: %w", g.Name, err)
-				}
-				s.key = "-"
-				s.uid = uint32(os.Getuid())
-				live = append(live, s)
-				continue
-			}
-			sess, err := loginsession.Start(ctx, r.kind, uid)
-			if err != nil {
-				return live, fmt.Errorf("group %s: %w", g.Name, err)
-			}
-			s.sess = sess
-			if sess.Kind == loginsession.Audit {
-				s.key = fmt.Sprintf("a:%d", sess.ID)
-			} else {
-				s.key = fmt.Sprintf("p:%d", sess.ID)
-				s.uid = uint32(os.Getuid())
-			}
-			live = append(live, s)
+// startSession starts session i of group gi (or, for a no-session group,
+// just a record: its clients are started directly by the simulator).
+func (r *runner) startSession(ctx context.Context, p *Phase, gi, i int) (*liveSession, error) {
+	g := &p.Sessions[gi]
+	s := &liveSession{group: g, index: i, label: g.Name, uid: r.uidOf(p, gi, i)}
+	if g.Count > 1 {
+		s.label = fmt.Sprintf("%s#%d", g.Name, i+1)
+	}
+	if g.NoSession {
+		if err := outsideAnySession(r.kind); err != nil {
+			return nil, fmt.Errorf("group %s: %w", g.Name, err)
+		}
+		s.key = "-"
+		s.uid = uint32(os.Getuid())
+	} else {
+		wrap := func(argv []string) []string { return r.topo.Wrap("session", argv) }
+		sess, err := loginsession.StartWrapped(ctx, r.kind, s.uid, wrap)
+		if err != nil {
+			return nil, fmt.Errorf("group %s: %w", g.Name, err)
+		}
+		s.sess = sess
+		if sess.Kind == loginsession.Audit {
+			s.key = fmt.Sprintf("a:%d", sess.ID)
+		} else {
+			s.key = fmt.Sprintf("p:%d", sess.ID)
+			s.uid = uint32(os.Getuid())
 		}
 	}
-	return live, nil
+	r.mu.Lock()
+	r.live = append(r.live, s)
+	r.mu.Unlock()
+	return s, nil
 }
 
 // outsideAnySession checks that processes started directly by the
@@ -102,6 +93,8 @@ func outsideAnySession(kind loginsession.Kind) error {
 	return nil
 }
 
+var resultSeq atomic.Int64
+
 // ClientResult is one client process and what it reported.
 type ClientResult struct {
 	Session     *liveSession
@@ -116,11 +109,15 @@ type ClientResult struct {
 }
 
 // runClient starts one client in its session and waits for its result.
-func (r *runner) runClient(ctx context.Context, d *daemonproc.Daemon, p *Phase, s *liveSession, spec *Client, paths map[string]string, live []*liveSession) (*ClientResult, error) {
-	out := filepath.Join(r.work, fmt.Sprintf("result-%d", time.Now().UnixNano()))
-	args := []string{"--hold", "--out", out}
+func (r *runner) runClient(ctx context.Context, ph *phaseRun, s *liveSession, spec *Client) (*ClientResult, error) {
+	p, paths := ph.p, ph.paths
+	out := filepath.Join(r.work, fmt.Sprintf("result-%d", resultSeq.Add(1)))
+	args := []string{"--out", out}
+	if spec.Hold == nil || *spec.Hold {
+		args = append(args, "--hold")
+	}
 	if spec.Bind != "" {
-		addr, err := r.resolveBind(d, spec.Bind, live)
+		addr, err := r.resolveBind(spec.Bind)
 		if err != nil {
 			return nil, err
 		}
@@ -133,19 +130,22 @@ func (r *runner) runClient(ctx context.Context, d *daemonproc.Daemon, p *Phase, 
 	}
 	var env []string
 	if p.Interceptor == "preload" {
-		env = []string{"LD_PRELOAD=" + r.bins.Preload, "IPVIRT_SOCKET=" + d.Socket}
+		env = []string{"LD_PRELOAD=" + r.bins.Preload, "IPVIRT_SOCKET=" + r.daemon.Socket}
 	}
 	var pid int
 	var err error
 	if s.sess != nil {
 		pid, err = s.sess.RunEnv(env, prog, args...)
 	} else {
-		cmd := exec.CommandContext(ctx, prog, args...)
+		argv := r.topo.Wrap("session", append([]string{prog}, args...))
+		cmd := exec.Command(argv[0], argv[1:]...)
 		cmd.Env = append(os.Environ(), env...)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 		if err = cmd.Start(); err == nil {
 			pid = cmd.Process.Pid
+			r.mu.Lock()
 			s.procs = append(s.procs, cmd)
+			r.mu.Unlock()
 		}
 	}
 	if err != nil {
@@ -235,15 +235,18 @@ type bindRef struct {
 	index int
 }
 
-func (r *runner) resolveBind(d *daemonproc.Daemon, spec string, live []*liveSession) (netip.Addr, error) {
+func (r *runner) resolveBind(spec string) (netip.Addr, error) {
 	a, ref, err := parseBind(spec)
 	if err != nil || ref == nil {
 		return a, err
 	}
-	rows, err := r.sessionsReport(d)
+	rows, _, err := r.sessionsReport()
 	if err != nil {
 		return a, err
 	}
+	r.mu.Lock()
+	live := append([]*liveSession(nil), r.live...)
+	r.mu.Unlock()
 	for _, s := range live {
 		if s.group.Name == ref.group && s.index == ref.index-1 {
 			for _, row := range rows {
@@ -274,17 +277,21 @@ type report []SessionRow
 
 // sessionsReport runs the real `ipvirtctl sessions -o json`, the report an
 // administrator reads, so the scenario checks it rather than internals.
-func (r *runner) sessionsReport(d *daemonproc.Daemon) (report, error) {
-	cmd := exec.Command(r.bins.IPVirtctl, "--socket", d.Socket, "sessions", "-o", "json")
+func (r *runner) sessionsReport() (report, []byte, error) {
+	cmd := exec.Command(r.bins.IPVirtctl, "--socket", r.daemon.Socket, "sessions", "-o", "json")
 	out, err := cmd.Output()
 	if err != nil {
-		return nil, fmt.Errorf("ipvirtctl sessions: %w", err)
+		var stderr string
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = strings.TrimSpace(string(ee.Stderr))
+		}
+		return nil, nil, fmt.Errorf("ipvirtctl sessions: %w %s", err, stderr)
 	}
 	var rows report
-	if err := json.NewDecoder(bufio.NewReader(strings.NewReader(string(out)))).Decode(&rows); err != nil {
-		return nil, fmt.Errorf("ipvirtctl sessions -o json: %w", err)
+	if err := json.Unmarshal(out, &rows); err != nil {
+		return nil, nil, fmt.Errorf("ipvirtctl sessions -o json: %w", err)
 	}
-	return rows, nil
+	return rows, out, nil
 }
 
 // vipOf is the VIP the report gives c's holder: its program's in

@@ -50,7 +50,7 @@ func TestParseErrors(t *testing.T) {
 		{"no clients", "run: [{}]", "run: []", "run: no clients"},
 		{"count too big", "      - name: s", "      - name: s\n        count: 20000", "count 20000"},
 		{"unknown expect block", "    sessions:", "    expect: {wire: {}}\n    sessions:", `expect: unknown key "wire"`},
-		{"metric without value", "    sessions:", "    expect: {metrics: [{name: x}]}\n    sessions:", "equals or min"},
+		{"metric without value", "    sessions:", "    expect: {metrics: [{name: x}]}\n    sessions:", "equals, min or max"},
 		{"bad duration", "    sessions:", "    expect: {connect_p99_below: soon}\n    sessions:", `bad duration "soon"`},
 		{"typo in expect", "    sessions:", "    expect: {acepted: 1}\n    sessions:", `unknown key "acepted"`},
 	}

@@ -2,17 +2,17 @@ package scenario
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"go.yaml.in/yaml/v3"
 
 	"github.com/ipvirt/ipvirt/sim/daemonproc"
 	"github.com/ipvirt/ipvirt/sim/dbserver"
@@ -53,6 +53,7 @@ func (r *Result) Failed() int {
 type PhaseResult struct {
 	Name     string
 	Clients  []*ClientResult
+	Server   []dbserver.Conn // what the database server saw, in order
 	Outcomes []Outcome
 }
 
@@ -63,16 +64,21 @@ type Outcome struct {
 	Got  string // what was seen, when it differs or helps
 }
 
-// PhaseEnv is what a registered check sees of a finished phase.
+// PhaseEnv is what a registered check sees of a phase.
 type PhaseEnv struct {
 	Topology Topology
 	Daemon   *daemonproc.Daemon
-	Clients  []*ClientResult
-	Report   []SessionRow
+	// Filled in before a check's end runs:
+	Clients []*ClientResult
+	Report  []SessionRow // `ipvirtctl sessions -o json` at the end of the phase
+	// ReportJSON is that output as ipvirtctl printed it (every field).
+	ReportJSON []byte
+	Server     []dbserver.Conn
 }
 
 // Run replays f. The error is for a run that could not be carried out (the
-// daemon did not start); failed expectations are in the Result.
+// daemon did not start, the run was interrupted); failed expectations are
+// in the Result. Everything it started is stopped before it returns.
 func Run(ctx context.Context, f *File, opts Options) (res *Result, err error) {
 	if opts.Out == nil {
 		opts.Out = os.Stdout
@@ -113,29 +119,37 @@ func Run(ctx context.Context, f *File, opts Options) (res *Result, err error) {
 	}
 	os.Chmod(work, 0o755) // clients in other users' sessions read their binaries here
 
+	r := &runner{f: f, opts: opts, topo: topo, bins: bins, work: work, kind: sessionKind()}
+	// Teardown runs on every return and on a panic, in reverse order of
+	// what was started: sessions (per phase), daemon, DHCP, server, network.
+	defer func() {
+		if p := recover(); p != nil {
+			r.teardown()
+			panic(p)
+		}
+		r.teardown()
+	}()
 	if err := topo.Up(ctx); err != nil {
-		topo.Down()
 		return res, fmt.Errorf("scenario %s: topology: %w", f.Name, err)
 	}
-	defer topo.Down()
-
-	var srv *dbserver.Server
+	r.topoUp = true
 	reg := prometheus.WrapRegistererWith(prometheus.Labels{"scenario": f.Name}, opts.Metrics.Registry)
 	err = topo.Do("server", func() error {
 		var err error
-		srv, err = dbserver.Listen(topo.ServerAddr().String()+":0", reg)
+		r.srv, err = dbserver.Listen(net.JoinHostPort(topo.ServerAddr().String(), "0"), reg)
 		return err
 	})
 	if err != nil {
 		return res, fmt.Errorf("scenario %s: database server: %w", f.Name, err)
 	}
-	defer srv.Close()
+	if err := r.startDHCP(ctx); err != nil {
+		return res, fmt.Errorf("scenario %s: %w", f.Name, err)
+	}
 
-	r := &runner{f: f, opts: opts, topo: topo, bins: bins, work: work, srv: srv, kind: sessionKind()}
 	r.header()
 	for i := range f.Phases {
 		if err := ctx.Err(); err != nil {
-			return res, err
+			return res, fmt.Errorf("scenario %s: interrupted: %w", f.Name, err)
 		}
 		pr, err := r.phase(ctx, i)
 		if pr != nil {
@@ -151,13 +165,13 @@ func Run(ctx context.Context, f *File, opts Options) (res *Result, err error) {
 // missing says what the scenario needs that this run does not have.
 func (f *File) missing(t Topology) string {
 	root := os.Geteuid() == 0
+	if n, ok := t.(NeedsRoot); ok && !root {
+		return n.NeedsRoot()
+	}
 	for _, r := range f.Requires {
 		if r == "root" && !root {
 			return "needs root (audit login sessions)"
 		}
-	}
-	if n, ok := t.(NeedsRoot); ok && !root {
-		return n.NeedsRoot()
 	}
 	return ""
 }
@@ -177,8 +191,62 @@ type runner struct {
 	topo Topology
 	bins Binaries
 	work string
-	srv  *dbserver.Server
 	kind loginsession.Kind
+
+	topoUp bool
+	srv    *dbserver.Server
+	dhcp   []*dhcpProc
+	daemon *daemonproc.Daemon
+	cfg    map[string]any // the daemon's current config
+
+	mu   sync.Mutex // guards live and the phase's results while clients run
+	live []*liveSession
+}
+
+func (r *runner) teardown() {
+	r.mu.Lock()
+	live := r.live
+	r.live = nil
+	r.mu.Unlock()
+	closeSessions(live)
+	r.stopDaemon()
+	for _, p := range r.dhcp {
+		p.stop()
+	}
+	r.dhcp = nil
+	if r.srv != nil {
+		r.srv.Close()
+		r.srv = nil
+	}
+	if r.topoUp {
+		if err := r.topo.Down(); err != nil {
+			r.opts.Log.Warn("topology down", "err", err)
+		}
+		r.topoUp = false
+	}
+}
+
+func (r *runner) stopDaemon() {
+	if r.daemon == nil {
+		return
+	}
+	if err := r.daemon.Stop(syscall.SIGTERM); err != nil {
+		r.opts.Log.Debug("ipvirtd exit", "err", err)
+	}
+	if r.opts.Keep {
+		os.WriteFile(filepath.Join(r.daemon.Dir, "ipvirtd.log"), []byte(r.daemon.Logs()), 0o644)
+	}
+	r.daemon = nil
+}
+
+// closeSessions ends every session (killing its clients) and waits until
+// the sessions are empty, so the next phase starts clean.
+func closeSessions(live []*liveSession) {
+	for _, s := range live {
+		if err := s.close(); err != nil {
+			slog.Debug("close session", "err", err)
+		}
+	}
 }
 
 func (r *runner) phase(ctx context.Context, i int) (*PhaseResult, error) {
@@ -194,132 +262,145 @@ func (r *runner) phase(ctx context.Context, i int) (*PhaseResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	body, err := r.daemonConfig(p, paths)
-	if err != nil {
+	if err := r.applyDaemon(ctx, p, dir, paths); err != nil {
 		return nil, err
 	}
-	d, err := daemonproc.New(dir, body, true)
-	if err != nil {
-		return nil, err
-	}
-	if err := d.Start(ctx); err != nil {
-		return nil, fmt.Errorf("ipvirtd did not start: %w\n%s", err, d.Logs())
-	}
-	defer func() {
-		if err := d.Stop(syscall.SIGTERM); err != nil {
-			r.opts.Log.Warn("ipvirtd stop", "err", err)
-		}
-		if r.opts.Keep {
-			os.WriteFile(filepath.Join(dir, "ipvirtd.log"), []byte(d.Logs()), 0o644)
-		}
-	}()
+	env := &PhaseEnv{Topology: r.topo, Daemon: r.daemon}
 
-	live, err := r.startSessions(ctx, p)
-	defer closeSessions(live)
-	if err != nil {
-		return pr, err
+	type pending struct {
+		name string
+		end  func(context.Context) []Outcome
 	}
-	r.srv.Reset()
-	for _, s := range live {
-		for k := range s.group.Run {
-			c, err := r.runClient(ctx, d, p, s, &s.group.Run[k], paths, live)
-			if err != nil {
-				return pr, err
-			}
-			pr.Clients = append(pr.Clients, c)
-			r.opts.Metrics.observe(p.Interceptor, c)
+	var ends []pending
+	for _, name := range sortedKeys(p.Expect.Extra) {
+		c, _ := lookupCheck(name)
+		spec := p.Expect.Extra[name]
+		end, err := c.Begin(ctx, env, &spec)
+		if err != nil {
+			return pr, fmt.Errorf("expect.%s: %w", name, err)
 		}
+		ends = append(ends, pending{name, end})
 	}
-	report, err := r.sessionsReport(d)
+
+	r.srv.Reset()
+	ph := &phaseRun{r: r, p: p, paths: paths, start: time.Now(), vips: map[string]SessionRow{}}
+	defer func() {
+		r.mu.Lock()
+		live := r.live
+		r.live = nil
+		r.mu.Unlock()
+		closeSessions(live)
+		r.srv.Drop()
+	}()
+	if err := ph.timeline(ctx); err != nil {
+		return pr, err
+	}
+	pr.Clients = ph.clients
+	report, raw, err := r.sessionsReport()
 	if err != nil {
 		return pr, err
 	}
+	ph.remember(report)
 	for _, c := range pr.Clients {
-		c.VIP = report.vipOf(c)
+		c.VIP = ph.vipOf(c)
 	}
-	env := &PhaseEnv{Topology: r.topo, Daemon: d, Clients: pr.Clients, Report: report}
-	pr.Outcomes = r.check(ctx, p, env)
+	pr.Server = r.srv.Seen()
+	env.Daemon = r.daemon
+	env.Clients, env.Report, env.ReportJSON, env.Server = pr.Clients, report, raw, pr.Server
+	pr.Outcomes = append(ph.stepOutcomes, r.check(ctx, p, env)...)
+	for _, e := range ends {
+		pr.Outcomes = append(pr.Outcomes, e.end(ctx)...)
+	}
 	r.print(i, p, pr)
-	r.srv.Drop()
 	return pr, nil
 }
 
-// closeSessions ends every session (killing its clients) and waits until
-// the sessions are empty, so the next phase starts clean.
-func closeSessions(live []*liveSession) {
-	for _, s := range live {
-		if err := s.close(); err != nil && !errors.Is(err, os.ErrProcessDone) {
-			slog.Debug("close session", "err", err)
-		}
-	}
-}
-
-// daemonConfig is the file's daemon section, the phase's overrides on top,
-// then what the simulator decides: adapter, identity, interceptor, programs.
-func (r *runner) daemonConfig(p *Phase, paths map[string]string) (string, error) {
-	cfg := merge(merge(map[string]any{}, r.f.Daemon), p.Daemon)
-	if _, ok := cfg["adapter"]; !ok {
-		cfg["adapter"] = r.topo.Adapter()
-	}
-	if r.kind == loginsession.POSIX {
-		cfg["session_identity"] = "posix"
-	}
-	if p.Interceptor == "bpf" {
-		cfg["interceptor"] = "bpf"
-	}
-	if len(p.Programs) > 0 {
-		var list []string
-		for _, name := range p.Programs {
-			list = append(list, paths[name])
-		}
-		cfg["programs"] = list
-	}
-	b, err := yaml.Marshal(cfg)
-	return string(b), err
-}
-
-// merge lays src over dst, recursing into maps so that a phase can change
-// one key of static_pool without restating the others.
-func merge(dst, src map[string]any) map[string]any {
-	for k, v := range src {
-		if sm, ok := v.(map[string]any); ok {
-			if dm, ok := dst[k].(map[string]any); ok {
-				dst[k] = merge(merge(map[string]any{}, dm), sm)
-				continue
-			}
-		}
-		dst[k] = v
-	}
-	return dst
-}
-
-// installPrograms copies the client binaries under the names the phase
-// uses, and names listed in programs: that no client runs.
-func (r *runner) installPrograms(p *Phase, dir string) (map[string]string, error) {
-	paths := map[string]string{}
-	add := func(name, kind string) error {
-		if _, ok := paths[name]; ok {
-			return nil
-		}
-		src := r.bins.DBClient
-		if kind == "go" {
-			src = r.bins.Sim
-		}
-		dst, err := install(src, dir, name)
-		paths[name] = dst
+// applyDaemon gives the daemon this phase's config the way the phase says:
+// a fresh daemon, a restart on the same state, or a reload.
+func (r *runner) applyDaemon(ctx context.Context, p *Phase, dir string, paths map[string]string) error {
+	cfg, err := r.daemonConfig(p, paths)
+	if err != nil {
 		return err
 	}
-	for _, g := range p.Sessions {
-		for _, c := range g.Run {
-			if err := add(c.Program, c.Kind); err != nil {
-				return nil, err
-			}
+	r.cfg = cfg
+	body, err := marshalConfig(cfg)
+	if err != nil {
+		return err
+	}
+	switch {
+	case p.Restart == "reload" && r.daemon != nil:
+		return r.reload(ctx, body)
+	case p.Restart == "restart" && r.daemon != nil:
+		if err := r.daemon.Stop(syscall.SIGTERM); err != nil {
+			r.opts.Log.Debug("ipvirtd exit", "err", err)
+		}
+		if err := r.daemon.WriteConfig(body); err != nil {
+			return err
+		}
+		return r.startDaemon(ctx)
+	}
+	r.stopDaemon()
+	d, err := daemonproc.New(dir, body, true)
+	if err != nil {
+		return err
+	}
+	d.Wrap = func(argv []string) []string { return r.topo.Wrap("session", argv) }
+	d.DialHTTP = func(ctx context.Context, network, addr string) (c net.Conn, err error) {
+		err = r.topo.Do("session", func() error {
+			var err error
+			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}
+	r.daemon = d
+	return r.startDaemon(ctx)
+}
+
+func (r *runner) startDaemon(ctx context.Context) error {
+	if err := r.daemon.Start(ctx); err != nil {
+		return fmt.Errorf("ipvirtd did not start: %w", err)
+	}
+	return nil
+}
+
+// reload rewrites the config, sends SIGHUP and waits until the daemon says
+// it reloaded (STATUS's reloaded_at moves); a rejected file is an error
+// carrying the daemon's log.
+func (r *runner) reload(ctx context.Context, body string) error {
+	before, err := r.reloadedAt()
+	if err != nil {
+		return err
+	}
+	if err := r.daemon.WriteConfig(body); err != nil {
+		return err
+	}
+	if err := r.daemon.Signal(syscall.SIGHUP); err != nil {
+		return fmt.Errorf("reload: %w", err)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		if at, err := r.reloadedAt(); err == nil && at.After(before) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
 		}
 	}
-	for _, name := range p.Programs {
-		if err := add(name, "c"); err != nil {
-			return nil, err
-		}
+	return fmt.Errorf("ipvirtd did not reload within 15s (config rejected?)\n%s", tail(r.daemon.Logs(), 20))
+}
+
+func (r *runner) reloadedAt() (time.Time, error) {
+	c, err := r.daemon.Client()
+	if err != nil {
+		return time.Time{}, err
 	}
-	return paths, nil
+	defer c.Close()
+	st, err := c.Status()
+	if err != nil {
+		return time.Time{}, err
+	}
+	return st.ReloadedAt, nil
 }

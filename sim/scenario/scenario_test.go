@@ -12,12 +12,23 @@ import (
 
 func scenarioPath(name string) string { return filepath.Join("..", "..", "scenarios", name) }
 
-// The scenario files in scenarios/ are the acceptance tests of issue 3:
-// run them for real (audit sessions as root, POSIX otherwise).
+// Every scenario file in scenarios/, and the runner's own in testdata/, is
+// an acceptance test: run it for real (audit sessions as root, POSIX
+// otherwise; a file that needs root is skipped without it, never under
+// CI=true).
 func TestScenarioFiles(t *testing.T) {
-	for _, name := range []string{"duplicate-ip.yaml", "admin-excluded.yaml", "exhausted.yaml"} {
-		t.Run(name, func(t *testing.T) {
-			f, err := Load(scenarioPath(name))
+	files, err := filepath.Glob(scenarioPath("*.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	own, _ := filepath.Glob(filepath.Join("testdata", "*.yaml"))
+	files = append(files, own...)
+	if len(files) < 4 {
+		t.Fatalf("found only %v", files)
+	}
+	for _, path := range files {
+		t.Run(filepath.Base(path), func(t *testing.T) {
+			f, err := Load(path)
 			if err != nil {
 				t.Fatal(err)
 			}

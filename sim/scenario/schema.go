@@ -9,14 +9,12 @@
 package scenario
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
-	"os"
-	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/ipvirt/ipvirt/sim/dhcpserver"
 )
 
 // File is one scenario file.
@@ -30,12 +28,66 @@ type File struct {
 	// Topology is {kind: loopback} (the default) or a registered kind; the
 	// whole mapping is handed to the kind's constructor.
 	Topology yaml.Node `yaml:"topology"`
+	// DHCPServers are synthetic DHCP servers (sim/dhcpserver), started
+	// before the first phase and stopped after the last.
+	DHCPServers []DHCPServer `yaml:"dhcp_servers"`
 	// Daemon is the base ipvirtd config of every phase (ipvirtd's YAML;
 	// state_dir, socket and http are filled in by the simulator).
 	Daemon map[string]any `yaml:"daemon"`
 	Phases []Phase        `yaml:"phases"`
 
 	path string
+}
+
+// DHCPServer is one synthetic DHCP server: a name, the topology host it
+// runs on, and sim/dhcpserver's knobs inline (range_start, lease_time,
+// latency, drop_rate, offline windows, ...).
+type DHCPServer struct {
+	Name   string
+	Host   string
+	Config dhcpserver.Config
+	line   int
+	knobs  []byte // the knobs as written, handed to the server
+	placed bool   // the scenario set interface or listen itself
+}
+
+// UnmarshalYAML splits name and host from the knobs, which sim/dhcpserver
+// validates itself (unknown knobs are errors there too).
+func (d *DHCPServer) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.MappingNode {
+		return lineErr(n.Line, "dhcp_servers: want a mapping such as {name: dhcp0, range_start: ...}")
+	}
+	d.line = n.Line
+	knobs := &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map"}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		switch k.Value {
+		case "name":
+			d.Name = v.Value
+		case "host":
+			d.Host = v.Value
+		case "interface", "listen":
+			d.placed = true
+			knobs.Content = append(knobs.Content, k, v)
+		default:
+			knobs.Content = append(knobs.Content, k, v)
+		}
+	}
+	b, err := yaml.Marshal(knobs)
+	if err != nil {
+		return lineErr(n.Line, "dhcp_servers: %v", err)
+	}
+	if len(knobs.Content) == 0 {
+		b = nil
+	}
+	d.knobs = b
+	// The runner adds interface and listen from the topology.
+	cfg, err := dhcpserver.ParseConfig(b)
+	if err != nil {
+		return lineErr(n.Line, "dhcp_servers %s: %v", d.Name, err)
+	}
+	d.Config = cfg
+	return nil
 }
 
 // Phase is one run of the daemon with a set of sessions and clients.
@@ -46,28 +98,70 @@ type Phase struct {
 	// Daemon overrides the file's daemon config for this phase (maps are
 	// merged key by key).
 	Daemon map[string]any `yaml:"daemon"`
+	// Restart is how the daemon takes this phase's config: fresh (a new
+	// daemon with empty state: the default), restart (SIGTERM and start
+	// again on the previous phase's state: leases survive) or reload
+	// (SIGHUP to the running daemon).
+	Restart string `yaml:"restart"`
 	// Programs names client programs (see Client.Program) that ipvirtd's
 	// per-program list holds; the simulator writes their full paths.
 	Programs []string `yaml:"programs"`
 	// Interceptor is how clients are made to use their VIP: preload
-	// (libipvirt.so, the default), bpf (ipvirtd's kernel interceptor) or
-	// none.
+	// (libipvirt.so, the default), bpf (ipvirtd's kernel interceptor:
+	// `interceptor: bpf` is added to the daemon config) or none.
 	Interceptor string         `yaml:"interceptor"`
 	Sessions    []SessionGroup `yaml:"sessions"`
-	Expect      PhaseExpect    `yaml:"expect"`
+	// Steps are things done to the system at given times: faults.
+	Steps []Step `yaml:"steps"`
+	// Duration makes the phase last at least this long from its start
+	// before the expectations are checked (renewals, expiries).
+	Duration Duration    `yaml:"duration"`
+	Expect   PhaseExpect `yaml:"expect"`
+
+	line int
+}
+
+func (p *Phase) UnmarshalYAML(n *yaml.Node) error {
+	type plain Phase
+	if err := DecodeStrict(n, (*plain)(p)); err != nil {
+		return err
+	}
+	p.line = n.Line
+	return nil
 }
 
 // SessionGroup is Count login sessions of one user, each running Run.
 type SessionGroup struct {
 	Name  string `yaml:"name"`
 	Count int    `yaml:"count"`
-	// UID is the session's login uid (audit sessions). POSIX sessions
-	// always belong to the simulator's own user.
+	// UID is the session's login uid (audit sessions; default 1001, 1002,
+	// ... one per session). POSIX sessions always belong to the simulator's
+	// own user.
 	UID *uint32 `yaml:"uid"`
+	// Admin makes the group's user an ipvirtd administrator (its uid is
+	// added to admins.users): never virtualized. Needs audit sessions.
+	Admin bool `yaml:"admin"`
 	// NoSession runs the clients outside any login session (a service):
 	// needs audit sessions and a simulator that is itself in none.
-	NoSession bool     `yaml:"no_session"`
-	Run       []Client `yaml:"run"`
+	NoSession bool `yaml:"no_session"`
+	// At starts the group this long after the phase started; without it
+	// groups start one after the other as soon as the previous is done.
+	At *Duration `yaml:"at"`
+	// Together starts the group's sessions and clients all at once (a logon
+	// storm) instead of one by one.
+	Together bool     `yaml:"together"`
+	Run      []Client `yaml:"run"`
+
+	line int
+}
+
+func (g *SessionGroup) UnmarshalYAML(n *yaml.Node) error {
+	type plain SessionGroup
+	if err := DecodeStrict(n, (*plain)(g)); err != nil {
+		return err
+	}
+	g.line = n.Line
+	return nil
 }
 
 // Client is one client process started in each session of a group, in
@@ -81,8 +175,22 @@ type Client struct {
 	Kind string `yaml:"kind"`
 	// Bind makes the client bind this source address itself first; "vip of
 	// GROUP[N]" names the VIP another session was given.
-	Bind   string       `yaml:"bind"`
+	Bind string `yaml:"bind"`
+	// Hold keeps an accepted connection open until the phase ends (the
+	// default); false hangs up at once.
+	Hold   *bool        `yaml:"hold"`
 	Expect ClientExpect `yaml:"expect"`
+
+	line int
+}
+
+func (c *Client) UnmarshalYAML(n *yaml.Node) error {
+	type plain Client
+	if err := DecodeStrict(n, (*plain)(c)); err != nil {
+		return err
+	}
+	c.line = n.Line
+	return nil
 }
 
 // ClientExpect is what each client of a Client entry must show.
@@ -97,21 +205,69 @@ type ClientExpect struct {
 	Errno string `yaml:"errno"`
 }
 
+// Step is something done at a time in a phase (see stepActions).
+type Step struct {
+	// At is the offset from the phase's start; steps run in file order,
+	// each waiting for its time.
+	At Duration `yaml:"at"`
+	Do string   `yaml:"do"`
+	// Target names the DHCP server (dhcp-offline, dhcp-online) or the
+	// session group (logoff) the step acts on.
+	Target string `yaml:"target"`
+	// Daemon changes the config before reload-daemon / restart-daemon.
+	Daemon map[string]any `yaml:"daemon"`
+	// Metric is what wait-metric waits for.
+	Metric *MetricExpect `yaml:"metric"`
+	// Timeout bounds wait-metric (default 30s).
+	Timeout Duration `yaml:"timeout"`
+
+	line int
+}
+
+func (s *Step) UnmarshalYAML(n *yaml.Node) error {
+	type plain Step
+	if err := DecodeStrict(n, (*plain)(s)); err != nil {
+		return err
+	}
+	s.line = n.Line
+	return nil
+}
+
+// stepActions are the values of a step's `do`, with what they need.
+var stepActions = map[string]string{
+	"kill-daemon":    "SIGKILL ipvirtd (it is not restarted: add start-daemon)",
+	"stop-daemon":    "SIGTERM ipvirtd and wait for it to exit",
+	"start-daemon":   "start ipvirtd again on the same state and config",
+	"restart-daemon": "SIGTERM, then start again (with `daemon:` changes, if any)",
+	"reload-daemon":  "rewrite the config (with `daemon:` changes) and SIGHUP; waits until reloaded",
+	"dhcp-offline":   "freeze DHCP server `target` (SIGSTOP): it answers nothing",
+	"dhcp-online":    "thaw DHCP server `target` (SIGCONT)",
+	"logoff":         "end every session of group `target` (its clients die, its VIPs are released after grace)",
+	"wait-metric":    "wait until ipvirtd's `metric` holds (equals or min), at most `timeout`",
+	"sleep":          "nothing: the timeline just reaches `at`",
+}
+
 // PhaseExpect are the phase-wide expectations; nil fields are not checked.
 type PhaseExpect struct {
+	// Accepted and Refused count what the database server decided.
 	Accepted *int `yaml:"accepted"`
 	Refused  *int `yaml:"refused"`
-	Denied   *int `yaml:"denied"`
-	// DistinctSources counts distinct source addresses among connected
-	// clients.
+	// Denied counts clients whose connect() failed with EACCES or EPERM.
+	Denied *int `yaml:"denied"`
+	// DistinctSources counts distinct source addresses the server saw.
 	DistinctSources *int `yaml:"distinct_sources"`
 	// SourcesMatchReport: every virtualized client left from exactly the
 	// VIP `ipvirtctl sessions` reports for it, and no VIP is reported twice.
 	SourcesMatchReport bool `yaml:"sources_match_report"`
-	// ConnectP99Below bounds the 99th percentile of client connect() time.
+	// ConnectP50Below and ConnectP99Below bound the median and 99th
+	// percentile of the clients' connect() time (the
+	// ipvirt_sim_connect_seconds histogram's data).
+	ConnectP50Below Duration `yaml:"connect_p50_below"`
 	ConnectP99Below Duration `yaml:"connect_p99_below"`
 	// Metrics are ipvirtd metric values at the end of the phase.
 	Metrics []MetricExpect `yaml:"metrics"`
+	// DHCP are synthetic DHCP server counters at the end of the phase.
+	DHCP []DHCPExpect `yaml:"dhcp"`
 	// Extra holds registered check blocks (see RegisterCheck).
 	Extra map[string]yaml.Node `yaml:",inline"`
 }
@@ -122,6 +278,18 @@ type MetricExpect struct {
 	Labels map[string]string `yaml:"labels"`
 	Equals *float64          `yaml:"equals"`
 	Min    *float64          `yaml:"min"`
+	Max    *float64          `yaml:"max"`
+}
+
+// DHCPExpect checks a counter of a synthetic DHCP server: leases (held
+// now) or one of sim/dhcpserver's counters (discovers, offers, requests,
+// acks, renewals, naks, releases, declines, drops, ignored, no_free, ...).
+type DHCPExpect struct {
+	Server  string   `yaml:"server"`
+	Counter string   `yaml:"counter"`
+	Equals  *float64 `yaml:"equals"`
+	Min     *float64 `yaml:"min"`
+	Max     *float64 `yaml:"max"`
 }
 
 // Duration is a time.Duration written as "250ms", "2s".
@@ -130,140 +298,21 @@ type Duration time.Duration
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	v, err := time.ParseDuration(n.Value)
 	if err != nil || v < 0 {
-		return fmt.Errorf("line %d: bad duration %q (want e.g. 250ms, 2s)", n.Line, n.Value)
+		return lineErr(n.Line, "bad duration %q (want e.g. 250ms, 2s)", n.Value)
 	}
 	*d = Duration(v)
 	return nil
 }
 
-// Load reads and validates a scenario file.
-func Load(path string) (*File, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("scenario: %w", err)
-	}
-	f, err := Parse(b)
-	if err != nil {
-		return nil, fmt.Errorf("scenario %s: %w", path, err)
-	}
-	f.path = path
-	return f, nil
+// lineError is a validation error with the line of the file it is about;
+// Load prints it as FILE:LINE: message.
+type lineError struct {
+	line int
+	msg  string
 }
 
-// Parse decodes and validates a scenario. Unknown keys are errors, with
-// their line, so a typo never silently drops an expectation.
-func Parse(b []byte) (*File, error) {
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	var f File
-	if err := dec.Decode(&f); err != nil {
-		return nil, err
-	}
-	if err := f.validate(); err != nil {
-		return nil, err
-	}
-	return &f, nil
-}
+func (e *lineError) Error() string { return fmt.Sprintf("line %d: %s", e.line, e.msg) }
 
-var (
-	sourceValues  = []string{"", "vip", "mip", "none"}
-	verdictValues = []string{"", "accepted", "refused", "denied", "bind-failed"}
-)
-
-func (f *File) validate() error {
-	if f.Name == "" {
-		return errors.New("name: missing")
-	}
-	for _, r := range f.Requires {
-		if r != "root" {
-			return fmt.Errorf("requires: unknown requirement %q (known: root)", r)
-		}
-	}
-	if _, err := f.topologyKind(); err != nil {
-		return err
-	}
-	if len(f.Phases) == 0 {
-		return errors.New("phases: a scenario needs at least one phase")
-	}
-	for i := range f.Phases {
-		p := &f.Phases[i]
-		where := fmt.Sprintf("phases[%d] (%s)", i, p.Name)
-		if p.Name == "" {
-			return fmt.Errorf("phases[%d]: name missing", i)
-		}
-		switch p.Interceptor {
-		case "":
-			p.Interceptor = "preload"
-		case "preload", "bpf", "none":
-		default:
-			return fmt.Errorf("%s: interceptor %q: want preload, bpf or none", where, p.Interceptor)
-		}
-		if len(p.Sessions) == 0 {
-			return fmt.Errorf("%s: sessions: none", where)
-		}
-		for j := range p.Sessions {
-			g := &p.Sessions[j]
-			gw := fmt.Sprintf("%s sessions[%d]", where, j)
-			if g.Name == "" {
-				return fmt.Errorf("%s: name missing", gw)
-			}
-			if g.Count == 0 {
-				g.Count = 1
-			}
-			if g.Count < 0 || g.Count > 10000 {
-				return fmt.Errorf("%s: count %d out of range 1..10000", gw, g.Count)
-			}
-			if len(g.Run) == 0 {
-				return fmt.Errorf("%s: run: no clients", gw)
-			}
-			for k := range g.Run {
-				c := &g.Run[k]
-				cw := fmt.Sprintf("%s run[%d]", gw, k)
-				if c.Program == "" {
-					c.Program = "db-client"
-				}
-				if strings.ContainsAny(c.Program, "/ \t") {
-					return fmt.Errorf("%s: program %q: a plain name, no slashes or spaces", cw, c.Program)
-				}
-				switch c.Kind {
-				case "":
-					c.Kind = "c"
-				case "c", "go":
-				default:
-					return fmt.Errorf("%s: kind %q: want c or go", cw, c.Kind)
-				}
-				if !oneOf(c.Expect.Source, sourceValues) {
-					return fmt.Errorf("%s: expect.source %q: want vip, mip or none", cw, c.Expect.Source)
-				}
-				if !oneOf(c.Expect.Verdict, verdictValues) {
-					return fmt.Errorf("%s: expect.verdict %q: want accepted, refused, denied or bind-failed", cw, c.Expect.Verdict)
-				}
-				if c.Bind != "" {
-					if _, _, err := parseBind(c.Bind); err != nil {
-						return fmt.Errorf("%s: bind: %w", cw, err)
-					}
-				}
-			}
-		}
-		for _, m := range p.Expect.Metrics {
-			if m.Name == "" || (m.Equals == nil && m.Min == nil) {
-				return fmt.Errorf("%s: expect.metrics: each needs a name and equals or min", where)
-			}
-		}
-		for name := range p.Expect.Extra {
-			if _, ok := checks[name]; !ok {
-				return fmt.Errorf("%s: expect: unknown key %q", where, name)
-			}
-		}
-	}
-	return nil
-}
-
-func oneOf(v string, set []string) bool {
-	for _, s := range set {
-		if v == s {
-			return true
-		}
-	}
-	return false
+func lineErr(line int, format string, args ...any) error {
+	return &lineError{line: line, msg: fmt.Sprintf(format, args...)}
 }

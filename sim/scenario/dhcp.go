@@ -1,0 +1,228 @@
+package scenario
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// dhcpProc is a synthetic DHCP server running as `ipvirt-sim dhcp-server`
+// on its topology host, so that it lives in that host's namespace.
+type dhcpProc struct {
+	spec   *DHCPServer
+	cmd    *exec.Cmd
+	status string // the JSON status file the server writes
+	Listen netip.AddrPort
+	logs   *syncBuffer
+	done   chan struct{}
+}
+
+func (r *runner) startDHCP(ctx context.Context) error {
+	placer, placed := r.topo.(DHCPPlacer)
+	for i := range r.f.DHCPServers {
+		spec := &r.f.DHCPServers[i]
+		knobs := string(spec.knobs)
+		if !spec.placed {
+			iface, listen := "", "127.0.0.1:0"
+			if placed {
+				var err error
+				if iface, listen, err = placer.DHCPServer(spec.Host); err != nil {
+					return fmt.Errorf("dhcp server %s: %w", spec.Name, err)
+				}
+			}
+			knobs += fmt.Sprintf("\nlisten: %q\n", listen)
+			if iface != "" {
+				knobs += fmt.Sprintf("interface: %q\n", iface)
+			}
+		}
+		dir := filepath.Join(r.work, "dhcp-"+spec.Name)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+		cfgPath := filepath.Join(dir, "config.yaml")
+		if err := os.WriteFile(cfgPath, []byte(knobs), 0o644); err != nil {
+			return err
+		}
+		p := &dhcpProc{spec: spec, status: filepath.Join(dir, "status.json"), logs: &syncBuffer{}, done: make(chan struct{})}
+		argv := r.topo.Wrap(spec.Host, []string{r.bins.Sim, "dhcp-server", "-config", cfgPath, "-status", p.status})
+		p.cmd = exec.Command(argv[0], argv[1:]...)
+		p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
+		p.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		if err := p.cmd.Start(); err != nil {
+			return fmt.Errorf("dhcp server %s: %w", spec.Name, err)
+		}
+		go func() { p.cmd.Wait(); close(p.done) }()
+		r.dhcp = append(r.dhcp, p)
+		st, err := p.waitStatus(ctx, 0)
+		if err != nil {
+			return fmt.Errorf("dhcp server %s did not start: %w\n%s", spec.Name, err, p.logs.String())
+		}
+		if p.Listen, err = netip.ParseAddrPort(st.Listen); err != nil {
+			return fmt.Errorf("dhcp server %s: status listen %q: %w", spec.Name, st.Listen, err)
+		}
+		r.opts.Log.Debug("dhcp server up", "name", spec.Name, "listen", p.Listen)
+	}
+	return nil
+}
+
+// dhcpStatus is the part of sim/dhcpserver's status file the checks use.
+type dhcpStatus struct {
+	Seq      uint64         `json:"seq"`
+	Listen   string         `json:"listen"`
+	Counters map[string]int `json:"counters"`
+	Leases   []struct {
+		Client string
+		Addr   string
+	} `json:"leases"`
+}
+
+// waitStatus waits for a status file later than seq (the server numbers
+// them; SIGUSR1 asks for a fresh one).
+func (p *dhcpProc) waitStatus(ctx context.Context, seq uint64) (*dhcpStatus, error) {
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if st, err := p.readStatus(); err != nil {
+			return nil, err
+		} else if st != nil && st.Seq > seq {
+			return st, nil
+		}
+		select {
+		case <-p.done:
+			return nil, errors.New("exited")
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return nil, errors.New("no status after 15s")
+		}
+	}
+}
+
+// readStatus returns the last status file, nil if there is none yet. The
+// server renames each file into place, so a read never sees half of one.
+func (p *dhcpProc) readStatus() (*dhcpStatus, error) {
+	b, err := os.ReadFile(p.status)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var st dhcpStatus
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("status %s: %w", p.status, err)
+	}
+	return &st, nil
+}
+
+// Status asks the server for its counters and leases now.
+func (p *dhcpProc) Status(ctx context.Context) (*dhcpStatus, error) {
+	var seq uint64
+	if st, err := p.readStatus(); err != nil {
+		return nil, err
+	} else if st != nil {
+		seq = st.Seq
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGUSR1); err != nil {
+		return nil, fmt.Errorf("dhcp server %s: %w", p.spec.Name, err)
+	}
+	return p.waitStatus(ctx, seq)
+}
+
+// counter returns a counter by its name in any case (renewals, Renewals),
+// or "leases" for the number of leases held.
+func (st *dhcpStatus) counter(name string) (int, bool) {
+	if strings.EqualFold(name, "leases") {
+		return len(st.Leases), true
+	}
+	for k, v := range st.Counters {
+		if strings.EqualFold(k, name) || strings.EqualFold(k, strings.ReplaceAll(name, "_", "")) {
+			return v, true
+		}
+	}
+	return 0, false
+}
+
+func (p *dhcpProc) stop() {
+	p.cmd.Process.Signal(syscall.SIGCONT) // a frozen server cannot exit
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(5 * time.Second):
+		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+		<-p.done
+	}
+}
+
+func (r *runner) dhcpByName(name string) *dhcpProc {
+	for _, p := range r.dhcp {
+		if p.spec.Name == name {
+			return p
+		}
+	}
+	return nil
+}
+
+// dhcpDaemonKeys points ipvirtd at the first DHCP server in relay mode when
+// the topology has no broadcast domain for it (loopback), unless the
+// scenario says where the server is itself.
+func (r *runner) dhcpDaemonKeys(cfg map[string]any) {
+	if len(r.dhcp) == 0 {
+		return
+	}
+	if _, placed := r.topo.(DHCPPlacer); placed {
+		return
+	}
+	if src, ok := cfg["source"]; ok && src != "dhcp" {
+		return
+	}
+	d, _ := cfg["dhcp"].(map[string]any)
+	d = merge(map[string]any{}, d)
+	if _, ok := d["server"]; ok {
+		return
+	}
+	first := r.dhcp[0]
+	d["server"] = first.Listen.String()
+	d["server_port"] = int(first.Listen.Port())
+	if _, ok := d["relay_address"]; !ok {
+		// giaddr: an address in the subnet the VIPs come from.
+		bits := first.spec.Config.PrefixLen
+		if bits == 0 {
+			bits = 24 // sim/dhcpserver's default
+		}
+		if pfx, err := first.spec.Config.RangeStart.Prefix(bits); err == nil {
+			d["relay_address"] = pfx.Addr().Next().String()
+		}
+	}
+	if _, ok := d["arp_probe"]; !ok {
+		d["arp_probe"] = false // loopback has no ARP
+	}
+	cfg["dhcp"] = d
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

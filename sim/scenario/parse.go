@@ -1,0 +1,268 @@
+package scenario
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Load reads and validates a scenario file. Errors read FILE:LINE: what.
+func Load(path string) (*File, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("scenario: %w", err)
+	}
+	f, err := Parse(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s", withPath(path, err))
+	}
+	f.path = path
+	return f, nil
+}
+
+var yamlLine = regexp.MustCompile(`^(?:yaml: )?(?:unmarshal errors:\n\s*)?line (\d+): `)
+
+// withPath turns "line N: msg" (ours or the YAML decoder's) into
+// "path:N: msg", the form editors jump to.
+func withPath(path string, err error) string {
+	msg := err.Error()
+	if m := yamlLine.FindStringSubmatchIndex(msg); m != nil {
+		return fmt.Sprintf("%s:%s: %s", path, msg[m[2]:m[3]], msg[m[1]:])
+	}
+	return path + ": " + msg
+}
+
+// Parse decodes and validates a scenario. Unknown keys are errors, with
+// their line, so a typo never silently drops an expectation.
+func Parse(b []byte) (*File, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	var f File
+	if err := dec.Decode(&f); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("empty scenario file")
+		}
+		return nil, err
+	}
+	if err := f.validate(); err != nil {
+		return nil, err
+	}
+	return &f, nil
+}
+
+var (
+	sourceValues  = []string{"", "vip", "mip", "none"}
+	verdictValues = []string{"", "accepted", "refused", "denied", "bind-failed"}
+)
+
+func (f *File) validate() error {
+	if f.Name == "" {
+		return errors.New("name: missing (every scenario has a name)")
+	}
+	for _, r := range f.Requires {
+		if r != "root" {
+			return fmt.Errorf("requires: unknown requirement %q (known: root)", r)
+		}
+	}
+	if _, err := f.buildTopology(); err != nil {
+		return err
+	}
+	servers := map[string]bool{}
+	for i := range f.DHCPServers {
+		d := &f.DHCPServers[i]
+		if d.Name == "" {
+			d.Name = fmt.Sprintf("dhcp%d", i)
+		}
+		if d.Host == "" {
+			d.Host = d.Name
+		}
+		if servers[d.Name] {
+			return lineErr(d.line, "dhcp_servers: name %q used twice", d.Name)
+		}
+		servers[d.Name] = true
+	}
+	if len(f.Phases) == 0 {
+		return errors.New("phases: a scenario needs at least one phase")
+	}
+	for i := range f.Phases {
+		if err := f.Phases[i].validate(i, servers); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (p *Phase) validate(i int, servers map[string]bool) error {
+	where := fmt.Sprintf("phases[%d] (%s)", i, p.Name)
+	if p.Name == "" {
+		return lineErr(p.line, "phases[%d]: name missing", i)
+	}
+	switch p.Interceptor {
+	case "":
+		p.Interceptor = "preload"
+	case "preload", "bpf", "none":
+	default:
+		return lineErr(p.line, "%s: interceptor %q: want preload, bpf or none", where, p.Interceptor)
+	}
+	switch p.Restart {
+	case "":
+		p.Restart = "fresh"
+	case "fresh":
+	case "restart", "reload":
+		if i == 0 {
+			return lineErr(p.line, "%s: restart %q: the first phase always starts a fresh daemon", where, p.Restart)
+		}
+	default:
+		return lineErr(p.line, "%s: restart %q: want fresh, restart or reload", where, p.Restart)
+	}
+	if len(p.Sessions) == 0 {
+		return lineErr(p.line, "%s: sessions: none", where)
+	}
+	groups := map[string]bool{}
+	for j := range p.Sessions {
+		g := &p.Sessions[j]
+		gw := fmt.Sprintf("%s sessions[%d]", where, j)
+		if g.Name == "" {
+			return lineErr(g.line, "%s: name missing", gw)
+		}
+		if groups[g.Name] {
+			return lineErr(g.line, "%s: name %q used twice in the phase", gw, g.Name)
+		}
+		groups[g.Name] = true
+		if g.Count == 0 {
+			g.Count = 1
+		}
+		if g.Count < 0 || g.Count > 10000 {
+			return lineErr(g.line, "%s: count %d out of range 1..10000", gw, g.Count)
+		}
+		if g.NoSession && (g.Admin || g.UID != nil) {
+			return lineErr(g.line, "%s: no_session: a process in no session has no user; drop uid/admin", gw)
+		}
+		if len(g.Run) == 0 {
+			return lineErr(g.line, "%s: run: no clients", gw)
+		}
+		for k := range g.Run {
+			if err := g.Run[k].validate(fmt.Sprintf("%s run[%d]", gw, k)); err != nil {
+				return err
+			}
+		}
+	}
+	for j := range p.Sessions {
+		for k, c := range p.Sessions[j].Run {
+			if _, ref, _ := parseBind(c.Bind); ref != nil && !groups[ref.group] {
+				return lineErr(c.line, "%s sessions[%d] run[%d]: bind %q: no session group %q in this phase", where, j, k, c.Bind, ref.group)
+			}
+		}
+	}
+	var last Duration
+	for j := range p.Steps {
+		s := &p.Steps[j]
+		sw := fmt.Sprintf("%s steps[%d]", where, j)
+		if _, ok := stepActions[s.Do]; !ok {
+			return lineErr(s.line, "%s: do %q: want one of %s", sw, s.Do, strings.Join(sortedKeys(stepActions), ", "))
+		}
+		if s.At < last {
+			return lineErr(s.line, "%s: at %v is before the previous step's %v (steps run in order)", sw, s.At, last)
+		}
+		last = s.At
+		switch s.Do {
+		case "dhcp-offline", "dhcp-online":
+			if !servers[s.Target] {
+				return lineErr(s.line, "%s: target %q: no such DHCP server (dhcp_servers)", sw, s.Target)
+			}
+		case "logoff":
+			if !groups[s.Target] {
+				return lineErr(s.line, "%s: target %q: no such session group in this phase", sw, s.Target)
+			}
+		case "wait-metric":
+			if s.Metric == nil {
+				return lineErr(s.line, "%s: wait-metric needs metric: {name, equals|min|max}", sw)
+			}
+			if err := s.Metric.validate(s.line, sw); err != nil {
+				return err
+			}
+		}
+		if s.Daemon != nil && s.Do != "reload-daemon" && s.Do != "restart-daemon" {
+			return lineErr(s.line, "%s: daemon: only reload-daemon and restart-daemon take config changes", sw)
+		}
+	}
+	for _, m := range p.Expect.Metrics {
+		if err := m.validate(p.line, where+" expect.metrics"); err != nil {
+			return err
+		}
+	}
+	for _, d := range p.Expect.DHCP {
+		if !servers[d.Server] {
+			return lineErr(p.line, "%s: expect.dhcp: server %q: no such DHCP server (dhcp_servers)", where, d.Server)
+		}
+		if d.Counter == "" || (d.Equals == nil && d.Min == nil && d.Max == nil) {
+			return lineErr(p.line, "%s: expect.dhcp: each needs a counter and equals, min or max", where)
+		}
+	}
+	for _, name := range sortedKeys(p.Expect.Extra) {
+		c, ok := lookupCheck(name)
+		if !ok {
+			known := []string{"accepted", "refused", "denied", "distinct_sources", "sources_match_report", "connect_p50_below", "connect_p99_below", "metrics", "dhcp"}
+			regMu.Lock()
+			known = append(known, sortedKeys(checks)...)
+			regMu.Unlock()
+			node := p.Expect.Extra[name]
+			return lineErr(node.Line, "%s: expect: unknown key %q (known: %s)", where, name, strings.Join(known, ", "))
+		}
+		spec := p.Expect.Extra[name]
+		if err := c.Validate(&spec); err != nil {
+			return fmt.Errorf("%s: expect.%s: %w", where, name, err)
+		}
+	}
+	return nil
+}
+
+func (c *Client) validate(cw string) error {
+	if c.Program == "" {
+		c.Program = "db-client"
+	}
+	if strings.ContainsAny(c.Program, "/ \t") || c.Program == "." || c.Program == ".." {
+		return lineErr(c.line, "%s: program %q: a plain name, no slashes or spaces", cw, c.Program)
+	}
+	switch c.Kind {
+	case "":
+		c.Kind = "c"
+	case "c", "go":
+	default:
+		return lineErr(c.line, "%s: kind %q: want c or go", cw, c.Kind)
+	}
+	if !oneOf(c.Expect.Source, sourceValues) {
+		return lineErr(c.line, "%s: expect.source %q: want vip, mip or none", cw, c.Expect.Source)
+	}
+	if !oneOf(c.Expect.Verdict, verdictValues) {
+		return lineErr(c.line, "%s: expect.verdict %q: want accepted, refused, denied or bind-failed", cw, c.Expect.Verdict)
+	}
+	if c.Bind != "" {
+		if _, _, err := parseBind(c.Bind); err != nil {
+			return lineErr(c.line, "%s: bind: %v", cw, err)
+		}
+	}
+	return nil
+}
+
+func (m *MetricExpect) validate(line int, where string) error {
+	if m.Name == "" || (m.Equals == nil && m.Min == nil && m.Max == nil) {
+		return lineErr(line, "%s: each metric needs a name and equals, min or max", where)
+	}
+	return nil
+}
+
+func oneOf(v string, set []string) bool {
+	for _, s := range set {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,249 @@
+package scenario
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// phaseRun is one phase in progress: its clock, the clients that reported,
+// and the VIPs ipvirtctl reported for sessions along the way (a session
+// that logs off mid-phase is gone from the final report).
+type phaseRun struct {
+	r     *runner
+	p     *Phase
+	paths map[string]string
+	start time.Time
+
+	mu           sync.Mutex
+	clients      []*ClientResult
+	vips         map[string]SessionRow // by session key
+	stepOutcomes []Outcome
+}
+
+// timeline runs the phase: session groups in file order (a group with `at`
+// waits for its time, in parallel with the rest) while the steps run in
+// their own order; then it waits out the phase's duration.
+func (ph *phaseRun) timeline(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, len(ph.p.Sessions)+1)
+	fail := func(err error) {
+		if err != nil {
+			errc <- err
+			cancel()
+		}
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for gi := range ph.p.Sessions {
+			g := &ph.p.Sessions[gi]
+			if g.At == nil {
+				if err := ph.group(ctx, gi); err != nil {
+					fail(err)
+					return
+				}
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if ph.sleepUntil(ctx, time.Duration(*g.At)) != nil {
+					return
+				}
+				fail(ph.group(ctx, gi))
+			}()
+		}
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := range ph.p.Steps {
+			s := &ph.p.Steps[i]
+			if ph.sleepUntil(ctx, time.Duration(s.At)) != nil {
+				return
+			}
+			ph.r.opts.Log.Debug("step", "at", time.Duration(s.At), "do", s.Do, "target", s.Target)
+			err := ph.r.step(ctx, ph, s)
+			what := fmt.Sprintf("step at %v: %s %s", time.Duration(s.At), s.Do, s.Target)
+			o := Outcome{OK: err == nil, What: what}
+			if err != nil {
+				o.Got = err.Error()
+			}
+			ph.mu.Lock()
+			ph.stepOutcomes = append(ph.stepOutcomes, o)
+			ph.mu.Unlock()
+		}
+	}()
+	wg.Wait()
+	close(errc)
+	if err := <-errc; err != nil {
+		return err
+	}
+	if err := ph.sleepUntil(ctx, time.Duration(ph.p.Duration)); err != nil {
+		return err
+	}
+	return ctx.Err()
+}
+
+func (ph *phaseRun) sleepUntil(ctx context.Context, at time.Duration) error {
+	d := time.Until(ph.start.Add(at))
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// group starts a group's sessions and runs its clients in each, one
+// session after the other, or all at once when the group says together.
+func (ph *phaseRun) group(ctx context.Context, gi int) error {
+	g := &ph.p.Sessions[gi]
+	one := func(i int) error {
+		s, err := ph.r.startSession(ctx, ph.p, gi, i)
+		if err != nil {
+			return err
+		}
+		for k := range g.Run {
+			c, err := ph.r.runClient(ctx, ph, s, &g.Run[k])
+			if err != nil {
+				return err
+			}
+			ph.mu.Lock()
+			ph.clients = append(ph.clients, c)
+			ph.mu.Unlock()
+			ph.r.opts.Metrics.observe(ph.p.Interceptor, c)
+		}
+		return nil
+	}
+	if !g.Together {
+		for i := 0; i < g.Count; i++ {
+			if err := one(i); err != nil {
+				return err
+			}
+		}
+	} else {
+		var wg sync.WaitGroup
+		errs := make([]error, g.Count)
+		for i := 0; i < g.Count; i++ {
+			wg.Add(1)
+			go func() { defer wg.Done(); errs[i] = one(i) }()
+		}
+		wg.Wait()
+		for _, err := range errs {
+			if err != nil {
+				return err
+			}
+		}
+	}
+	// Remember what ipvirtctl says of these sessions now: a later logoff
+	// removes them from the final report.
+	if rep, _, err := ph.r.sessionsReport(); err == nil {
+		ph.remember(rep)
+	}
+	return nil
+}
+
+func (ph *phaseRun) remember(rep report) {
+	ph.mu.Lock()
+	defer ph.mu.Unlock()
+	for _, row := range rep {
+		ph.vips[row.Session] = row
+	}
+}
+
+func (ph *phaseRun) vipOf(c *ClientResult) (a netip.Addr) {
+	ph.mu.Lock()
+	row, ok := ph.vips[c.Session.key]
+	ph.mu.Unlock()
+	if !ok {
+		return a
+	}
+	return report{row}.vipOf(c)
+}
+
+// step does one timed thing to the system.
+func (r *runner) step(ctx context.Context, ph *phaseRun, s *Step) error {
+	switch s.Do {
+	case "kill-daemon":
+		if err := r.daemon.Signal(syscall.SIGKILL); err != nil {
+			return err
+		}
+		r.daemon.Stop(syscall.SIGKILL) // reap it
+		return nil
+	case "stop-daemon":
+		r.daemon.Stop(syscall.SIGTERM)
+		return nil
+	case "start-daemon":
+		return r.startDaemon(ctx)
+	case "restart-daemon", "reload-daemon":
+		body, err := marshalConfig(merge(merge(map[string]any{}, r.cfg), s.Daemon))
+		if err != nil {
+			return err
+		}
+		if s.Do == "reload-daemon" {
+			return r.reload(ctx, body)
+		}
+		r.daemon.Stop(syscall.SIGTERM)
+		if err := r.daemon.WriteConfig(body); err != nil {
+			return err
+		}
+		return r.startDaemon(ctx)
+	case "dhcp-offline", "dhcp-online":
+		p := r.dhcpByName(s.Target)
+		sig := syscall.SIGSTOP
+		if s.Do == "dhcp-online" {
+			sig = syscall.SIGCONT
+		}
+		return p.cmd.Process.Signal(sig)
+	case "logoff":
+		r.mu.Lock()
+		var keep, gone []*liveSession
+		for _, l := range r.live {
+			if l.group.Name == s.Target {
+				gone = append(gone, l)
+			} else {
+				keep = append(keep, l)
+			}
+		}
+		r.live = keep
+		r.mu.Unlock()
+		closeSessions(gone)
+		return nil
+	case "wait-metric":
+		timeout := time.Duration(s.Timeout)
+		if timeout == 0 {
+			timeout = 30 * time.Second
+		}
+		deadline := time.Now().Add(timeout)
+		var last Outcome
+		for {
+			last = metricOutcome(r.daemon, *s.Metric)
+			if last.OK {
+				return nil
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("after %v: %s (got %s)", timeout, last.What, last.Got)
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	case "sleep":
+		return nil
+	}
+	return fmt.Errorf("unknown step %q", s.Do)
+}
