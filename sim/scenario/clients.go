@@ -294,6 +294,38 @@ func (r *runner) sessionsReport() (report, []byte, error) {
 	return rows, out, nil
 }
 
+// interceptorState is the interceptor row of `ipvirtctl status`.
+func (r *runner) interceptorState() (string, error) {
+	out, err := exec.Command(r.bins.IPVirtctl, "--socket", r.daemon.Socket, "status", "-o", "json").Output()
+	if err != nil {
+		return "", fmt.Errorf("ipvirtctl status: %w", err)
+	}
+	var st struct {
+		Interceptor string `json:"interceptor"`
+	}
+	if err := json.Unmarshal(out, &st); err != nil {
+		return "", fmt.Errorf("ipvirtctl status -o json: %w", err)
+	}
+	return st.Interceptor, nil
+}
+
+// waitAllocated waits until ipvirtctl reports a VIP for session key, at
+// most limit; it gives up silently (the client's expectation then tells
+// what happened: a session the daemon never virtualizes has no VIP).
+func (r *runner) waitAllocated(ctx context.Context, key string, limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		if rep, _, err := r.sessionsReport(); err == nil {
+			for _, row := range rep {
+				if row.Session == key && row.VIP != "" {
+					return
+				}
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // vipOf is the VIP the report gives c's holder: its program's in
 // per-program mode, else its session's.
 func (rep report) vipOf(c *ClientResult) netip.Addr {

@@ -110,6 +110,11 @@ func (p *Phase) validate(i int, servers map[string]bool) error {
 	default:
 		return lineErr(p.line, "%s: interceptor %q: want preload, bpf or none", where, p.Interceptor)
 	}
+	for _, r := range p.Requires {
+		if r != "root" {
+			return lineErr(p.line, "%s: requires: unknown requirement %q (known: root)", where, r)
+		}
+	}
 	switch p.Restart {
 	case "":
 		p.Restart = "fresh"

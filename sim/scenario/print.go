@@ -69,14 +69,17 @@ func Summary(r *Result) string {
 	if r.Skipped != "" {
 		return fmt.Sprintf("SKIP %s: %s", r.Name, r.Skipped)
 	}
-	checks := 0
+	checks, skipped := 0, ""
 	for _, p := range r.Phases {
 		checks += len(p.Outcomes)
+		if p.Skipped != "" {
+			skipped = fmt.Sprintf(", phase %q skipped: %s", p.Name, p.Skipped)
+		}
 	}
 	if f := r.Failed(); f > 0 {
 		return fmt.Sprintf("FAIL %s: %d of %d checks failed (%s)", r.Name, f, checks, r.Took.Round(1e7))
 	}
-	return fmt.Sprintf("PASS %s: %d phases, %d checks (%s)", r.Name, len(r.Phases), checks, r.Took.Round(1e7))
+	return fmt.Sprintf("PASS %s: %d phases, %d checks (%s)%s", r.Name, len(r.Phases), checks, r.Took.Round(1e7), skipped)
 }
 
 // wrap breaks text into lines of at most width columns, at spaces.

@@ -8,6 +8,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -52,6 +54,7 @@ func (r *Result) Failed() int {
 // PhaseResult is one phase's clients and checks.
 type PhaseResult struct {
 	Name     string
+	Skipped  string // why the phase did not run, when it did not
 	Clients  []*ClientResult
 	Server   []dbserver.Conn // what the database server saw, in order
 	Outcomes []Outcome
@@ -151,6 +154,14 @@ func Run(ctx context.Context, f *File, opts Options) (res *Result, err error) {
 		if err := ctx.Err(); err != nil {
 			return res, fmt.Errorf("scenario %s: interrupted: %w", f.Name, err)
 		}
+		if why := f.Phases[i].missing(); why != "" {
+			if os.Getenv("CI") == "true" {
+				return res, fmt.Errorf("scenario %s, phase %q: %s (CI=true: not skipping)", f.Name, f.Phases[i].Name, why)
+			}
+			res.Phases = append(res.Phases, PhaseResult{Name: f.Phases[i].Name, Skipped: why})
+			fmt.Fprintf(opts.Out, "\n-- phase %d/%d: %s  SKIPPED: %s\n", i+1, len(f.Phases), f.Phases[i].Name, why)
+			continue
+		}
 		pr, err := r.phase(ctx, i)
 		if pr != nil {
 			res.Phases = append(res.Phases, *pr)
@@ -172,6 +183,20 @@ func (f *File) missing(t Topology) string {
 		if r == "root" && !root {
 			return "needs root (audit login sessions)"
 		}
+	}
+	return ""
+}
+
+// missing says what a phase needs that this run does not have.
+func (p *Phase) missing() string {
+	if os.Geteuid() == 0 {
+		return ""
+	}
+	if p.Interceptor == "bpf" {
+		return "needs root (the kernel interceptor loads eBPF programs)"
+	}
+	if slices.Contains(p.Requires, "root") {
+		return "needs root"
 	}
 	return ""
 }
@@ -264,6 +289,15 @@ func (r *runner) phase(ctx context.Context, i int) (*PhaseResult, error) {
 	}
 	if err := r.applyDaemon(ctx, p, dir, paths); err != nil {
 		return nil, err
+	}
+	if p.Interceptor == "bpf" {
+		// A daemon that fell back to preload would make every client fail
+		// with a misleading "left from the machine IP": say why instead.
+		if state, err := r.interceptorState(); err != nil {
+			return pr, err
+		} else if !strings.HasPrefix(state, "bpf") && !strings.HasPrefix(state, "both") {
+			return pr, fmt.Errorf("the kernel interceptor is not attached: ipvirtctl status says %q", state)
+		}
 	}
 	env := &PhaseEnv{Topology: r.topo, Daemon: r.daemon}
 

@@ -109,8 +109,12 @@ type Phase struct {
 	// Interceptor is how clients are made to use their VIP: preload
 	// (libipvirt.so, the default), bpf (ipvirtd's kernel interceptor:
 	// `interceptor: bpf` is added to the daemon config) or none.
-	Interceptor string         `yaml:"interceptor"`
-	Sessions    []SessionGroup `yaml:"sessions"`
+	Interceptor string `yaml:"interceptor"`
+	// Requires is what this phase alone cannot run without ("root"); a bpf
+	// phase needs root implicitly. Without it the phase is skipped and the
+	// rest of the file runs (failed under CI=true).
+	Requires []string       `yaml:"requires"`
+	Sessions []SessionGroup `yaml:"sessions"`
 	// Steps are things done to the system at given times: faults.
 	Steps []Step `yaml:"steps"`
 	// Duration makes the phase last at least this long from its start

@@ -115,6 +115,13 @@ func (ph *phaseRun) group(ctx context.Context, gi int) error {
 		if err != nil {
 			return err
 		}
+		if ph.p.Interceptor == "bpf" && s.sess != nil && !g.Admin {
+			// The kernel path never asks the daemon: the VIP must be in its
+			// map before the first connect. ipvirtd finds new sessions by
+			// watching (or scanning) and allocates ahead; wait for that, as
+			// a login does in practice (README: the allocation window).
+			ph.r.waitAllocated(ctx, s.key, 5*time.Second)
+		}
 		for k := range g.Run {
 			c, err := ph.r.runClient(ctx, ph, s, &g.Run[k])
 			if err != nil {
