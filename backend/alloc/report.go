@@ -2,12 +2,14 @@ package alloc
 
 import (
 	"cmp"
+	"encoding/hex"
 	"slices"
 	"time"
 
 	"github.com/ipvirt/ipvirt/backend/config"
 	"github.com/ipvirt/ipvirt/backend/identity"
 	"github.com/ipvirt/ipvirt/backend/lease"
+	"github.com/ipvirt/ipvirt/backend/source"
 	"github.com/ipvirt/ipvirt/backend/wire"
 )
 
@@ -23,9 +25,12 @@ type SessionReport struct {
 	// State is the session's address in per-session mode: vip, mip,
 	// denied, pending (being acquired) or none (nothing asked yet). In
 	// per-program mode it is "per-program" and Programs says the rest.
-	State    string          `json:"state"`
-	VIP      string          `json:"vip,omitempty"`
-	Reason   string          `json:"reason,omitempty"`
+	State  string `json:"state"`
+	VIP    string `json:"vip,omitempty"`
+	Reason string `json:"reason,omitempty"`
+	// ClientID is the DHCP client identifier (option 61, hex) the session's
+	// lease is held under; DHCP source only.
+	ClientID string          `json:"client_id,omitempty"`
 	Programs []ProgramReport `json:"programs,omitempty"`
 	// Since is when the session got its VIP, or when ipvirt first saw it.
 	Since      time.Time `json:"since"`
@@ -38,11 +43,12 @@ type SessionReport struct {
 
 // ProgramReport is one per-program VIP of a session.
 type ProgramReport struct {
-	Program string    `json:"program"`
-	VIP     string    `json:"vip,omitempty"`
-	State   string    `json:"state"`
-	Reason  string    `json:"reason,omitempty"`
-	Since   time.Time `json:"since"`
+	Program  string    `json:"program"`
+	VIP      string    `json:"vip,omitempty"`
+	State    string    `json:"state"`
+	Reason   string    `json:"reason,omitempty"`
+	ClientID string    `json:"client_id,omitempty"`
+	Since    time.Time `json:"since"`
 }
 
 // Sessions reports every live session, and sessions in their grace period.
@@ -78,11 +84,15 @@ func (m *Manager) Sessions(only *uint32, logindDir string) []SessionReport {
 		if e.done() && e.err == nil {
 			state, vip, since = "vip", e.lease.Addr.String(), e.lease.Granted
 		}
+		var clientID string
+		if cid, ok := m.opts.Source.(source.ClientIDer); ok {
+			clientID = hex.EncodeToString(cid.ClientID(h))
+		}
 		if h.PerProgram() {
-			r.Programs = append(r.Programs, ProgramReport{Program: h.Program, VIP: vip, State: state, Since: since})
+			r.Programs = append(r.Programs, ProgramReport{Program: h.Program, VIP: vip, State: state, ClientID: clientID, Since: since})
 			continue
 		}
-		r.State, r.VIP = state, vip
+		r.State, r.VIP, r.ClientID = state, vip, clientID
 		if !since.IsZero() {
 			r.Since, r.Expiry = since, e.lease.Expiry
 		}

@@ -44,6 +44,13 @@ type Source interface {
 	Close() error
 }
 
+// ClientIDer is implemented by sources whose holders have an identity the
+// far end sees (DHCP option 61), so that reports can show it and the wire
+// can be checked against them.
+type ClientIDer interface {
+	ClientID(h lease.Holder) []byte
+}
+
 // Stats is a source's view of its addresses.
 type Stats struct {
 	// Size is the number of addresses the source can hand out, or -1 when

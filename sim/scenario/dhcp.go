@@ -35,7 +35,11 @@ func (r *runner) startDHCP(ctx context.Context) error {
 			iface, listen := "", "127.0.0.1:0"
 			if placed {
 				var err error
-				if iface, listen, err = placer.DHCPServer(spec.Host); err != nil {
+				host := spec.Host
+				if host == "" {
+					host = fmt.Sprintf("dhcp%d", i) // one server per host
+				}
+				if iface, listen, err = placer.DHCPServer(host); err != nil {
 					return fmt.Errorf("dhcp server %s: %w", spec.Name, err)
 				}
 			}
@@ -53,7 +57,11 @@ func (r *runner) startDHCP(ctx context.Context) error {
 			return err
 		}
 		p := &dhcpProc{spec: spec, status: filepath.Join(dir, "status.json"), logs: &syncBuffer{}, done: make(chan struct{})}
-		argv := r.topo.Wrap(spec.Host, []string{r.bins.Sim, "dhcp-server", "-config", cfgPath, "-status", p.status})
+		host := spec.Host
+		if host == "" {
+			host = fmt.Sprintf("dhcp%d", i)
+		}
+		argv := r.topo.Wrap(host, []string{r.bins.Sim, "dhcp-server", "-config", cfgPath, "-status", p.status})
 		p.cmd = exec.Command(argv[0], argv[1:]...)
 		p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
 		p.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
