@@ -154,14 +154,19 @@ func (m *Manager) Ensure(sess lease.Session, uid uint32, program string) {
 	m.ensure(h, uid)
 }
 
+// preallocRetry is how long a holder whose acquisition failed waits before
+// scans try again on its behalf. Without retries a session whose lease
+// expired while the DHCP server was down would stay unvirtualized under
+// the kernel interceptor, which never asks; retrying on every scan would
+// hammer a server that is out of addresses.
+const preallocRetry = 5 * time.Second
+
 func (m *Manager) ensure(h lease.Holder, uid uint32) {
 	m.mu.RLock()
 	_, has := m.holders[h]
-	_, failed := m.outcomes[h]
+	o, failed := m.outcomes[h]
 	m.mu.RUnlock()
-	// A holder that found the pool exhausted is retried by its own next
-	// request, not by every scan.
-	if has || failed {
+	if has || failed && m.opts.Now().Sub(o.at) < preallocRetry {
 		return
 	}
 	if _, busy := m.prealloc.LoadOrStore(h, true); busy {

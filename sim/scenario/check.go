@@ -217,14 +217,21 @@ func bounds(v float64, equals, lo, hi *float64) (bool, string) {
 func (r *runner) dhcpOutcome(ctx context.Context, d DHCPExpect) Outcome {
 	ok, what := bounds(0, d.Equals, d.Min, d.Max)
 	what = fmt.Sprintf("DHCP server %s %s%s", d.Server, d.Counter, what)
-	p := r.dhcpByName(d.Server)
-	st, err := p.Status(ctx)
-	if err != nil {
-		return Outcome{What: what, Got: err.Error()}
+	procs := r.dhcp
+	if d.Server != "all" {
+		procs = []*dhcpProc{r.dhcpByName(d.Server)}
 	}
-	v, found := st.counter(d.Counter)
-	if !found {
-		return Outcome{What: what, Got: fmt.Sprintf("no counter %q (have leases, %s)", d.Counter, strings.ToLower(strings.Join(sortedKeys(st.Counters), ", ")))}
+	v := 0
+	for _, p := range procs {
+		st, err := p.Status(ctx)
+		if err != nil {
+			return Outcome{What: what, Got: err.Error()}
+		}
+		n, found := st.counter(d.Counter)
+		if !found {
+			return Outcome{What: what, Got: fmt.Sprintf("no counter %q (have leases, %s)", d.Counter, strings.ToLower(strings.Join(sortedKeys(st.Counters), ", ")))}
+		}
+		v += n
 	}
 	ok, _ = bounds(float64(v), d.Equals, d.Min, d.Max)
 	return Outcome{OK: ok, What: what, Got: fmt.Sprint(v)}

@@ -271,10 +271,12 @@ type SessionRow struct {
 	User     string `json:"user"`
 	State    string `json:"state"`
 	VIP      string `json:"vip"`
+	ClientID string `json:"client_id"`
 	Programs []struct {
-		Program string `json:"program"`
-		VIP     string `json:"vip"`
-		State   string `json:"state"`
+		Program  string `json:"program"`
+		VIP      string `json:"vip"`
+		State    string `json:"state"`
+		ClientID string `json:"client_id"`
 	} `json:"programs"`
 }
 

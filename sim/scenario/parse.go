@@ -127,7 +127,9 @@ func (p *Phase) validate(i int, servers map[string]bool) error {
 		return lineErr(p.line, "%s: restart %q: want fresh, restart or reload", where, p.Restart)
 	}
 	if len(p.Sessions) == 0 {
-		return lineErr(p.line, "%s: sessions: none", where)
+		if p.Expect.DaemonError == "" {
+			return lineErr(p.line, "%s: sessions: none", where)
+		}
 	}
 	groups := map[string]bool{}
 	for j := range p.Sessions {
@@ -203,7 +205,7 @@ func (p *Phase) validate(i int, servers map[string]bool) error {
 		}
 	}
 	for _, d := range p.Expect.DHCP {
-		if !servers[d.Server] {
+		if !servers[d.Server] && d.Server != "all" {
 			return lineErr(p.line, "%s: expect.dhcp: server %q: no such DHCP server (dhcp_servers)", where, d.Server)
 		}
 		if d.Counter == "" || (d.Equals == nil && d.Min == nil && d.Max == nil) {

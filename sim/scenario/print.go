@@ -29,7 +29,11 @@ func (r *runner) print(i int, p *Phase, pr *PhaseResult) {
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "   SESSION\tUSER\tPROGRAM\tLEFT FROM\tSERVER SAID\tCONNECT")
-	for _, c := range pr.Clients {
+	shown := pr.Clients
+	if len(shown) > 24 { // a logon storm: the checks below cover every client
+		shown = shown[:8]
+	}
+	for _, c := range shown {
 		src := "-"
 		if c.Source.IsValid() {
 			src = c.Source.Addr().String()
@@ -51,6 +55,12 @@ func (r *runner) print(i int, p *Phase, pr *PhaseResult) {
 		fmt.Fprintf(tw, "   %s\t%d\t%s\t%s\t%s\t%s\n", sess, c.Session.uid, c.Spec.Program, src, verdict, c.Connect.Round(1000))
 	}
 	tw.Flush()
+	if n := len(pr.Clients) - len(shown); n > 0 {
+		fmt.Fprintf(w, "   ... and %d more clients\n", n)
+	}
+	for _, note := range pr.Notes {
+		fmt.Fprintf(w, "   %s\n", note)
+	}
 	for _, o := range pr.Outcomes {
 		mark := "PASS"
 		got := ""

@@ -54,7 +54,8 @@ func (r *Result) Failed() int {
 // PhaseResult is one phase's clients and checks.
 type PhaseResult struct {
 	Name     string
-	Skipped  string // why the phase did not run, when it did not
+	Skipped  string   // why the phase did not run, when it did not
+	Notes    []string // timings worth reporting (a storm's time to the last client)
 	Clients  []*ClientResult
 	Server   []dbserver.Conn // what the database server saw, in order
 	Outcomes []Outcome
@@ -187,6 +188,17 @@ func (f *File) missing(t Topology) string {
 	return ""
 }
 
+// firstLineWith is the line of text that holds want (the daemon's error
+// among its log), for the report.
+func firstLineWith(text, want string) string {
+	for line := range strings.Lines(text) {
+		if strings.Contains(line, want) {
+			return strings.TrimSpace(line)
+		}
+	}
+	return text
+}
+
 // missing says what a phase needs that this run does not have.
 func (p *Phase) missing() string {
 	if os.Geteuid() == 0 {
@@ -287,6 +299,22 @@ func (r *runner) phase(ctx context.Context, i int) (*PhaseResult, error) {
 	if err != nil {
 		return nil, err
 	}
+	if want := p.Expect.DaemonError; want != "" {
+		o := Outcome{What: fmt.Sprintf("ipvirtd refuses to start with %q", want)}
+		switch err := r.applyDaemon(ctx, p, dir, paths); {
+		case err == nil:
+			o.Got = "it started"
+		case strings.Contains(err.Error(), want):
+			o.OK = true
+			o.Got = firstLineWith(err.Error(), want)
+		default:
+			o.Got = err.Error()
+		}
+		r.stopDaemon()
+		pr.Outcomes = []Outcome{o}
+		r.print(i, p, pr)
+		return pr, nil
+	}
 	if err := r.applyDaemon(ctx, p, dir, paths); err != nil {
 		return nil, err
 	}
@@ -330,6 +358,7 @@ func (r *runner) phase(ctx context.Context, i int) (*PhaseResult, error) {
 		return pr, err
 	}
 	pr.Clients = ph.clients
+	pr.Notes = ph.notes
 	report, raw, err := r.sessionsReport()
 	if err != nil {
 		return pr, err

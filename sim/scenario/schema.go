@@ -81,8 +81,13 @@ func (d *DHCPServer) UnmarshalYAML(n *yaml.Node) error {
 		b = nil
 	}
 	d.knobs = b
-	// The runner adds interface and listen from the topology.
-	cfg, err := dhcpserver.ParseConfig(b)
+	// The runner adds interface and listen from the topology; validate as
+	// if it had (knobs such as arp_in_use need an interface).
+	check := b
+	if !d.placed {
+		check = append(append([]byte(nil), b...), "\ninterface: eth0\n"...)
+	}
+	cfg, err := dhcpserver.ParseConfig(check)
 	if err != nil {
 		return lineErr(n.Line, "dhcp_servers %s: %v", d.Name, err)
 	}
@@ -268,6 +273,9 @@ type PhaseExpect struct {
 	// ipvirt_sim_connect_seconds histogram's data).
 	ConnectP50Below Duration `yaml:"connect_p50_below"`
 	ConnectP99Below Duration `yaml:"connect_p99_below"`
+	// DaemonError makes the phase a start-up check: ipvirtd must refuse
+	// this phase's config, its error containing this text; no session runs.
+	DaemonError string `yaml:"daemon_error"`
 	// Metrics are ipvirtd metric values at the end of the phase.
 	Metrics []MetricExpect `yaml:"metrics"`
 	// DHCP are synthetic DHCP server counters at the end of the phase.
@@ -285,8 +293,8 @@ type MetricExpect struct {
 	Max    *float64          `yaml:"max"`
 }
 
-// DHCPExpect checks a counter of a synthetic DHCP server: leases (held
-// now) or one of sim/dhcpserver's counters (discovers, offers, requests,
+// DHCPExpect checks a counter of a synthetic DHCP server (server "all":
+// the sum over every server): leases (held now) or one of sim/dhcpserver's counters (discovers, offers, requests,
 // acks, renewals, naks, releases, declines, drops, ignored, no_free, ...).
 type DHCPExpect struct {
 	Server  string   `yaml:"server"`

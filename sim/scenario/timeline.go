@@ -21,6 +21,7 @@ type phaseRun struct {
 	mu           sync.Mutex
 	clients      []*ClientResult
 	vips         map[string]SessionRow // by session key
+	notes        []string
 	stepOutcomes []Outcome
 }
 
@@ -141,6 +142,7 @@ func (ph *phaseRun) group(ctx context.Context, gi int) error {
 			}
 		}
 	} else {
+		began := time.Now()
 		var wg sync.WaitGroup
 		errs := make([]error, g.Count)
 		for i := 0; i < g.Count; i++ {
@@ -153,6 +155,13 @@ func (ph *phaseRun) group(ctx context.Context, gi int) error {
 				return err
 			}
 		}
+		// Each client's connect waits for its session's VIP, so this is the
+		// time from the storm's first logon to the last lease in use.
+		note := fmt.Sprintf("%s: %d sessions logged on together; every client had its answer %v after the first logon",
+			g.Name, g.Count, time.Since(began).Round(time.Millisecond))
+		ph.mu.Lock()
+		ph.notes = append(ph.notes, note)
+		ph.mu.Unlock()
 	}
 	// Remember what ipvirtctl says of these sessions now: a later logoff
 	// removes them from the final report.
@@ -166,6 +175,11 @@ func (ph *phaseRun) remember(rep report) {
 	ph.mu.Lock()
 	defer ph.mu.Unlock()
 	for _, row := range rep {
+		// A session that lost its lease later (expiry) is judged by the VIP
+		// it had when its clients ran.
+		if old, ok := ph.vips[row.Session]; ok && old.VIP != "" && row.VIP == "" {
+			continue
+		}
 		ph.vips[row.Session] = row
 	}
 }
