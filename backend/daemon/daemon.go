@@ -185,7 +185,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	d.unix = &server.Unix{Backend: d, Resolver: d.resolver, Metrics: d.metrics, Log: d.log}
+	d.unix = &server.Unix{Backend: d, Resolver: d.resolver, Metrics: d.metrics, Log: d.log, PendingWait: pendingWait(cfg)}
 	errc := make(chan error, 2)
 	go func() { errc <- d.unix.Serve(ln) }()
 
@@ -250,3 +250,16 @@ func (d *Daemon) Manager() *alloc.Manager { return d.mgr }
 
 // MIP implements server.Backend.
 func (d *Daemon) MIP() netip.Addr { return d.adapter.MIP() }
+
+// pendingWait is how long a QUERY that has to wait for an allocation may
+// take: a DHCP exchange is bounded by lease_wait, a static allocation by
+// the manager's acquisition timeout.
+func pendingWait(cfg config.Config) time.Duration {
+	if cfg.Source == config.SourceDHCP {
+		if cfg.DHCP.LeaseWait > 0 {
+			return cfg.DHCP.LeaseWait
+		}
+		return dhcp.DefaultLeaseWait
+	}
+	return 10 * time.Second
+}

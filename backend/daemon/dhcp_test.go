@@ -3,11 +3,16 @@ package daemon_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/ipvirt/ipvirt/sim/daemonproc"
 	"github.com/ipvirt/ipvirt/sim/dhcpserver"
 )
 
@@ -94,4 +99,92 @@ func waitServer(t *testing.T, srv *dhcpserver.Server, what string, cond func(dhc
 	if err := srv.Wait(ctx, func(c dhcpserver.Counters, _ []dhcpserver.Lease) bool { return cond(c) }); err != nil {
 		t.Fatalf("waiting for %s: %v (server counters %+v)", what, err, srv.Counters())
 	}
+}
+
+// TestPreloadWaitsForSlowDHCP: a program whose first connect needs a lease
+// from a slow DHCP server (600 ms per answer, three of them before the ACK
+// is in) still leaves from its VIP under libipvirt.so's default 200 ms
+// timeout, because the daemon says PENDING and the library then waits for
+// the answer. Without PENDING it would fail open to the machine IP.
+func TestPreloadWaitsForSlowDHCP(t *testing.T) {
+	srv, err := dhcpserver.Start(context.Background(), dhcpserver.Config{
+		Listen:     "127.0.0.1:0",
+		RangeStart: netip.MustParseAddr("127.79.1.10"), RangeEnd: netip.MustParseAddr("127.79.1.250"), PrefixLen: 24,
+		LeaseTime: time.Hour, Latency: 600 * time.Millisecond,
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	port := srv.Addr().Port()
+	e := newEnvBody(t, fmt.Sprintf(`adapter: lo
+preallocate: false
+dhcp:
+  server: 127.0.0.1:%d
+  server_port: %d
+  relay_address: 127.79.1.1
+  arp_probe: false
+  retransmit_base: 2s
+  lease_wait: 10s
+`, port, port))
+	lib, client := cBinary(t, "libipvirt.so"), cBinary(t, "ipvirt-dbclient")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	seen := make(chan string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		seen <- c.RemoteAddr().(*net.TCPAddr).IP.String()
+		c.Close()
+	}()
+
+	s := e.session(60011)
+	out := filepath.Join(t.TempDir(), "result")
+	lnPort := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	start := time.Now()
+	pid, err := s.RunEnv([]string{"LD_PRELOAD=" + lib, "IPVIRT_SOCKET=" + e.d.Socket}, client, "--out", out, "127.0.0.1", lnPort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Reap(pid)
+	var from string
+	select {
+	case from = <-seen:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the client never connected")
+	}
+	result, _ := os.ReadFile(out)
+	vip := e.mustVIP(s)
+	if from != vip {
+		t.Fatalf("server saw %s, want the session's VIP %s (client said %q after %v)", from, vip, result, time.Since(start))
+	}
+	if took := time.Since(start); took < time.Second {
+		t.Fatalf("connected after %v: the slow server should have made it wait over a second", took)
+	}
+}
+
+// cBinary finds a C artifact of `make build` (IPVIRT_BIN, which make test
+// sets, else bin/ of the checkout); `go test` alone has not built them.
+func cBinary(t *testing.T, name string) string {
+	t.Helper()
+	dir := os.Getenv(daemonproc.BinEnv)
+	if dir == "" {
+		dir = filepath.Join("..", "..", "bin")
+	}
+	p, err := filepath.Abs(filepath.Join(dir, name))
+	if err == nil {
+		_, err = os.Stat(p)
+	}
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("%s: %v (make build makes it)", name, err)
+		}
+		t.Skipf("needs %s from make build (make test builds it): %v", name, err)
+	}
+	return p
 }

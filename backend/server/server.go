@@ -83,6 +83,9 @@ type Unix struct {
 	Resolver identity.Resolver
 	Metrics  *metrics.Metrics
 	Log      *slog.Logger
+	// PendingWait is what a PENDING frame announces: the longest a QUERY
+	// may still take (DHCP's lease_wait). Zero: 30 s.
+	PendingWait time.Duration
 
 	ln    *net.UnixListener
 	slots chan struct{}
@@ -220,7 +223,13 @@ func (s *Unix) handle(c *net.UnixConn, caller *identity.Caller) {
 			}
 			caller = &who
 		}
-		t, payload := s.dispatch(*caller, f)
+		var t wire.Type
+		var payload []byte
+		if f.Type == wire.OpQuery && f.Flags&wire.FlagAcceptPending != 0 {
+			t, payload = s.queryPending(c, *caller, f)
+		} else {
+			t, payload = s.dispatch(*caller, f)
+		}
 		if !s.reply(c, t, payload) {
 			return
 		}
@@ -228,6 +237,41 @@ func (s *Unix) handle(c *net.UnixConn, caller *identity.Caller) {
 			s.Metrics.RequestDuration.WithLabelValues(opName(f.Type)).Observe(time.Since(start).Seconds())
 		}
 	}
+}
+
+// pendingAfter is how long a QUERY may take before the client is told to
+// keep waiting: well inside the preload library's default 200 ms timeout,
+// well above a static-pool allocation's few milliseconds.
+const pendingAfter = 50 * time.Millisecond
+
+// queryPending answers a QUERY from a client that accepts PENDING: if the
+// answer is not ready within pendingAfter (a DHCP exchange and its ARP
+// probe take a second or more), a PENDING frame tells the client the daemon
+// is alive and working, and how long it may still take.
+func (s *Unix) queryPending(c net.Conn, caller identity.Caller, f wire.Frame) (wire.Type, []byte) {
+	type result struct {
+		t wire.Type
+		p []byte
+	}
+	done := make(chan result, 1)
+	go func() {
+		t, p := s.dispatch(caller, f)
+		done <- result{t, p}
+	}()
+	timer := time.NewTimer(pendingAfter)
+	defer timer.Stop()
+	select {
+	case r := <-done:
+		return r.t, r.p
+	case <-timer.C:
+	}
+	wait := s.PendingWait
+	if wait <= 0 {
+		wait = 30 * time.Second // dispatch's own bound
+	}
+	s.reply(c, wire.RespPending, wire.AppendPending(nil, wait))
+	r := <-done
+	return r.t, r.p
 }
 
 func isTimeout(err error) bool {

@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/netip"
+	"time"
 )
 
 // Version is the protocol version this package speaks.
@@ -45,7 +47,30 @@ const (
 	RespAnswer Type = 1
 	RespJSON   Type = 2
 	RespError  Type = 3
+	// RespPending says the answer needs an allocation that takes a while
+	// (a DHCP exchange): it comes later on the same connection. Sent only
+	// to a QUERY that carries FlagAcceptPending. Its 4-byte payload is the
+	// longest the daemon may still take, in milliseconds.
+	RespPending Type = 4
 )
+
+// FlagAcceptPending on a QUERY says the client understands RespPending:
+// it can tell a daemon that is working (and wait longer) from one that is
+// hung (and fail open after its short timeout). Daemons that predate it
+// ignore it, as they ignore every unknown flag.
+const FlagAcceptPending uint16 = 1
+
+// AppendPending appends a RespPending payload announcing a wait of at most d.
+func AppendPending(b []byte, d time.Duration) []byte {
+	ms := d.Milliseconds()
+	if ms < 0 {
+		ms = 0
+	}
+	if ms > math.MaxUint32 {
+		ms = math.MaxUint32
+	}
+	return binary.BigEndian.AppendUint32(b, uint32(ms))
+}
 
 // Error codes carried by RespError frames.
 const (
@@ -101,6 +126,7 @@ func ParseHeader(b []byte) (Header, error) {
 type Frame struct {
 	Version uint8
 	Type    Type
+	Flags   uint16
 	Payload []byte
 }
 
@@ -116,7 +142,7 @@ func ReadFrame(r io.Reader, max uint32) (Frame, error) {
 	if err != nil {
 		return Frame{}, err
 	}
-	f := Frame{Version: h.Version, Type: h.Type}
+	f := Frame{Version: h.Version, Type: h.Type, Flags: h.Flags}
 	if h.Version != Version {
 		return f, fmt.Errorf("%w: %d (this side speaks %d)", ErrVersion, h.Version, Version)
 	}

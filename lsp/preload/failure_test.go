@@ -201,3 +201,64 @@ func TestGarbageAnswers(t *testing.T) {
 		}
 	})
 }
+
+// pendingFrame announces that the answer will take up to wait.
+func pendingFrame(wait time.Duration) []byte {
+	return wire.AppendFrame(nil, wire.RespPending, wire.AppendPending(nil, wait))
+}
+
+// TestPending: a daemon acquiring a DHCP lease says PENDING within the
+// library's short timeout, and the library then waits for the answer
+// (bounded by the daemon's announcement and IPVIRT_PENDING_MS) instead of
+// failing open; a hung daemon still costs only the short timeout.
+func TestPending(t *testing.T) {
+	build(t)
+	srv := newTCPServer(t)
+	later := func(wait, after time.Duration, answer []byte) serveFunc {
+		return func(s *standIn, _ int, c net.Conn) {
+			s.readQuery(c)
+			c.Write(pendingFrame(wait))
+			time.Sleep(after)
+			if answer != nil {
+				c.Write(answer)
+			}
+		}
+	}
+	for _, c := range []struct {
+		name  string
+		serve serveFunc
+		env   []string
+		want  string // the source the server sees
+		why   string // in the stderr line; "" means none
+	}{
+		{"answer 800 ms after PENDING", later(5*time.Second, 800*time.Millisecond, vipAnswer("127.88.0.6", 300)), nil, "127.88.0.6", ""},
+		{"PENDING then silence, bounded by the announcement", later(300*time.Millisecond, time.Hour, nil), nil, "127.0.0.1", "timed out"},
+		{"PENDING then silence, bounded by IPVIRT_PENDING_MS", later(time.Hour, time.Hour, nil), []string{"IPVIRT_PENDING_MS=500"}, "127.0.0.1", "timed out"},
+		{"PENDING twice", func(s *standIn, _ int, c net.Conn) {
+			s.readQuery(c)
+			c.Write(append(pendingFrame(time.Second), pendingFrame(time.Second)...))
+		}, nil, "127.0.0.1", "PENDING twice"},
+		{"PENDING with a bad payload", reply(rawFrame("IPVT", 1, 4, 2, []byte{0, 1})), nil, "127.0.0.1", "PENDING payload of 2"},
+		{"PENDING not offered", reply(pendingFrame(time.Second)), []string{"IPVIRT_PENDING_MS=0"}, "127.0.0.1", "not offered"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := newStandIn(t, c.serve)
+			res := runPlain(t, s.env(c.env...), probePath, "connect", "127.0.0.1", srv.port())
+			if got := srv.next(t); got != c.want {
+				t.Errorf("server saw %s, want %s (stderr %q)", got, c.want, res.stderr)
+			}
+			lines := res.ipvirtLines()
+			switch {
+			case c.why == "" && res.stderr != "":
+				t.Errorf("stderr %q, want nothing", res.stderr)
+			case c.why != "" && (len(lines) != 1 || !strings.Contains(lines[0], c.why)):
+				t.Errorf("stderr %q, want one ipvirt: line saying %q", res.stderr, c.why)
+			}
+			// Bounded: an hour-long announcement is cut by IPVIRT_PENDING_MS
+			// or the default 30 s; these cases end well before either.
+			if res.elapsed > 10*time.Second {
+				t.Errorf("took %v", res.elapsed)
+			}
+		})
+	}
+}

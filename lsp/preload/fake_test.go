@@ -16,8 +16,12 @@ import (
 	"github.com/ipvirt/ipvirt/backend/wire"
 )
 
-// queryFrame is the only request the library may send.
-var queryFrame = []byte{'I', 'P', 'V', 'T', 1, 1, 0, 0, 0, 0, 0, 0}
+// queryFrame is the only request the library may send: a QUERY that
+// accepts PENDING (flags 1), or with IPVIRT_PENDING_MS=0 one that does not.
+var (
+	queryFrame          = []byte{'I', 'P', 'V', 'T', 1, 1, 0, 1, 0, 0, 0, 0}
+	queryFrameNoPending = []byte{'I', 'P', 'V', 'T', 1, 1, 0, 0, 0, 0, 0, 0}
+)
 
 // standIn is a Unix socket standing in for ipvirtd, to give the library
 // answers the real daemon never would: junk, other versions, silence.
@@ -86,7 +90,7 @@ func (s *standIn) readQuery(c net.Conn) bool {
 	if _, err := io.ReadFull(c, req); err != nil {
 		return false
 	}
-	if !bytes.Equal(req, queryFrame) {
+	if !bytes.Equal(req, queryFrame) && !bytes.Equal(req, queryFrameNoPending) {
 		s.mu.Lock()
 		s.bad = append(s.bad, req)
 		s.mu.Unlock()

@@ -131,11 +131,6 @@ func (r *runner) runClient(ctx context.Context, ph *phaseRun, s *liveSession, sp
 	var env []string
 	if p.Interceptor == "preload" {
 		env = []string{"LD_PRELOAD=" + r.bins.Preload, "IPVIRT_SOCKET=" + r.daemon.Socket}
-		if src, _ := r.cfg["source"].(string); src == "" || src == "dhcp" {
-			// A first connect may have to wait for a DHCP exchange and an
-			// ARP probe; the README's DHCP deployment advice does the same.
-			env = append(env, "IPVIRT_TIMEOUT_MS=5000")
-		}
 	}
 	var pid int
 	var err error

@@ -25,6 +25,9 @@
 
 #define DEFAULT_SOCKET "/run/ipvirt/ipvirt.sock"
 #define DEFAULT_TIMEOUT_MS 200
+/* How long a caller waits once the daemon said PENDING (it is acquiring a
+ * DHCP lease): the daemon's own lease_wait is 20 s by default. */
+#define DEFAULT_PENDING_MS 30000
 /* A cap on the TTL, so an absurd value cannot pin an answer for years. */
 #define MAX_TTL 86400
 /* After a failed query the fallback is kept this long, doubling up to the
@@ -46,7 +49,7 @@ static __thread int t_querying;
 /* Settings and state below are guarded by g_mu. */
 static int g_configured;
 static char g_socket[4096];
-static int g_timeout_ms, g_fail_closed, g_quiet;
+static int g_timeout_ms, g_pending_ms, g_fail_closed, g_quiet;
 static unsigned long g_backoff;
 static int g_scope_known, g_scope_loopback; /* of the last VIP this process saw */
 static atomic_int g_said;                    /* the one stderr line is out */
@@ -70,6 +73,19 @@ static int loopback(in_addr_t a)
 /* configure reads the environment once, at the first query rather than in
  * the constructor. secure_getenv: a setuid program is not steered by the
  * invoking user's variables. */
+/* env_ms reads a decimal number of milliseconds in [lo, hi], or def. */
+static int env_ms(const char *name, int def, long lo, long hi)
+{
+	const char *t = secure_getenv(name);
+	if (!t || !*t)
+		return def;
+	long v = 0;
+	const char *c = t;
+	while (*c >= '0' && *c <= '9' && v <= hi)
+		v = v * 10 + (*c++ - '0');
+	return (*c == 0 && v >= lo && v <= hi) ? (int)v : def;
+}
+
 static void configure(void)
 {
 	if (g_configured)
@@ -84,16 +100,8 @@ static void configure(void)
 	memcpy(g_socket, s, n);
 	g_socket[n] = 0;
 
-	g_timeout_ms = DEFAULT_TIMEOUT_MS;
-	const char *t = secure_getenv("IPVIRT_TIMEOUT_MS");
-	if (t && *t) {
-		long v = 0;
-		const char *c = t;
-		while (*c >= '0' && *c <= '9' && v <= 60000)
-			v = v * 10 + (*c++ - '0');
-		if (*c == 0 && v >= 1 && v <= 60000)
-			g_timeout_ms = (int)v;
-	}
+	g_timeout_ms = env_ms("IPVIRT_TIMEOUT_MS", DEFAULT_TIMEOUT_MS, 1, 60000);
+	g_pending_ms = env_ms("IPVIRT_PENDING_MS", DEFAULT_PENDING_MS, 0, 600000);
 	const char *f = secure_getenv("IPVIRT_FAIL");
 	g_fail_closed = f && strcmp(f, "closed") == 0;
 	const char *q = secure_getenv("IPVIRT_QUIET");
@@ -179,7 +187,7 @@ static const struct ipv_answer *ask(void)
 
 	configure();
 	t_querying = 1;
-	int rc = ipv_query(g_socket, g_timeout_ms, &r, err, sizeof err);
+	int rc = ipv_query(g_socket, g_timeout_ms, g_pending_ms, &r, err, sizeof err);
 	t_querying = 0;
 	if (rc == 0) {
 		g_backoff = 0;

@@ -41,9 +41,11 @@ struct ipv_reply {
 	char reason[256];    /* NUL-terminated, truncated */
 };
 
-/* One QUERY round trip to the daemon at path, within timeout_ms. Returns 0
- * and fills *out, or -1 with a one-line reason in err. */
-IPV_HIDDEN int ipv_query(const char *path, int timeout_ms, struct ipv_reply *out, char *err, size_t errlen);
+/* One QUERY round trip to the daemon at path, within timeout_ms; a daemon
+ * that answers PENDING (it is acquiring a lease) buys up to pending_ms more
+ * (0: PENDING is not offered). Returns 0 and fills *out, or -1 with a
+ * one-line reason in err. */
+IPV_HIDDEN int ipv_query(const char *path, int timeout_ms, int pending_ms, struct ipv_reply *out, char *err, size_t errlen);
 
 /* Validates and decodes a complete frame (header and payload) held in buf.
  * Split from ipv_query so that the rules are in one place. Returns 0, or -1

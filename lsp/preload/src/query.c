@@ -22,6 +22,8 @@
 #define OP_QUERY 1
 #define RESP_ANSWER 1
 #define RESP_ERROR 3
+#define RESP_PENDING 4
+#define FLAG_ACCEPT_PENDING 1
 /* An ANSWER is 32 bytes and a reason of at most 65,535; later versions may
  * append fields, so allow some slack, but never the 16 MiB a JSON reply may
  * use: an ANSWER that large is not one. */
@@ -119,6 +121,15 @@ int ipv_parse_header(const unsigned char *h, uint32_t *payload_len, char *err, s
 	*payload_len = be32(h + 8);
 	if (h[5] == RESP_ERROR)
 		return 1; /* the caller reads the message */
+	if (h[5] == RESP_PENDING) {
+		if (*payload_len != 4) {
+			ipv_puts(&b, "PENDING payload of ");
+			ipv_putu(&b, *payload_len);
+			ipv_puts(&b, " bytes (want 4)");
+			return -1;
+		}
+		return 2; /* the caller reads the announced wait */
+	}
 	if (h[5] != RESP_ANSWER) {
 		ipv_puts(&b, "daemon replied with frame type ");
 		ipv_putu(&b, h[5]);
@@ -227,9 +238,13 @@ static int dial(int fd, const char *path, uint64_t deadline, char *err, size_t e
 }
 
 /* roundtrip does the exchange on a connected socket. */
-static int roundtrip(int fd, uint64_t deadline, struct ipv_reply *out, char *err, size_t errlen)
+static int roundtrip(int fd, uint64_t deadline, int pending_ms, struct ipv_reply *out, char *err, size_t errlen)
 {
-	static const unsigned char query[HEADER_SIZE] = {'I', 'P', 'V', 'T', PROTO_VERSION, OP_QUERY, 0, 0, 0, 0, 0, 0};
+	unsigned char query[HEADER_SIZE] = {'I', 'P', 'V', 'T', PROTO_VERSION, OP_QUERY, 0, 0, 0, 0, 0, 0};
+	if (pending_ms > 0)
+		query[7] = FLAG_ACCEPT_PENDING;
+	/* PENDING never buys more than pending_ms from the moment it arrives. */
+	int pendings = 0;
 	size_t sent = 0;
 	while (sent < sizeof query) {
 		ssize_t r = send(fd, query + sent, sizeof query - sent, MSG_NOSIGNAL);
@@ -247,13 +262,36 @@ static int roundtrip(int fd, uint64_t deadline, struct ipv_reply *out, char *err
 	}
 
 	unsigned char h[HEADER_SIZE], fixed[ANSWER_FIXED];
-	int r = read_full(fd, h, sizeof h, deadline);
-	if (r < 0) {
-		fail(err, errlen, r == -2 ? "daemon closed the connection without a reply" : "waiting for the reply", r == -2 ? 0 : errno);
-		return -1;
-	}
 	uint32_t plen;
-	int kind = ipv_parse_header(h, &plen, err, errlen);
+	int kind, r;
+	for (;;) {
+		r = read_full(fd, h, sizeof h, deadline);
+		if (r < 0) {
+			fail(err, errlen, r == -2 ? "daemon closed the connection without a reply" : "waiting for the reply", r == -2 ? 0 : errno);
+			return -1;
+		}
+		kind = ipv_parse_header(h, &plen, err, errlen);
+		if (kind != 2)
+			break;
+		/* PENDING: the daemon is alive and acquiring a lease (a DHCP
+		 * exchange); wait what it announced, within pending_ms. One is
+		 * expected; a daemon that keeps sending them is broken. */
+		unsigned char w[4];
+		if (pending_ms <= 0 || ++pendings > 1) {
+			fail(err, errlen, pending_ms <= 0 ? "daemon sent PENDING though it was not offered" : "daemon sent PENDING twice", 0);
+			return -1;
+		}
+		if (read_full(fd, w, sizeof w, deadline) < 0) {
+			fail(err, errlen, "reading PENDING", errno);
+			return -1;
+		}
+		uint64_t wait = (uint64_t)be32(w) + 1000; /* slack for the answer's trip */
+		if (wait > (uint64_t)pending_ms)
+			wait = (uint64_t)pending_ms;
+		uint64_t until = ipv_mono_ms() + wait;
+		if (until > deadline)
+			deadline = until;
+	}
 	if (kind < 0)
 		return -1;
 	if (kind == 1) {
@@ -301,7 +339,7 @@ static int roundtrip(int fd, uint64_t deadline, struct ipv_reply *out, char *err
 	return 0;
 }
 
-int ipv_query(const char *path, int timeout_ms, struct ipv_reply *out, char *err, size_t errlen)
+int ipv_query(const char *path, int timeout_ms, int pending_ms, struct ipv_reply *out, char *err, size_t errlen)
 {
 	uint64_t deadline = ipv_mono_ms() + (uint64_t)timeout_ms;
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -312,7 +350,7 @@ int ipv_query(const char *path, int timeout_ms, struct ipv_reply *out, char *err
 	atomic_store(&ipv_query_fd, fd);
 	int r = dial(fd, path, deadline, err, errlen);
 	if (r == 0)
-		r = roundtrip(fd, deadline, out, err, errlen);
+		r = roundtrip(fd, deadline, pending_ms, out, err, errlen);
 	atomic_store(&ipv_query_fd, -1);
 	close(fd);
 	return r;
