@@ -185,7 +185,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	d.unix = &server.Unix{Backend: d, Resolver: d.resolver, Metrics: d.metrics, Log: d.log, PendingWait: pendingWait(cfg)}
+	d.unix = &server.Unix{Backend: d, Resolver: d.resolver, Metrics: d.metrics, Log: d.log, PendingWait: pendingWait(cfg),
+		SlowSource: cfg.Source == config.SourceDHCP}
 	errc := make(chan error, 2)
 	go func() { errc <- d.unix.Serve(ln) }()
 

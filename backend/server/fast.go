@@ -120,17 +120,32 @@ func (f *fastPath) serve() error {
 // answer at hand, then hands the connection to a goroutine either way.
 func (f *fastPath) first(fd int) {
 	var caller *identity.Caller
-	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-	if n, _ := unix.Poll(pfd, fastWait); n == 1 && pfd[0].Revents&unix.POLLIN != 0 {
+	var pending *wire.Frame
+	// Wait for the request only while no other client is queued: under load
+	// (a logon storm, clients descheduled between connect and send) waiting
+	// fastWait per connection would serialise into seconds; the goroutine
+	// path then reads the request instead.
+	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}, {Fd: int32(f.lfd), Events: unix.POLLIN}}
+	if n, _ := unix.Poll(pfd, fastWait); n >= 1 && pfd[0].Revents&unix.POLLIN != 0 {
 		var hdr [wire.HeaderSize]byte
 		n, _, err := unix.Recvfrom(fd, hdr[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
 		if err == nil && n == len(hdr) && isBareQuery(hdr[:]) {
 			start := time.Now()
-			if who, err := f.s.Resolver.ResolveFD(fd); err == nil {
+			if f.s.SlowSource && acceptsPending(hdr[:]) {
+				// On a DHCP host a new holder's answer waits on the
+				// network. Say PENDING and hand off at once, with no /proc
+				// work here: reading a process that is still starting up
+				// can stall for tens of milliseconds, and in a logon storm
+				// every client queued behind would miss its 200 ms.
+				unix.Read(fd, hdr[:])
+				// Consumed, so it must be answered: if this write fails
+				// the answer's fails too and the handler ends.
+				unix.Write(fd, wire.AppendFrame(nil, wire.RespPending, f.s.pendingPayload()))
+				pending = &wire.Frame{Version: wire.Version, Type: wire.OpQuery, Flags: wire.FlagAcceptPending}
+			} else if who, err := f.s.Resolver.ResolveFD(fd); err == nil {
 				caller = &who
 				if a, ok := f.s.Backend.QueryNow(who); ok {
-					// The peeked header is the whole request: consume it.
-					unix.Read(fd, hdr[:])
+					unix.Read(fd, hdr[:]) // the peeked header is the whole request
 					reply := wire.AppendFrame(nil, wire.RespAnswer, wire.AppendAnswer(nil, f.s.toWire(who, a)))
 					// A new socket's send buffer always holds 44 bytes.
 					if _, err := unix.Write(fd, reply); err != nil {
@@ -151,7 +166,12 @@ func (f *fastPath) first(fd int) {
 		f.s.Log.Error("hand-off of a client connection", "err", err)
 		return
 	}
-	f.s.goServe(c.(*net.UnixConn), caller)
+	f.s.goServe(c.(*net.UnixConn), caller, pending)
+}
+
+func acceptsPending(b []byte) bool {
+	h, err := wire.ParseHeader(b)
+	return err == nil && h.Flags&wire.FlagAcceptPending != 0
 }
 
 // isBareQuery: a v1 QUERY with no payload, the library's only request.

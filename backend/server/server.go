@@ -86,6 +86,11 @@ type Unix struct {
 	// PendingWait is what a PENDING frame announces: the longest a QUERY
 	// may still take (DHCP's lease_wait). Zero: 30 s.
 	PendingWait time.Duration
+	// SlowSource says new allocations wait on the network (DHCP): a QUERY
+	// that needs one is told PENDING at once rather than after
+	// pendingAfter, which a loaded host (a logon storm) may stretch past
+	// the client's short timeout.
+	SlowSource bool
 
 	ln    *net.UnixListener
 	slots chan struct{}
@@ -155,17 +160,18 @@ func (s *Unix) Serve(ln *net.UnixListener) error {
 			c.Close()
 			continue
 		}
-		s.goServe(c, nil)
+		s.goServe(c, nil, nil)
 	}
 }
 
-// goServe serves c from a goroutine; caller is its identity when known. The
-// caller of goServe holds one of s.slots for c.
-func (s *Unix) goServe(c *net.UnixConn, caller *identity.Caller) {
+// goServe serves c from a goroutine; caller is its identity when known,
+// pending a QUERY already read and answered PENDING. The caller of goServe
+// holds one of s.slots for c.
+func (s *Unix) goServe(c *net.UnixConn, caller *identity.Caller, pending *wire.Frame) {
 	s.track(c, true)
 	s.wg.Go(func() {
 		defer func() { <-s.slots; s.track(c, false); c.Close() }()
-		s.handle(c, caller)
+		s.handle(c, caller, pending)
 	})
 }
 
@@ -201,10 +207,17 @@ func (s *Unix) Close() error {
 	return nil
 }
 
-func (s *Unix) handle(c *net.UnixConn, caller *identity.Caller) {
+func (s *Unix) handle(c *net.UnixConn, caller *identity.Caller, pending *wire.Frame) {
 	for {
-		c.SetReadDeadline(time.Now().Add(idleTimeout))
-		f, err := wire.ReadFrame(c, wire.MaxRequestPayload)
+		var f wire.Frame
+		var err error
+		announced := pending != nil
+		if announced {
+			f, pending = *pending, nil
+		} else {
+			c.SetReadDeadline(time.Now().Add(idleTimeout))
+			f, err = wire.ReadFrame(c, wire.MaxRequestPayload)
+		}
 		if err != nil {
 			if errors.Is(err, wire.ErrVersion) {
 				s.reply(c, wire.RespError, wire.AppendError(nil, wire.CodeUnsupportedVersion,
@@ -225,7 +238,7 @@ func (s *Unix) handle(c *net.UnixConn, caller *identity.Caller) {
 		}
 		var t wire.Type
 		var payload []byte
-		if f.Type == wire.OpQuery && f.Flags&wire.FlagAcceptPending != 0 {
+		if f.Type == wire.OpQuery && f.Flags&wire.FlagAcceptPending != 0 && !announced {
 			t, payload = s.queryPending(c, *caller, f)
 		} else {
 			t, payload = s.dispatch(*caller, f)
@@ -258,20 +271,30 @@ func (s *Unix) queryPending(c net.Conn, caller identity.Caller, f wire.Frame) (w
 		t, p := s.dispatch(caller, f)
 		done <- result{t, p}
 	}()
-	timer := time.NewTimer(pendingAfter)
+	after := pendingAfter
+	if s.SlowSource {
+		if _, ok := s.Backend.QueryNow(caller); !ok {
+			after = 0
+		}
+	}
+	timer := time.NewTimer(after)
 	defer timer.Stop()
 	select {
 	case r := <-done:
 		return r.t, r.p
 	case <-timer.C:
 	}
+	s.reply(c, wire.RespPending, s.pendingPayload())
+	r := <-done
+	return r.t, r.p
+}
+
+func (s *Unix) pendingPayload() []byte {
 	wait := s.PendingWait
 	if wait <= 0 {
 		wait = 30 * time.Second // dispatch's own bound
 	}
-	s.reply(c, wire.RespPending, wire.AppendPending(nil, wait))
-	r := <-done
-	return r.t, r.p
+	return wire.AppendPending(nil, wait)
 }
 
 func isTimeout(err error) bool {

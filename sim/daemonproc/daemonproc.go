@@ -157,6 +157,12 @@ func (d *Daemon) Start(ctx context.Context) error {
 		d.logs = &lockedBuffer{}
 	}
 	argv := append([]string{bin, "--config", d.Config, "--log-level", "debug"}, d.Extra...)
+	if os.Geteuid() == 0 {
+		// As deploy/ipvirtd.service does (Nice=-10): the daemon is on the
+		// path of every session's first connect, and a logon storm fills
+		// the run queue with the sessions' own processes.
+		argv = append([]string{"nice", "-n", "-10"}, argv...)
+	}
 	if d.Wrap != nil {
 		argv = d.Wrap(argv)
 	}

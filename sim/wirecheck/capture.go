@@ -30,7 +30,7 @@ type Frame struct {
 const (
 	// A burst of DHCP or ARP traffic from many simulated hosts must not
 	// overflow the socket while the reader goroutine is descheduled.
-	rcvBufBytes = 8 << 20
+	rcvBufBytes = 64 << 20 // a 500-session storm puts ~8,000 frames of ~2 KiB truesize on the LAN
 	// Short enough for Stop to return promptly, long enough not to spin.
 	rcvTimeout = 100 * time.Millisecond
 	// Veth and bridge ports hand GSO super-packets to packet sockets, so a
