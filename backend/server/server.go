@@ -228,6 +228,13 @@ func (s *Unix) handle(c *net.UnixConn, caller *identity.Caller, pending *wire.Fr
 			return
 		}
 		start := time.Now()
+		if !announced && s.SlowSource && f.Type == wire.OpQuery && f.Flags&wire.FlagAcceptPending != 0 {
+			// As on the accept thread: PENDING before any /proc work.
+			if !s.reply(c, wire.RespPending, s.pendingPayload()) {
+				return
+			}
+			announced = true
+		}
 		if caller == nil {
 			who, err := s.Resolver.ResolveConn(c)
 			if err != nil {

@@ -26,6 +26,7 @@ import (
 	"github.com/ipvirt/ipvirt/backend/lease"
 	"github.com/ipvirt/ipvirt/backend/source/dhcp"
 	"github.com/ipvirt/ipvirt/sim/dhcpserver"
+	"github.com/ipvirt/ipvirt/sim/topology"
 )
 
 func main() {
@@ -86,7 +87,7 @@ func main() {
 // server starts a fresh synthetic server in the srv namespace.
 func (l *lan) server(n int) (*dhcpserver.Server, error) {
 	var srv *dhcpserver.Server
-	err := in(l.srv, func() (err error) {
+	err := topology.In(l.srv, func() (err error) {
 		srv, err = dhcpserver.Start(context.Background(), dhcpserver.Config{
 			Interface:  "eth0",
 			RangeStart: netip.MustParseAddr("10.97.1.0"),
@@ -108,7 +109,7 @@ func (l *lan) bare(n, inflight, run int) (time.Duration, error) {
 	}
 	defer srv.Close()
 	var c *nclient4.Client
-	if err := in(l.cli, func() (err error) {
+	if err := topology.In(l.cli, func() (err error) {
 		c, err = nclient4.New("eth0", nclient4.WithTimeout(time.Second), nclient4.WithRetry(10))
 		return err
 	}); err != nil {
@@ -157,7 +158,7 @@ func (l *lan) ipvirt(n, inflight int, arp bool, arpWait time.Duration) (time.Dur
 	defer srv.Close()
 	cfg := dhcp.Config{MaxInflight: inflight, ARPProbe: &arp, ARPProbeWait: arpWait, LeaseWait: time.Minute}
 	var s *dhcp.Source
-	if err := in(l.cli, func() error {
+	if err := topology.In(l.cli, func() error {
 		ifc, err := dhcp.InterfaceByName("eth0")
 		if err != nil {
 			return err

@@ -8,6 +8,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/ipvirt/ipvirt/sim/topology"
 )
 
 // lan is two namespaces joined by a veth pair, each end named eth0:
@@ -20,10 +22,10 @@ type lan struct {
 func newLAN() (*lan, error) {
 	l := &lan{srvName: fmt.Sprintf("storm-srv-%d", os.Getpid()), cliName: fmt.Sprintf("storm-cli-%d", os.Getpid())}
 	var err error
-	if l.srv, err = namedNS(l.srvName); err != nil {
+	if l.srv, err = topology.NewNamed(l.srvName); err != nil {
 		return nil, err
 	}
-	if l.cli, err = namedNS(l.cliName); err != nil {
+	if l.cli, err = topology.NewNamed(l.cliName); err != nil {
 		l.close()
 		return nil, err
 	}
@@ -70,57 +72,6 @@ func (l *lan) close() {
 		}
 		_ = netns.DeleteNamed(x.name)
 	}
-}
-
-func namedNS(name string) (netns.NsHandle, error) {
-	type res struct {
-		h   netns.NsHandle
-		err error
-	}
-	ch := make(chan res, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			ch <- res{h: -1, err: err}
-			return
-		}
-		defer orig.Close()
-		h, err := netns.NewNamed(name)
-		if err == nil && netns.Set(orig) == nil {
-			runtime.UnlockOSThread()
-		}
-		ch <- res{h, err}
-	}()
-	r := <-ch
-	if r.err != nil {
-		return -1, fmt.Errorf("netns %s: %w", name, r.err)
-	}
-	return r.h, nil
-}
-
-// in runs fn on an OS thread inside ns; sockets it opens stay there.
-func in(ns netns.NsHandle, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			errc <- err
-			return
-		}
-		err = fn()
-		if netns.Set(orig) == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- err
-	}()
-	return <-errc
 }
 
 func numCPU() int { return runtime.NumCPU() }

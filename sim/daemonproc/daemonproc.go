@@ -99,7 +99,7 @@ type Daemon struct {
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
-	logs *lockedBuffer
+	logs *LockedBuffer
 	done chan struct{}
 	err  error
 }
@@ -154,7 +154,7 @@ func (d *Daemon) Start(ctx context.Context) error {
 		}
 	}
 	if d.logs == nil {
-		d.logs = &lockedBuffer{}
+		d.logs = &LockedBuffer{}
 	}
 	argv := append([]string{bin, "--config", d.Config, "--log-level", "debug"}, d.Extra...)
 	if os.Geteuid() == 0 {
@@ -275,21 +275,23 @@ func (d *Daemon) Metric(name string, labels ...string) (float64, error) {
 	return SumMetric(body, name, labels...)
 }
 
-type lockedBuffer struct {
+// LockedBuffer collects a child process's output; it may be read while the
+// child still writes.
+type LockedBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
+func (l *LockedBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.Write(p)
 }
 
-func (l *lockedBuffer) String() string {
+func (l *LockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
 }
 
-var _ io.Writer = (*lockedBuffer)(nil)
+var _ io.Writer = (*LockedBuffer)(nil)

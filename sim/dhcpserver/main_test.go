@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -20,6 +19,8 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/ipvirt/ipvirt/sim/topology"
 )
 
 func requireRoot(t *testing.T) {
@@ -91,58 +92,15 @@ func sweepStale() {
 
 func namedNS(t *testing.T, name string) netns.NsHandle {
 	t.Helper()
-	type res struct {
-		h   netns.NsHandle
-		err error
-	}
-	ch := make(chan res, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			ch <- res{err: err}
-			return
-		}
-		defer orig.Close()
-		h, err := netns.NewNamed(name)
-		if err == nil && netns.Set(orig) == nil {
-			runtime.UnlockOSThread()
-		}
-		ch <- res{h, err}
-	}()
-	r := <-ch
-	if r.err != nil {
-		t.Fatalf("netns %s: %v", name, r.err)
+	h, err := topology.NewNamed(name)
+	if err != nil {
+		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		r.h.Close()
+		h.Close()
 		_ = netns.DeleteNamed(name)
 	})
-	return r.h
-}
-
-// inNS runs fn on a thread inside ns (sockets it opens stay there).
-func inNS(ns netns.NsHandle, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			errc <- err
-			return
-		}
-		err = fn()
-		if netns.Set(orig) == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- err
-	}()
-	return <-errc
+	return h
 }
 
 func readStatus(path string) (Status, bool) {
@@ -193,7 +151,7 @@ func TestMainInNamespace(t *testing.T) {
 	waitStatus(t, status, "the server to be ready", func(Status) bool { return true })
 
 	var lease *nclient4.Lease
-	err := inNS(p.cli, func() error {
+	err := topology.In(p.cli, func() error {
 		c, err := nclient4.New("eth0", nclient4.WithTimeout(time.Second), nclient4.WithRetry(5))
 		if err != nil {
 			return err

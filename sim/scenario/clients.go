@@ -132,6 +132,7 @@ func (r *runner) runClient(ctx context.Context, ph *phaseRun, s *liveSession, sp
 	if p.Interceptor == "preload" {
 		env = []string{"LD_PRELOAD=" + r.bins.Preload, "IPVIRT_SOCKET=" + r.daemon.Socket}
 	}
+	env = append(env, spec.Env...)
 	var pid int
 	var err error
 	if s.sess != nil {

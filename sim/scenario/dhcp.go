@@ -10,9 +10,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
+
+	"github.com/ipvirt/ipvirt/sim/daemonproc"
 )
 
 // dhcpProc is a synthetic DHCP server running as `ipvirt-sim dhcp-server`
@@ -22,7 +23,7 @@ type dhcpProc struct {
 	cmd    *exec.Cmd
 	status string // the JSON status file the server writes
 	Listen netip.AddrPort
-	logs   *syncBuffer
+	logs   *daemonproc.LockedBuffer
 	done   chan struct{}
 }
 
@@ -56,7 +57,7 @@ func (r *runner) startDHCP(ctx context.Context) error {
 		if err := os.WriteFile(cfgPath, []byte(knobs), 0o644); err != nil {
 			return err
 		}
-		p := &dhcpProc{spec: spec, status: filepath.Join(dir, "status.json"), logs: &syncBuffer{}, done: make(chan struct{})}
+		p := &dhcpProc{spec: spec, status: filepath.Join(dir, "status.json"), logs: &daemonproc.LockedBuffer{}, done: make(chan struct{})}
 		host := spec.Host
 		if host == "" {
 			host = fmt.Sprintf("dhcp%d", i)
@@ -216,21 +217,4 @@ func (r *runner) dhcpDaemonKeys(cfg map[string]any) {
 		d["arp_probe"] = false // loopback has no ARP
 	}
 	cfg["dhcp"] = d
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

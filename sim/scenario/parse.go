@@ -255,6 +255,11 @@ func (c *Client) validate(cw string) error {
 			return lineErr(c.line, "%s: bind: %v", cw, err)
 		}
 	}
+	for _, kv := range c.Env {
+		if name, _, ok := strings.Cut(kv, "="); !ok || name == "" || strings.ContainsAny(name, " \t'\"$;&|") {
+			return lineErr(c.line, "%s: env %q: want NAME=VALUE", cw, kv)
+		}
+	}
 	return nil
 }
 

@@ -46,6 +46,7 @@ func TestParseErrors(t *testing.T) {
 		{"bad kind", "run: [{}]", "run: [{kind: rust}]", `kind "rust"`},
 		{"program with slash", "run: [{}]", "run: [{program: /bin/sh}]", "a plain name"},
 		{"bad bind", "run: [{}]", "run: [{bind: somewhere}]", "want an address or"},
+		{"bad env", "run: [{}]", "run: [{env: [IPVIRT_TIMEOUT_MS]}]", `env "IPVIRT_TIMEOUT_MS": want NAME=VALUE`},
 		{"bad bind index", "run: [{}]", `run: [{bind: "vip of s[0]"}]`, "bad session number"},
 		{"no clients", "run: [{}]", "run: []", "run: no clients"},
 		{"count too big", "      - name: s", "      - name: s\n        count: 20000", "count 20000"},

@@ -185,6 +185,9 @@ type Client struct {
 	// Bind makes the client bind this source address itself first; "vip of
 	// GROUP[N]" names the VIP another session was given.
 	Bind string `yaml:"bind"`
+	// Env adds NAME=VALUE variables to the client's environment (the
+	// preload library's IPVIRT_TIMEOUT_MS, for instance).
+	Env []string `yaml:"env"`
 	// Hold keeps an accepted connection open until the phase ends (the
 	// default); false hangs up at once.
 	Hold   *bool        `yaml:"hold"`

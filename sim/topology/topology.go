@@ -202,6 +202,17 @@ func (n *Net) Do(host string, fn func() error) error {
 
 // Do runs fn with the calling OS thread in h's namespace.
 func (h *Host) Do(fn func() error) error {
+	if err := In(h.ns, fn); err != nil {
+		return fmt.Errorf("topology: in %s: %w", h.NS, err)
+	}
+	return nil
+}
+
+// In runs fn on an OS thread inside ns. Sockets fn opens stay in that
+// namespace for good, whichever goroutine uses them later. The thread is
+// locked for the duration; if it cannot be put back it dies with its
+// goroutine rather than carry the namespace into other work.
+func In(ns netns.NsHandle, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -211,17 +222,46 @@ func (h *Host) Do(fn func() error) error {
 			return
 		}
 		defer orig.Close()
-		if err := netns.Set(h.ns); err != nil {
-			errc <- fmt.Errorf("topology: enter %s: %w", h.NS, err)
+		if err := netns.Set(ns); err != nil {
+			errc <- err
 			return
 		}
 		err = fn()
 		if netns.Set(orig) == nil {
-			runtime.UnlockOSThread() // otherwise the thread dies with the goroutine
+			runtime.UnlockOSThread()
 		}
 		errc <- err
 	}()
 	return <-errc
+}
+
+// NewNamed creates the named namespace name (/run/netns/name, usable with
+// `ip netns exec`) without moving the caller into it.
+func NewNamed(name string) (netns.NsHandle, error) {
+	type res struct {
+		h   netns.NsHandle
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			ch <- res{-1, err}
+			return
+		}
+		defer orig.Close()
+		h, err := netns.NewNamed(name) // also moves this thread into it
+		if err == nil && netns.Set(orig) == nil {
+			runtime.UnlockOSThread()
+		}
+		ch <- res{h, err}
+	}()
+	r := <-ch
+	if r.err != nil {
+		return -1, fmt.Errorf("netns %s: %w", name, r.err)
+	}
+	return r.h, nil
 }
 
 // Close deletes every namespace (and with them every link). Processes still
@@ -240,31 +280,11 @@ func (n *Net) Close() error {
 
 func newHost(name, nsName string) (*Host, error) {
 	h := &Host{Name: name, NS: nsName}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		h.ns, err = netns.NewNamed(nsName) // also moves this thread into it
-		if err != nil {
-			errc <- fmt.Errorf("topology: netns %s: %w", nsName, err)
-			return
-		}
-		if err := netns.Set(orig); err != nil {
-			errc <- err // the thread stays locked and dies with the goroutine
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- nil
-	}()
-	if err := <-errc; err != nil {
-		return nil, err
+	ns, err := NewNamed(nsName)
+	if err != nil {
+		return nil, fmt.Errorf("topology: %w", err)
 	}
-	var err error
+	h.ns = ns
 	if h.nl, err = netlink.NewHandleAt(h.ns); err != nil {
 		h.destroy()
 		return nil, fmt.Errorf("topology: netlink in %s: %w", nsName, err)

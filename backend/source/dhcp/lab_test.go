@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -19,6 +18,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/ipvirt/ipvirt/backend/lease"
+	"github.com/ipvirt/ipvirt/sim/topology"
 )
 
 // lab is a LAN in network namespaces: a hub namespace holding a bridge,
@@ -91,31 +91,11 @@ func sweepStaleNamespaces() {
 
 func newHost(name string) (*host, error) {
 	h := &host{name: name}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		h.ns, err = netns.NewNamed(name) // also switches this thread into it
-		if err != nil {
-			errc <- fmt.Errorf("lab: netns %s: %w", name, err)
-			return
-		}
-		if err := netns.Set(orig); err != nil {
-			errc <- err // the thread stays locked and dies with us
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- nil
-	}()
-	if err := <-errc; err != nil {
-		return nil, err
+	ns, err := topology.NewNamed(name)
+	if err != nil {
+		return nil, fmt.Errorf("lab: %w", err)
 	}
-	var err error
+	h.ns = ns
 	if h.nl, err = netlink.NewHandleAt(h.ns); err != nil {
 		h.destroy()
 		return nil, err
@@ -187,28 +167,7 @@ func prefixNet(p netip.Prefix) *net.IPNet {
 
 // do runs fn on an OS thread inside h's namespace. Sockets fn opens stay
 // in that namespace for good, whichever goroutine uses them later.
-func (h *host) do(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(h.ns); err != nil {
-			errc <- err
-			return
-		}
-		err = fn()
-		if netns.Set(orig) == nil {
-			runtime.UnlockOSThread() // otherwise the thread dies with this goroutine
-		}
-		errc <- err
-	}()
-	return <-errc
-}
+func (h *host) do(fn func() error) error { return topology.In(h.ns, fn) }
 
 func (h *host) iface() Interface {
 	a := h.eth0.Attrs()
