@@ -171,7 +171,9 @@ func (d *Daemon) Start(ctx context.Context) error {
 	cmd.Stderr = d.logs
 	// The daemon is a service: it must not share the caller's login session
 	// (its own queries would then be some session's), so give it its own.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	// Pdeathsig: a simulator or test killed with SIGKILL takes its daemon
+	// along instead of leaving it running in a namespace nobody removes.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		d.mu.Unlock()
 		return fmt.Errorf("daemonproc: start %s: %w", bin, err)

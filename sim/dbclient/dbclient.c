@@ -24,6 +24,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -64,6 +66,13 @@ static void usage(void)
 
 int main(int argc, char **argv)
 {
+	/* A client belongs to its session leader: when the simulator is killed
+	 * the leader dies, and a holding client must not outlive it. */
+	pid_t parent = getppid();
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	if (getppid() != parent)
+		return 1;
+
 	const char *bind_addr = NULL;
 	int hold = 0, i = 1;
 	for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {

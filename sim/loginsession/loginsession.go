@@ -51,7 +51,9 @@ func Command(ctx context.Context, kind Kind, uid uint32, name string, args ...st
 	default:
 		cmd = exec.CommandContext(ctx, name, args...)
 	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	// Pdeathsig: a session dies with the simulator or test that opened it,
+	// even one killed with SIGKILL (its clients follow: see sim/dbclient).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.Cancel = func() error { return KillGroup(cmd) }
 	return cmd
 }

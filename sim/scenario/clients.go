@@ -141,7 +141,7 @@ func (r *runner) runClient(ctx context.Context, ph *phaseRun, s *liveSession, sp
 		argv := r.topo.Wrap("session", append([]string{prog}, args...))
 		cmd := exec.Command(argv[0], argv[1:]...)
 		cmd.Env = append(os.Environ(), env...)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
 		if err = cmd.Start(); err == nil {
 			pid = cmd.Process.Pid
 			r.mu.Lock()

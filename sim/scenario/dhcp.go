@@ -65,7 +65,7 @@ func (r *runner) startDHCP(ctx context.Context) error {
 		argv := r.topo.Wrap(host, []string{r.bins.Sim, "dhcp-server", "-config", cfgPath, "-status", p.status})
 		p.cmd = exec.Command(argv[0], argv[1:]...)
 		p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
-		p.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		p.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL} // dies with a killed simulator
 		if err := p.cmd.Start(); err != nil {
 			return fmt.Errorf("dhcp server %s: %w", spec.Name, err)
 		}

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // ClientMain is `ipvirt-sim client`: the database client in Go. Go programs
@@ -33,6 +35,12 @@ func ClientMain(args []string) int {
 	if fs.NArg() != 2 {
 		fs.Usage()
 		return 2
+	}
+	// As sim/dbclient: die with the session leader that started us.
+	parent := os.Getppid()
+	unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(syscall.SIGKILL), 0, 0, 0)
+	if os.Getppid() != parent {
+		return 1
 	}
 	d := net.Dialer{Timeout: 10 * time.Second}
 	if *bind != "" {

@@ -3,7 +3,6 @@ package simcli
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -125,13 +124,17 @@ func run(args []string) int {
 			continue
 		}
 		res, err := scenario.Run(ctx, f, opts)
+		if err != nil && ctx.Err() != nil {
+			// Run has stopped everything it started on its way out.
+			fmt.Fprintln(os.Stderr, "\nipvirt-sim: interrupted; sessions, daemon, DHCP servers and namespaces are cleaned up")
+			summary = append(summary, "INTERRUPTED "+f.Name)
+			status = 2
+			break
+		}
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "\nipvirt-sim:", err)
 			status = 2
 			summary = append(summary, "ERROR "+f.Name+": "+firstLine(err.Error()))
-			if errors.Is(err, context.Canceled) {
-				break
-			}
 			continue
 		}
 		if res.Failed() > 0 && status == 0 {
