@@ -74,16 +74,19 @@ func ipSrcDst(p gopacket.Packet) (src, dst netip.Addr, ok bool) {
 	return netip.Addr{}, netip.Addr{}, false
 }
 
-// SYNs lists the TCP connection attempts in frames, over IPv4 and IPv6.
-func SYNs(frames []Frame) []SYN {
-	var out []SYN
+// collect decodes every frame with decode and keeps what it recognises.
+func collect[T any](frames []Frame, decode func(Frame, gopacket.Packet) (T, bool)) []T {
+	var out []T
 	for _, f := range frames {
-		if s, ok := decodeSYN(f, packet(f)); ok {
-			out = append(out, s)
+		if v, ok := decode(f, packet(f)); ok {
+			out = append(out, v)
 		}
 	}
 	return out
 }
+
+// SYNs lists the TCP connection attempts in frames, over IPv4 and IPv6.
+func SYNs(frames []Frame) []SYN { return collect(frames, decodeSYN) }
 
 func decodeSYN(f Frame, p gopacket.Packet) (SYN, bool) {
 	eth := ethernet(p)
@@ -104,15 +107,7 @@ func decodeSYN(f Frame, p gopacket.Packet) (SYN, bool) {
 }
 
 // DHCP lists the DHCPv4 messages in frames.
-func DHCP(frames []Frame) []DHCPMsg {
-	var out []DHCPMsg
-	for _, f := range frames {
-		if m, ok := decodeDHCP(f, packet(f)); ok {
-			out = append(out, m)
-		}
-	}
-	return out
-}
+func DHCP(frames []Frame) []DHCPMsg { return collect(frames, decodeDHCP) }
 
 var dhcpTypes = map[layers.DHCPMsgType]string{
 	layers.DHCPMsgTypeDiscover: "DISCOVER",
@@ -185,15 +180,7 @@ func addr4(b []byte) netip.Addr {
 }
 
 // ARPs lists the IPv4-over-Ethernet ARP requests and replies in frames.
-func ARPs(frames []Frame) []ARP {
-	var out []ARP
-	for _, f := range frames {
-		if a, ok := decodeARP(f, packet(f)); ok {
-			out = append(out, a)
-		}
-	}
-	return out
-}
+func ARPs(frames []Frame) []ARP { return collect(frames, decodeARP) }
 
 func decodeARP(f Frame, p gopacket.Packet) (ARP, bool) {
 	eth := ethernet(p)
