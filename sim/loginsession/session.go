@@ -102,6 +102,12 @@ func (s *Session) Run(prog string, args ...string) (int, error) {
 // RunEnv is Run with extra environment variables ("NAME=value") for the
 // program, such as LD_PRELOAD.
 func (s *Session) RunEnv(env []string, prog string, args ...string) (int, error) {
+	return s.RunEnvStderr(env, "", prog, args...)
+}
+
+// RunEnvStderr is RunEnv with the program's standard error appended to the
+// file stderr ("" discards it, as RunEnv does).
+func (s *Session) RunEnvStderr(env []string, stderr string, prog string, args ...string) (int, error) {
 	var words []string
 	for _, e := range env {
 		name, value, ok := strings.Cut(e, "=")
@@ -113,6 +119,10 @@ func (s *Session) RunEnv(env []string, prog string, args ...string) (int, error)
 	words = append(words, "exec", shellQuote(prog))
 	for _, a := range args {
 		words = append(words, shellQuote(a))
+	}
+	if stderr != "" {
+		// Inside the eval, so it overrides the leader's 2>&1 to /dev/null.
+		words = append(words, "2>>"+shellQuote(stderr))
 	}
 	reply, err := s.call("run " + strings.Join(words, " "))
 	if err != nil {

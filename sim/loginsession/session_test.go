@@ -95,3 +95,24 @@ func TestRunEnv(t *testing.T) {
 		t.Fatal("accepted a bad variable name")
 	}
 }
+
+// A program's stderr goes to the file asked for, appended, quoting intact.
+func TestRunEnvStderr(t *testing.T) {
+	s, err := Start(context.Background(), POSIX, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	errFile := t.TempDir() + "/it's stderr"
+	for _, word := range []string{"one", "two"} {
+		pid, err := s.RunEnvStderr(nil, errFile, "/bin/sh", "-c", `echo "$1" >&2; echo out`, "sh", word)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Reap(pid)
+	}
+	b, err := os.ReadFile(errFile)
+	if err != nil || string(b) != "one\ntwo\n" {
+		t.Fatalf("stderr file holds %q, %v; want one, two (and no stdout)", b, err)
+	}
+}

@@ -38,7 +38,7 @@ func (r *runner) check(ctx context.Context, p *Phase, env *PhaseEnv) []Outcome {
 			var bad []string
 			for _, c := range cs {
 				if !sourceIs(c, x.Source, mip) {
-					bad = append(bad, fmt.Sprintf("%s left from %s (VIP reported: %s)", c.Session.label, addrOrNone(c.Source), addrOrNone(c.VIP)))
+					bad = append(bad, fmt.Sprintf("%s left from %s (VIP reported: %s)%s", c.Session.label, addrOrNone(c.Source), addrOrNone(c.VIP), c.why()))
 				}
 			}
 			add(len(bad) == 0, fmt.Sprintf("%s/%s leaves from %s", e.group, e.spec.Program, sourceWords(x.Source)), strings.Join(bad, "; "))
@@ -47,7 +47,7 @@ func (r *runner) check(ctx context.Context, p *Phase, env *PhaseEnv) []Outcome {
 			var bad []string
 			for _, c := range cs {
 				if c.Verdict != x.Verdict {
-					bad = append(bad, fmt.Sprintf("%s: %s", c.Session.label, c.Verdict))
+					bad = append(bad, fmt.Sprintf("%s: %s%s", c.Session.label, c.Verdict, c.why()))
 				}
 			}
 			add(len(bad) == 0, fmt.Sprintf("%s/%s is %s", e.group, e.spec.Program, x.Verdict), strings.Join(bad, "; "))

@@ -106,6 +106,18 @@ type ClientResult struct {
 	Errno       string
 	Connect     time.Duration
 	VIP         netip.Addr // what ipvirtctl reports for its holder
+	// Stderr is what the client wrote there by the time it reported, such
+	// as the preload library's one line when it could not ask the daemon.
+	Stderr string
+}
+
+// why is the client's stderr, for a failed expectation: "" or " [...]".
+func (c *ClientResult) why() string {
+	if c.Stderr == "" {
+		return ""
+	}
+	line, _, _ := strings.Cut(c.Stderr, "\n")
+	return " [" + line + "]"
 }
 
 // runClient starts one client in its session and waits for its result.
@@ -133,14 +145,19 @@ func (r *runner) runClient(ctx context.Context, ph *phaseRun, s *liveSession, sp
 		env = []string{"LD_PRELOAD=" + r.bins.Preload, "IPVIRT_SOCKET=" + r.daemon.Socket}
 	}
 	env = append(env, spec.Env...)
+	errPath := out + ".stderr"
 	var pid int
 	var err error
 	if s.sess != nil {
-		pid, err = s.sess.RunEnv(env, prog, args...)
+		pid, err = s.sess.RunEnvStderr(env, errPath, prog, args...)
 	} else {
 		argv := r.topo.Wrap("session", append([]string{prog}, args...))
 		cmd := exec.Command(argv[0], argv[1:]...)
 		cmd.Env = append(os.Environ(), env...)
+		if f, ferr := os.Create(errPath); ferr == nil {
+			cmd.Stderr = f
+			defer f.Close() // the child has its own copy once started
+		}
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
 		if err = cmd.Start(); err == nil {
 			pid = cmd.Process.Pid
@@ -154,8 +171,11 @@ func (r *runner) runClient(ctx context.Context, ph *phaseRun, s *liveSession, sp
 	}
 	res := &ClientResult{Session: s, Spec: spec, Program: prog, Interceptor: p.Interceptor}
 	line, err := waitResult(ctx, out, pid)
+	if b, rerr := os.ReadFile(errPath); rerr == nil {
+		res.Stderr = strings.TrimSpace(string(b))
+	}
 	if err != nil {
-		return nil, fmt.Errorf("%s in %s: %w", spec.Program, s.label, err)
+		return nil, fmt.Errorf("%s in %s: %w (stderr: %q)", spec.Program, s.label, err, res.Stderr)
 	}
 	return res, res.parse(line)
 }
