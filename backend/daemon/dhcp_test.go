@@ -22,27 +22,10 @@ import (
 // a SIGKILLed daemon comes back renewing rather than starting over, and an
 // ended session's lease is released on the wire.
 func TestDHCPSource(t *testing.T) {
-	srv, err := dhcpserver.Start(context.Background(), dhcpserver.Config{
-		Listen:     "127.0.0.1:0",
-		RangeStart: netip.MustParseAddr("127.79.0.10"), RangeEnd: netip.MustParseAddr("127.79.0.250"), PrefixLen: 24,
-		LeaseTime: 4 * time.Second,
-	}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	port := srv.Addr().Port()
-	e := newEnvBody(t, fmt.Sprintf(`adapter: lo
-preallocate: false
-dhcp:
-  server: 127.0.0.1:%d
-  server_port: %d
-  relay_address: 127.79.0.1
-  arp_probe: false
+	srv, e := relayEnv(t, dhcpserver.Config{LeaseTime: 4 * time.Second}, "127.79.0", `
   retransmit_base: 200ms
   renew_retry_min: 200ms
-  lease_wait: 5s
-`, port, port))
+  lease_wait: 5s`)
 
 	a, b := e.session(60001), e.session(60002)
 	vipA, vipB := e.mustVIP(a), e.mustVIP(b)
@@ -92,6 +75,30 @@ dhcp:
 	}
 }
 
+// relayEnv starts a synthetic DHCP server on loopback handing out
+// NET.10-NET.250 (cfg's other knobs as given) and ipvirtd asking it in relay
+// mode, with no pre-allocation and no ARP probe (loopback has no ARP), plus
+// the dhcp keys in extra.
+func relayEnv(t *testing.T, cfg dhcpserver.Config, net24, extra string) (*dhcpserver.Server, *env) {
+	t.Helper()
+	cfg.Listen, cfg.PrefixLen = "127.0.0.1:0", 24
+	cfg.RangeStart, cfg.RangeEnd = netip.MustParseAddr(net24+".10"), netip.MustParseAddr(net24+".250")
+	srv, err := dhcpserver.Start(context.Background(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	port := srv.Addr().Port()
+	return srv, newEnvBody(t, fmt.Sprintf(`adapter: lo
+preallocate: false
+dhcp:
+  server: 127.0.0.1:%d
+  server_port: %d
+  relay_address: %s.1
+  arp_probe: false%s
+`, port, port, net24, extra))
+}
+
 func waitServer(t *testing.T, srv *dhcpserver.Server, what string, cond func(dhcpserver.Counters) bool) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -107,26 +114,9 @@ func waitServer(t *testing.T, srv *dhcpserver.Server, what string, cond func(dhc
 // timeout, because the daemon says PENDING and the library then waits for
 // the answer. Without PENDING it would fail open to the machine IP.
 func TestPreloadWaitsForSlowDHCP(t *testing.T) {
-	srv, err := dhcpserver.Start(context.Background(), dhcpserver.Config{
-		Listen:     "127.0.0.1:0",
-		RangeStart: netip.MustParseAddr("127.79.1.10"), RangeEnd: netip.MustParseAddr("127.79.1.250"), PrefixLen: 24,
-		LeaseTime: time.Hour, Latency: 600 * time.Millisecond,
-	}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	port := srv.Addr().Port()
-	e := newEnvBody(t, fmt.Sprintf(`adapter: lo
-preallocate: false
-dhcp:
-  server: 127.0.0.1:%d
-  server_port: %d
-  relay_address: 127.79.1.1
-  arp_probe: false
+	_, e := relayEnv(t, dhcpserver.Config{LeaseTime: time.Hour, Latency: 600 * time.Millisecond}, "127.79.1", `
   retransmit_base: 2s
-  lease_wait: 10s
-`, port, port))
+  lease_wait: 10s`)
 	lib, client := cBinary(t, "libipvirt.so"), cBinary(t, "ipvirt-dbclient")
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

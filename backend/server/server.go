@@ -86,10 +86,11 @@ type Unix struct {
 	// PendingWait is what a PENDING frame announces: the longest a QUERY
 	// may still take (DHCP's lease_wait). Zero: 30 s.
 	PendingWait time.Duration
-	// SlowSource says new allocations wait on the network (DHCP): a QUERY
-	// that needs one is told PENDING at once rather than after
-	// pendingAfter, which a loaded host (a logon storm) may stretch past
-	// the client's short timeout.
+	// SlowSource says new allocations wait on the network (DHCP): every
+	// QUERY that accepts PENDING is told so at once, before any /proc work,
+	// rather than after pendingAfter, which a loaded host (a logon storm)
+	// may stretch past the client's short timeout. A known holder's ANSWER
+	// follows right behind.
 	SlowSource bool
 
 	ln    *net.UnixListener
@@ -264,10 +265,10 @@ func (s *Unix) handle(c *net.UnixConn, caller *identity.Caller, pending *wire.Fr
 // well above a static-pool allocation's few milliseconds.
 const pendingAfter = 50 * time.Millisecond
 
-// queryPending answers a QUERY from a client that accepts PENDING: if the
-// answer is not ready within pendingAfter (a DHCP exchange and its ARP
-// probe take a second or more), a PENDING frame tells the client the daemon
-// is alive and working, and how long it may still take.
+// queryPending answers a QUERY from a client that accepts PENDING, on a
+// daemon whose allocations are normally quick (a static pool): if the
+// answer is not ready within pendingAfter, a PENDING frame tells the client
+// the daemon is alive and working, and how long it may still take.
 func (s *Unix) queryPending(c net.Conn, caller identity.Caller, f wire.Frame) (wire.Type, []byte) {
 	type result struct {
 		t wire.Type
@@ -278,13 +279,7 @@ func (s *Unix) queryPending(c net.Conn, caller identity.Caller, f wire.Frame) (w
 		t, p := s.dispatch(caller, f)
 		done <- result{t, p}
 	}()
-	after := pendingAfter
-	if s.SlowSource {
-		if _, ok := s.Backend.QueryNow(caller); !ok {
-			after = 0
-		}
-	}
-	timer := time.NewTimer(after)
+	timer := time.NewTimer(pendingAfter)
 	defer timer.Stop()
 	select {
 	case r := <-done:
