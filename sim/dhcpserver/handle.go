@@ -8,7 +8,37 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4"
 )
 
-// handle runs on its own goroutine per packet (server4 does that).
+// serve reads and decides on each packet in arrival order, as Kea, dnsmasq
+// and dhcpd do. server4.Server.Serve runs a goroutine per packet instead:
+// a REQUEST naming another server could then be decided before its own
+// DISCOVER, find no offer to drop, and leave the late OFFER holding the
+// address for offer_hold. Only the (latency-delayed) send is concurrent.
+func (s *Server) serve(conn net.PacketConn) {
+	buf := make([]byte, 4096)
+	for {
+		n, peer, err := conn.ReadFrom(buf)
+		if err != nil {
+			return // closed
+		}
+		m, err := dhcpv4.FromBytes(buf[:n])
+		if err != nil {
+			s.log.Debug("dhcpserver: undecodable packet", "from", peer.String(), "err", err)
+			continue
+		}
+		up, ok := peer.(*net.UDPAddr)
+		if !ok {
+			continue
+		}
+		if up.IP == nil || up.IP.To4().Equal(net.IPv4zero) {
+			// A client without an address is reached by broadcast.
+			up = &net.UDPAddr{IP: net.IPv4bcast, Port: up.Port}
+		}
+		s.handle(conn, up, m)
+	}
+}
+
+// handle decides on one packet and sends the answer, after the configured
+// latency, from its own goroutine.
 func (s *Server) handle(conn net.PacketConn, peer net.Addr, m *dhcpv4.DHCPv4) {
 	if m.OpCode != dhcpv4.OpcodeBootRequest {
 		return
@@ -35,13 +65,20 @@ func (s *Server) handle(conn net.PacketConn, peer net.Addr, m *dhcpv4.DHCPv4) {
 	if reply == nil {
 		return
 	}
-	if s.cfg.Latency > 0 {
-		time.Sleep(s.cfg.Latency)
-	}
 	dst := s.destination(m, reply, peer)
-	if _, err := conn.WriteTo(reply.ToBytes(), dst); err != nil {
-		s.log.Warn("dhcpserver: send failed", "to", dst.String(), "type", reply.MessageType().String(), "err", err)
+	send := func() {
+		if _, err := conn.WriteTo(reply.ToBytes(), dst); err != nil {
+			s.log.Warn("dhcpserver: send failed", "to", dst.String(), "type", reply.MessageType().String(), "err", err)
+		}
 	}
+	if s.cfg.Latency <= 0 {
+		send()
+		return
+	}
+	go func() {
+		time.Sleep(s.cfg.Latency)
+		send()
+	}()
 }
 
 func (s *Server) inOfflineWindow(now time.Time) bool {

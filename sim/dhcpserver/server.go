@@ -1,7 +1,8 @@
 // Package dhcpserver is a synthetic DHCPv4 server for the simulator and for
 // tests of ipvirt's DHCP source. It speaks real DHCP (insomniacslk/dhcp's
-// server4) on a real socket, and misbehaves on request: latency, drops,
-// NAKs, outages, and a rogue host that claims addresses via ARP.
+// dhcpv4 codec and server4 socket), decides in arrival order as real
+// servers do, and misbehaves on request: latency, drops, NAKs, outages,
+// and a rogue host that claims addresses via ARP.
 //
 // Start it in-process, or run Main from a child process inside a network
 // namespace. Start opens every socket before it returns, so calling it on
@@ -51,7 +52,6 @@ type Server struct {
 	log      *slog.Logger
 	serverID netip.Addr
 	mask     net.IPMask
-	srv      *server4.Server
 	conn     net.PacketConn
 	arp      *rogueARP
 	start    time.Time
@@ -89,14 +89,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 			return nil, err
 		}
 	}
-	s.srv, err = server4.NewServer("", nil, s.handle, server4.WithConn(conn))
-	if err != nil {
-		s.closeSockets()
-		return nil, fmt.Errorf("dhcpserver: %w", err)
-	}
 	go func() {
 		defer close(s.done)
-		_ = s.srv.Serve() // returns when the conn is closed
+		s.serve(conn) // returns when the conn is closed
 	}()
 	go func() {
 		select {

@@ -3,6 +3,7 @@ package dhcpserver
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -261,5 +262,44 @@ func TestServerLatency(t *testing.T) {
 	c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, _, err := c.conn.ReadFromUDP(buf); err != nil {
 		t.Fatalf("no OFFER after the latency: %v", err)
+	}
+}
+
+// A client that takes another server's offer sends its REQUEST right
+// after its DISCOVER. Decided out of order, the REQUEST would find no
+// offer to drop and the late OFFER would then hold the address for
+// offer_hold: a stale claim that made dhcp-failover decline one address
+// instead of two. Real servers decide in arrival order; so must this one.
+func TestServerDecidesInArrivalOrder(t *testing.T) {
+	const n = 200
+	start := netip.MustParseAddr("10.9.0.1")
+	end := start
+	for range n - 1 {
+		end = end.Next()
+	}
+	srv := startLoop(t, Config{RangeStart: start, RangeEnd: end, Latency: time.Millisecond})
+	c := newRelayClient(t, srv)
+	other := dhcpv4.WithOption(dhcpv4.OptServerIdentifier(net.IPv4(192, 0, 2, 1)))
+	for i := range n {
+		cid := fmt.Sprintf("taken-elsewhere-%d", i)
+		for _, m := range []*dhcpv4.DHCPv4{c.msg(dhcpv4.MessageTypeDiscover, cid), c.msg(dhcpv4.MessageTypeRequest, cid, other)} {
+			if _, err := c.conn.WriteToUDP(m.ToBytes(), c.srv); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Wait(ctx, func(c Counters, _ []Lease) bool { return c.Received == 2*n }); err != nil {
+		t.Fatalf("counters %+v: %v", srv.Counters(), err)
+	}
+	if cs := srv.Counters(); cs.OtherServer != n || cs.Offers != n {
+		t.Fatalf("counters %+v", cs)
+	}
+	// Every offer was dropped: the whole range is free for new clients.
+	for i := range n {
+		if _, err := c.dora(fmt.Sprintf("new-%d", i)); err != nil {
+			t.Fatalf("client %d of %d found no address (a stale offer holds one): %v; counters %+v", i, n, err, srv.Counters())
+		}
 	}
 }
