@@ -230,6 +230,11 @@ func (m *Manager) Query(ctx context.Context, c identity.Caller) Answer {
 // its accept thread, without a goroutine hand-off.
 func (m *Manager) QueryNow(c identity.Caller) (Answer, bool) {
 	s := m.settings.Load()
+	if c.Exe == "" && s.Policy.Mode == config.PerProgram {
+		// Resolved for per-session mode and reloaded since: Query, with
+		// the executable read, decides.
+		return Answer{}, false
+	}
 	admin, userName := false, ""
 	if s.Policy.Enabled && c.Session.Valid() {
 		if admin = m.opts.Users.IsAdmin(c.SessionUID, s.Admins); admin {
@@ -257,6 +262,12 @@ func (m *Manager) QueryNow(c identity.Caller) (Answer, bool) {
 	}
 	m.counters.count(wire.KindVIP, policy.RuleVirtualize)
 	return Answer{Kind: wire.KindVIP, Lease: e.lease, Rule: policy.RuleVirtualize, TTL: vipTTL(e.lease, m.opts.Now()), Holder: v.Holder}, true
+}
+
+// NeedsProgram reports whether decisions depend on the caller's executable
+// (per-program mode), so that callers identify it only then.
+func (m *Manager) NeedsProgram() bool {
+	return m.settings.Load().Policy.Mode == config.PerProgram
 }
 
 func vipTTL(l lease.Lease, now time.Time) time.Duration {

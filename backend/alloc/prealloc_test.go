@@ -6,8 +6,10 @@ import (
 	"time"
 
 	"github.com/ipvirt/ipvirt/backend/config"
+	"github.com/ipvirt/ipvirt/backend/identity"
 	"github.com/ipvirt/ipvirt/backend/lease"
 	"github.com/ipvirt/ipvirt/backend/policy"
+	"github.com/ipvirt/ipvirt/backend/wire"
 	"github.com/ipvirt/ipvirt/sim/loginsession"
 )
 
@@ -90,5 +92,51 @@ func TestPreallocationRetriesAfterBackoff(t *testing.T) {
 	settle(poolSize) // retried now, into the freed address
 	if !has(holders[loser]) {
 		t.Fatal("the failed pre-allocation was never retried")
+	}
+}
+
+// The accept thread skips the executable when decisions do not depend on
+// it. A caller identified that way, meeting per-program settings (a reload
+// in between), must not be answered "not listed": QueryNow leaves it to
+// Query, which identifies it in full.
+func TestQueryNowNeedsTheProgramInPerProgramMode(t *testing.T) {
+	f := newFixture(t)
+	clk := &clock{t: time.Unix(1_800_000_000, 0)}
+	d := startDaemon(t, t.TempDir(), f, clk, Settings{
+		Policy:      policy.Settings{Enabled: true, Mode: config.PerProgram, Programs: policy.NewPrograms([]string{f.progA})},
+		OnExhausted: config.ExhaustedMachineIP, Grace: time.Second})
+	defer d.store.Close()
+	if !d.m.NeedsProgram() {
+		t.Fatal("per-program mode does not need the program")
+	}
+	s, err := loginsession.Start(context.Background(), f.kind, 61101)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	pid, err := s.Run(f.progA, "600")
+	if err != nil {
+		t.Fatal(err)
+	}
+	full, err := identity.NewResolver(f.identity).Resolve(pid, 61101, 61101)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := d.m.Query(context.Background(), full); a.Kind != wire.KindVIP {
+		t.Fatalf("listed program got %v (%s)", a.Kind, a.Reason)
+	}
+	if a, ok := d.m.QueryNow(full); !ok || a.Kind != wire.KindVIP {
+		t.Fatalf("QueryNow of a ready holder = %v, %v", a.Kind, ok)
+	}
+	quick := full
+	quick.Exe = ""
+	if a, ok := d.m.QueryNow(quick); ok {
+		t.Fatalf("QueryNow without the executable answered %v (%s)", a.Kind, a.Reason)
+	}
+
+	d.m.SetSettings(Settings{Policy: policy.Settings{Enabled: true, Mode: config.PerSession},
+		OnExhausted: config.ExhaustedMachineIP, Grace: time.Second})
+	if d.m.NeedsProgram() {
+		t.Fatal("per-session mode needs the program")
 	}
 }

@@ -29,6 +29,9 @@ func (d *Daemon) QueryNow(c identity.Caller) (alloc.Answer, bool) {
 	return d.mgr.QueryNow(c)
 }
 
+// NeedsProgram implements server.Backend.
+func (d *Daemon) NeedsProgram() bool { return d.mgr.NeedsProgram() }
+
 // Sessions implements server.Backend.
 func (d *Daemon) Sessions(only *uint32) []alloc.SessionReport {
 	return d.mgr.Sessions(only, identity.LogindDir)

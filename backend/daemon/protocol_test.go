@@ -6,11 +6,13 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/ipvirt/ipvirt/backend/server"
 	"github.com/ipvirt/ipvirt/backend/wire"
 	"github.com/ipvirt/ipvirt/sim/loginsession"
 )
@@ -69,6 +71,18 @@ func TestProtocolEdges(t *testing.T) {
 		if a.MachineIP.String() != "127.0.0.1" || a.TTL == 0 {
 			t.Fatalf("answer %+v", a)
 		}
+	}
+	// The accept thread answered the first QUERY without reading the
+	// executable (per-session mode); the connection's later requests
+	// still name it.
+	c.Write(wire.AppendFrame(nil, wire.OpWhoami, nil))
+	f, err = wire.ReadFrame(c, wire.MaxResponsePayload)
+	var who server.WhoamiReport
+	if err != nil || f.Type != wire.RespJSON || json.Unmarshal(f.Payload, &who) != nil {
+		t.Fatalf("whoami: %+v %v", f, err)
+	}
+	if self, _ := os.Executable(); who.Exe != self || who.PID != os.Getpid() {
+		t.Fatalf("whoami after a fast QUERY: exe %q pid %d; want %q pid %d", who.Exe, who.PID, self, os.Getpid())
 	}
 	c.Write(wire.AppendFrame(nil, wire.Type(99), nil))
 	f, _ = wire.ReadFrame(c, wire.MaxResponsePayload)

@@ -24,7 +24,9 @@ type Caller struct {
 	// inside a user's session is still that user's session), or in POSIX
 	// mode the caller's own uid.
 	SessionUID uint32
-	Exe        string
+	// Exe is the executable; empty when it was not read (ResolveFD
+	// without exe: a per-session decision does not depend on it).
+	Exe string
 }
 
 // Resolver turns a peer into a Caller.
@@ -48,6 +50,10 @@ func (r Resolver) Session(pid int) (lease.Session, error) {
 
 // Resolve reads the session, session user and executable of pid.
 func (r Resolver) Resolve(pid int, uid, gid uint32) (Caller, error) {
+	return r.resolve(pid, uid, gid, true)
+}
+
+func (r Resolver) resolve(pid int, uid, gid uint32, exe bool) (Caller, error) {
 	c := Caller{PID: pid, UID: uid, GID: gid, SessionUID: uid}
 	var err error
 	if c.Session, err = r.Session(pid); err != nil {
@@ -61,6 +67,9 @@ func (r Resolver) Resolve(pid int, uid, gid uint32) (Caller, error) {
 		if ok {
 			c.SessionUID = luid
 		}
+	}
+	if !exe {
+		return c, nil
 	}
 	if c.Exe, err = r.Proc.Exe(pid); err != nil {
 		return Caller{}, fmt.Errorf("identity: executable of pid %d: %w", pid, err)
@@ -87,14 +96,16 @@ func (r Resolver) ResolveConn(c *net.UnixConn) (Caller, error) {
 	}
 	var caller Caller
 	var resErr error
-	if err := raw.Control(func(fd uintptr) { caller, resErr = r.ResolveFD(int(fd)) }); err != nil {
+	if err := raw.Control(func(fd uintptr) { caller, resErr = r.ResolveFD(int(fd), true) }); err != nil {
 		return Caller{}, fmt.Errorf("identity: %w", err)
 	}
 	return caller, resErr
 }
 
-// ResolveFD is ResolveConn on a raw connected Unix socket.
-func (r Resolver) ResolveFD(fd int) (Caller, error) {
+// ResolveFD is ResolveConn on a raw connected Unix socket. Without exe the
+// executable is not read: on a small VM that readlink is a quarter of the
+// identification a process's first connect waits for.
+func (r Resolver) ResolveFD(fd int, exe bool) (Caller, error) {
 	cred, err := unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED)
 	pidfd := -1
 	if err == nil {
@@ -115,7 +126,7 @@ func (r Resolver) ResolveFD(fd int) (Caller, error) {
 	if pidfd >= 0 {
 		defer unix.Close(pidfd)
 	}
-	caller, err := r.Resolve(int(cred.Pid), cred.Uid, cred.Gid)
+	caller, err := r.resolve(int(cred.Pid), cred.Uid, cred.Gid, exe)
 	if err != nil {
 		return Caller{}, err
 	}

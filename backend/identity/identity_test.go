@@ -178,6 +178,19 @@ func TestResolveConn(t *testing.T) {
 	if c.PID != os.Getpid() || c.UID != uint32(os.Geteuid()) || c.Exe != self {
 		t.Fatalf("ResolveConn = %+v; want pid %d uid %d exe %s", c, os.Getpid(), os.Geteuid(), self)
 	}
+	// The accept thread's per-session identification skips the executable
+	// and nothing else.
+	raw, _ := conn.SyscallConn()
+	var quick Caller
+	raw.Control(func(fd uintptr) { quick, err = NewResolver(config.IdentityPOSIX).ResolveFD(int(fd), false) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := c
+	want.Exe = ""
+	if quick != want {
+		t.Fatalf("ResolveFD without exe = %+v; want %+v", quick, want)
+	}
 }
 
 func TestReadLogind(t *testing.T) {

@@ -142,8 +142,12 @@ func (f *fastPath) first(fd int) {
 				// the answer's fails too and the handler ends.
 				unix.Write(fd, wire.AppendFrame(nil, wire.RespPending, f.s.pendingPayload()))
 				pending = &wire.Frame{Version: wire.Version, Type: wire.OpQuery, Flags: wire.FlagAcceptPending}
-			} else if who, err := f.s.Resolver.ResolveFD(fd); err == nil {
-				caller = &who
+			} else if who, err := f.s.Resolver.ResolveFD(fd, f.s.Backend.NeedsProgram()); err == nil {
+				if who.Exe != "" {
+					// Else the goroutine identifies the caller again, in
+					// full: its log lines and WHOAMI name the program.
+					caller = &who
+				}
 				if a, ok := f.s.Backend.QueryNow(who); ok {
 					unix.Read(fd, hdr[:]) // the peeked header is the whole request
 					reply := wire.AppendFrame(nil, wire.RespAnswer, wire.AppendAnswer(nil, f.s.toWire(who, a)))

@@ -32,6 +32,9 @@ type Backend interface {
 	// QueryNow answers without blocking, or reports false (see
 	// alloc.Manager.QueryNow).
 	QueryNow(c identity.Caller) (alloc.Answer, bool)
+	// NeedsProgram reports whether a QUERY's answer depends on the
+	// caller's executable; the accept thread reads it only then.
+	NeedsProgram() bool
 	Sessions(only *uint32) []alloc.SessionReport
 	Status() StatusReport
 	ReleaseSession(s lease.Session) []lease.Lease
