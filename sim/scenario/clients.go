@@ -288,6 +288,9 @@ type SessionRow struct {
 	State    string `json:"state"`
 	VIP      string `json:"vip"`
 	ClientID string `json:"client_id"`
+	// Since is when the lease was granted (for DHCP: when the REQUEST the
+	// server ACKed was sent).
+	Since    time.Time `json:"since"`
 	Programs []struct {
 		Program  string `json:"program"`
 		VIP      string `json:"vip"`

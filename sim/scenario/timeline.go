@@ -111,10 +111,11 @@ func (ph *phaseRun) sleepUntil(ctx context.Context, at time.Duration) error {
 // session after the other, or all at once when the group says together.
 func (ph *phaseRun) group(ctx context.Context, gi int) error {
 	g := &ph.p.Sessions[gi]
-	one := func(i int) error {
+	// one returns the session's key.
+	one := func(i int) (string, error) {
 		s, err := ph.r.startSession(ctx, ph.p, gi, i)
 		if err != nil {
-			return err
+			return "", err
 		}
 		if ph.p.Interceptor == "bpf" && s.sess != nil && !g.Admin {
 			// The kernel path never asks the daemon: the VIP must be in its
@@ -126,18 +127,18 @@ func (ph *phaseRun) group(ctx context.Context, gi int) error {
 		for k := range g.Run {
 			c, err := ph.r.runClient(ctx, ph, s, &g.Run[k])
 			if err != nil {
-				return err
+				return "", err
 			}
 			ph.mu.Lock()
 			ph.clients = append(ph.clients, c)
 			ph.mu.Unlock()
 			ph.r.opts.Metrics.observe(ph.p.Interceptor, c)
 		}
-		return nil
+		return s.key, nil
 	}
 	if !g.Together {
 		for i := 0; i < g.Count; i++ {
-			if err := one(i); err != nil {
+			if _, err := one(i); err != nil {
 				return err
 			}
 		}
@@ -145,9 +146,10 @@ func (ph *phaseRun) group(ctx context.Context, gi int) error {
 		began := time.Now()
 		var wg sync.WaitGroup
 		errs := make([]error, g.Count)
+		keys := make([]string, g.Count)
 		for i := 0; i < g.Count; i++ {
 			wg.Add(1)
-			go func() { defer wg.Done(); errs[i] = one(i) }()
+			go func() { defer wg.Done(); keys[i], errs[i] = one(i) }()
 		}
 		wg.Wait()
 		for _, err := range errs {
@@ -159,6 +161,9 @@ func (ph *phaseRun) group(ctx context.Context, gi int) error {
 		// time from the storm's first logon to the last lease in use.
 		note := fmt.Sprintf("%s: %d sessions logged on together; every client had its answer %v after the first logon",
 			g.Name, g.Count, time.Since(began).Round(time.Millisecond))
+		if last, n := lastGrant(ph.r, keys); n > 0 {
+			note += fmt.Sprintf("; the last of %d leases was granted %v after it", n, last.Sub(began).Round(time.Millisecond))
+		}
 		ph.mu.Lock()
 		ph.notes = append(ph.notes, note)
 		ph.mu.Unlock()
@@ -267,4 +272,26 @@ func (r *runner) step(ctx context.Context, ph *phaseRun, s *Step) error {
 		return nil
 	}
 	return fmt.Errorf("unknown step %q", s.Do)
+}
+
+// lastGrant is the latest grant time `ipvirtctl sessions` reports for the
+// sessions with the given keys, and how many of them hold a lease.
+func lastGrant(r *runner, keys []string) (last time.Time, n int) {
+	rep, _, err := r.sessionsReport()
+	if err != nil {
+		return last, 0
+	}
+	want := map[string]bool{}
+	for _, k := range keys {
+		want[k] = true
+	}
+	for _, row := range rep {
+		if want[row.Session] && row.VIP != "" && !row.Since.IsZero() {
+			n++
+			if row.Since.After(last) {
+				last = row.Since
+			}
+		}
+	}
+	return last, n
 }
