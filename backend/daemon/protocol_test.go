@@ -213,3 +213,26 @@ func TestSlowClients(t *testing.T) {
 		query(c, req)
 	}
 }
+
+// Each connection holds one of the server's 8,192 slots until it is done.
+// The library's pattern (connect, QUERY, read the answer, close) is served
+// and closed on the accept thread without a goroutine: more such
+// connections than there are slots must all be answered, or a slot leaks
+// with each and the daemon turns everyone away after the 8,192nd.
+func TestShortConnectionsFreeTheirSlots(t *testing.T) {
+	e := newEnv(t, "")
+	query := wire.AppendFrame(nil, wire.OpQuery, nil)
+	for i := range 9000 {
+		c, err := net.Dial("unix", e.d.Socket)
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		c.Write(query)
+		f, err := wire.ReadFrame(c, wire.MaxResponsePayload)
+		c.Close()
+		if err != nil || f.Type != wire.RespAnswer {
+			t.Fatalf("connection %d: %+v %v", i, f, err)
+		}
+	}
+}

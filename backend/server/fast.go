@@ -121,6 +121,7 @@ func (f *fastPath) serve() error {
 func (f *fastPath) first(fd int) {
 	var caller *identity.Caller
 	var pending *wire.Frame
+	answered := false
 	// Wait for the request only while no other client is queued: under load
 	// (a logon storm, clients descheduled between connect and send) waiting
 	// fastWait per connection would serialise into seconds; the goroutine
@@ -155,12 +156,18 @@ func (f *fastPath) first(fd int) {
 					if _, err := unix.Write(fd, reply); err != nil {
 						f.s.Log.Debug("fast reply", "err", err)
 					}
+					answered = true
 					if f.s.Metrics != nil {
 						f.s.Metrics.RequestDuration.WithLabelValues("query").Observe(time.Since(start).Seconds())
 					}
 				}
 			}
 		}
+	}
+	if answered && f.closedAfterAnswer(fd) {
+		unix.Close(fd)
+		<-f.s.slots
+		return
 	}
 	file := os.NewFile(uintptr(fd), "ipvirt-client")
 	c, err := net.FileConn(file) // dups fd
@@ -171,6 +178,20 @@ func (f *fastPath) first(fd int) {
 		return
 	}
 	f.s.goServe(c.(*net.UnixConn), caller, pending)
+}
+
+// closedAfterAnswer waits briefly for the client to close the connection,
+// as the library does once it has its answer, so that the connection
+// needs no goroutine at all; another request, or another client
+// connecting, ends the wait and the connection is handed off as usual.
+func (f *fastPath) closedAfterAnswer(fd int) bool {
+	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLRDHUP}, {Fd: int32(f.lfd), Events: unix.POLLIN}}
+	if n, _ := unix.Poll(pfd, fastWait); n < 1 || pfd[0].Revents == 0 {
+		return false
+	}
+	var b [1]byte
+	n, _, err := unix.Recvfrom(fd, b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+	return n == 0 && err == nil // EOF with nothing left to read
 }
 
 func acceptsPending(b []byte) bool {
