@@ -33,11 +33,14 @@ type Caller struct {
 type Resolver struct {
 	Proc     Proc
 	Identity config.Identity
+	// logins remembers each audit session's login uid; nil: read it every
+	// time.
+	logins *loginCache
 }
 
 // NewResolver returns a resolver reading the host's /proc.
 func NewResolver(id config.Identity) Resolver {
-	return Resolver{Proc: Proc{Root: "/proc"}, Identity: id}
+	return Resolver{Proc: Proc{Root: "/proc"}, Identity: id, logins: newLoginCache()}
 }
 
 // Session returns the login session of pid under the configured identity.
@@ -50,31 +53,40 @@ func (r Resolver) Session(pid int) (lease.Session, error) {
 
 // Resolve reads the session, session user and executable of pid.
 func (r Resolver) Resolve(pid int, uid, gid uint32) (Caller, error) {
-	return r.resolve(pid, uid, gid, true)
+	c, _, err := r.resolve(pid, uid, gid, true)
+	return c, err
 }
 
-func (r Resolver) resolve(pid int, uid, gid uint32, exe bool) (Caller, error) {
-	c := Caller{PID: pid, UID: uid, GID: gid, SessionUID: uid}
-	var err error
+// resolve also reports whether SessionUID was read from /proc/PID/loginuid
+// rather than remembered. The kernel gives a process a new audit session
+// id whenever its login uid is set, so a session id has one login uid for
+// life: ResolveFD remembers it, once the caller is known to have outlived
+// the reads, and skips a fifth of identifying the session's next process.
+func (r Resolver) resolve(pid int, uid, gid uint32, exe bool) (c Caller, readLogin bool, err error) {
+	c = Caller{PID: pid, UID: uid, GID: gid, SessionUID: uid}
 	if c.Session, err = r.Session(pid); err != nil {
-		return Caller{}, fmt.Errorf("identity: session of pid %d: %w", pid, err)
+		return Caller{}, false, fmt.Errorf("identity: session of pid %d: %w", pid, err)
 	}
 	if r.Identity != config.IdentityPOSIX && c.Session.Valid() {
-		luid, ok, err := r.Proc.LoginUID(pid)
-		if err != nil {
-			return Caller{}, fmt.Errorf("identity: loginuid of pid %d: %w", pid, err)
-		}
-		if ok {
+		if luid, ok := r.logins.get(c.Session.ID); ok {
 			c.SessionUID = luid
+		} else {
+			luid, ok, err := r.Proc.LoginUID(pid)
+			if err != nil {
+				return Caller{}, false, fmt.Errorf("identity: loginuid of pid %d: %w", pid, err)
+			}
+			if ok {
+				c.SessionUID, readLogin = luid, true
+			}
 		}
 	}
 	if !exe {
-		return c, nil
+		return c, readLogin, nil
 	}
 	if c.Exe, err = r.Proc.Exe(pid); err != nil {
-		return Caller{}, fmt.Errorf("identity: executable of pid %d: %w", pid, err)
+		return Caller{}, false, fmt.Errorf("identity: executable of pid %d: %w", pid, err)
 	}
-	return c, nil
+	return c, readLogin, nil
 }
 
 // soPeerPIDFD is SO_PEERPIDFD (Linux 6.5), not yet in x/sys/unix.
@@ -126,7 +138,7 @@ func (r Resolver) ResolveFD(fd int, exe bool) (Caller, error) {
 	if pidfd >= 0 {
 		defer unix.Close(pidfd)
 	}
-	caller, err := r.resolve(int(cred.Pid), cred.Uid, cred.Gid, exe)
+	caller, readLogin, err := r.resolve(int(cred.Pid), cred.Uid, cred.Gid, exe)
 	if err != nil {
 		return Caller{}, err
 	}
@@ -134,6 +146,10 @@ func (r Resolver) ResolveFD(fd int, exe bool) (Caller, error) {
 		if err := unix.PidfdSendSignal(pidfd, 0, nil, 0); err != nil {
 			return Caller{}, fmt.Errorf("%w (pid %d)", ErrCallerGone, cred.Pid)
 		}
+	}
+	if readLogin && pidfd >= 0 {
+		// A reused pid would have shown another session's login uid.
+		r.logins.put(caller.Session.ID, caller.SessionUID)
 	}
 	return caller, nil
 }

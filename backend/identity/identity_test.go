@@ -227,3 +227,86 @@ func TestUsersAdmin(t *testing.T) {
 		t.Error("group membership not honoured")
 	}
 }
+
+// A session id has one login uid for life (the kernel hands out a new id
+// whenever a login uid is set), so a remembered one is used without a
+// read: in a fake /proc the second process of session 7 has no loginuid
+// file and still resolves. Resolve alone, with no pidfd to prove the reads
+// described the caller, remembers nothing.
+func TestLoginUIDRemembered(t *testing.T) {
+	root := t.TempDir()
+	proc := func(pid, session int, loginuid string) {
+		dir := filepath.Join(root, strconv.Itoa(pid))
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(dir, "sessionid"), []byte(strconv.Itoa(session)), 0o644)
+		if loginuid != "" {
+			os.WriteFile(filepath.Join(dir, "loginuid"), []byte(loginuid), 0o644)
+		}
+		os.Symlink("/usr/bin/psql", filepath.Join(dir, "exe"))
+	}
+	proc(100, 7, "1001")
+	proc(101, 7, "")
+	r := NewResolver(config.IdentityAudit)
+	r.Proc.Root = root
+	if c, err := r.Resolve(100, 5000, 5000); err != nil || c.SessionUID != 1001 {
+		t.Fatalf("pid 100: %+v, %v", c, err)
+	}
+	if _, ok := r.logins.get(7); ok {
+		t.Fatal("Resolve remembered a login uid it could not prove was the caller's")
+	}
+	if _, err := r.Resolve(101, 5000, 5000); err == nil {
+		t.Fatal("pid 101 resolved with no loginuid to read and none remembered")
+	}
+	r.logins.put(7, 1001)
+	if c, err := r.Resolve(101, 5000, 5000); err != nil || c.SessionUID != 1001 {
+		t.Fatalf("pid 101 with session 7 remembered: %+v, %v", c, err)
+	}
+}
+
+// ResolveFD remembers the login uid of a real audit session once the
+// caller outlived the reads.
+func TestResolveFDRemembersLogin(t *testing.T) {
+	requireAudit(t)
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	path := filepath.Join(dir, "s")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	os.Chmod(path, 0o666)
+	s, err := loginsession.Start(context.Background(), loginsession.Audit, 60003)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	// Debian's python3, which `make deps` installs: a pyenv shim is a script,
+	// not the program the session waits to see.
+	py := "/usr/bin/python3"
+	if _, err := os.Stat(py); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("%s: %v (CI=true: not skipping)", py, err)
+		}
+		t.Skipf("%s: %v", py, err)
+	}
+	if _, err := s.Run(py, "-c", "import socket,sys,time; c=socket.socket(socket.AF_UNIX); c.connect(sys.argv[1]); time.sleep(30)", path); err != nil {
+		t.Fatal(err)
+	}
+	ln.SetDeadline(time.Now().Add(10 * time.Second))
+	conn, err := ln.AcceptUnix()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	r := NewResolver(config.IdentityAudit)
+	c, err := r.ResolveConn(conn)
+	if err != nil || c.SessionUID != 60003 || c.Session.ID != s.ID {
+		t.Fatalf("ResolveConn = %+v, %v; want session %d of uid 60003", c, err, s.ID)
+	}
+	if uid, ok := r.logins.get(s.ID); !ok || uid != 60003 || len(r.logins.m) != 1 {
+		t.Fatalf("session %d remembered as %d, %v; cache %v", s.ID, uid, ok, r.logins.m)
+	}
+}
