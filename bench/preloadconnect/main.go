@@ -165,7 +165,7 @@ func run(rounds, n, first int) error {
 	row("libipvirt.so, ipvirtd", firsts)
 	added := func(v []float64, q float64) float64 { return (pct(v, q) - pct(plainFirsts, q)) / 1e3 }
 	fmt.Printf("    added by the first call: median %.1f µs (target <= 30), p99 %.1f µs (target <= 100)\n", added(firsts, 0.5), added(firsts, 0.99))
-	fmt.Printf("    of which the floor (no-op server): median %.1f µs, p99 %.1f µs\n", added(floorFirsts, 0.5), added(floorFirsts, 0.99))
+	fmt.Printf("    the floor, a no-op server, adds: median %.1f µs, p99 %.1f µs\n", added(floorFirsts, 0.5), added(floorFirsts, 0.99))
 	return nil
 }
 
