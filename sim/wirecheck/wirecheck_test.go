@@ -7,15 +7,14 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/ipvirt/ipvirt/sim/topology"
 )
 
 // needPrivilege skips a test that cannot run here, except in CI, where a
@@ -29,111 +28,49 @@ func needPrivilege(t *testing.T, why string) {
 	t.Skip(msg)
 }
 
-// inNS runs fn on a thread that is in ns and is never given back to the Go
-// scheduler, so no other goroutine can end up in the namespace by accident.
-func inNS(ns netns.NsHandle, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if err := netns.Set(ns); err != nil {
-			errc <- fmt.Errorf("enter namespace: %w", err)
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
-}
-
-func newNS(t *testing.T, name string) netns.NsHandle {
-	t.Helper()
-	ns := netns.None()
-	errc := make(chan error, 1)
-	go func() {
-		// NewNamed moves the calling thread into the new namespace; the
-		// thread dies with this goroutine instead of carrying it along.
-		runtime.LockOSThread()
-		var err error
-		ns, err = netns.NewNamed(name)
-		errc <- err
-	}()
-	if err := <-errc; err != nil {
-		if errors.Is(err, unix.EPERM) {
-			needPrivilege(t, err.Error())
-		}
-		t.Fatalf("create namespace %s: %v", name, err)
-	}
-	t.Cleanup(func() {
-		ns.Close()
-		if err := netns.DeleteNamed(name); err != nil {
-			t.Errorf("delete namespace %s: %v", name, err)
-		}
-	})
-	return ns
-}
-
-func nlHandle(t *testing.T, ns netns.NsHandle) *netlink.Handle {
-	t.Helper()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		t.Fatalf("netlink handle: %v", err)
-	}
-	t.Cleanup(h.Close)
-	return h
-}
-
-// lan builds the simulator's shape of a LAN: a namespace holding a bridge,
-// and two host namespaces each attached to it by a veth pair. Two addresses
-// in one namespace would never reach the wire (the kernel delivers them over
-// lo, without ARP), so the hosts need namespaces of their own.
+// lan is the simulator's own LAN (sim/topology): a namespace holding the
+// bridge, and hosts a (10.99.0.1) and b (10.99.0.2) attached by veth
+// pairs. Two addresses in one namespace would never reach the wire (the
+// kernel delivers them over lo, without ARP), so the hosts need namespaces
+// of their own.
 type lan struct {
-	wire, a, b netns.NsHandle
+	net        *topology.Net
+	a, b       *topology.Host
 	macA, macB net.HardwareAddr
-	portA      int // ifindex, in the wire namespace, of the port host a sends into
+	portA      int // ifindex, in the bridge's namespace, of the port host a sends into
 }
 
 func newLAN(t *testing.T) *lan {
-	base := fmt.Sprintf("wchk%d", os.Getpid())
-	l := &lan{wire: newNS(t, base), a: newNS(t, base+"a"), b: newNS(t, base+"b")}
-	hw := nlHandle(t, l.wire)
-	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}
-	if err := hw.LinkAdd(br); err != nil {
-		t.Fatalf("add bridge: %v", err)
+	n, err := topology.Build(topology.Spec{
+		LANs:  []netip.Prefix{netip.MustParsePrefix("10.99.0.0/24")},
+		Hosts: []topology.HostSpec{{Name: "a", Adapters: []int{1}}, {Name: "b", Adapters: []int{2}}},
+	})
+	if errors.Is(err, unix.EPERM) {
+		needPrivilege(t, err.Error())
 	}
-	if err := hw.LinkSetUp(br); err != nil {
-		t.Fatalf("bridge up: %v", err)
+	if err != nil {
+		t.Fatal(err)
 	}
-	attach := func(host netns.NsHandle, port, cidr string) (net.HardwareAddr, int) {
-		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: port, MasterIndex: br.Index},
-			PeerName: "eth0", PeerNamespace: netlink.NsFd(host)}
-		if err := hw.LinkAdd(veth); err != nil {
-			t.Fatalf("add veth %s: %v", port, err)
+	t.Cleanup(func() {
+		if err := n.Close(); err != nil {
+			t.Errorf("remove the LAN: %v", err)
 		}
-		p, err := hw.LinkByName(port)
-		if err != nil {
-			t.Fatalf("find %s: %v", port, err)
+	})
+	l := &lan{net: n}
+	l.a, _ = n.Host("a")
+	l.b, _ = n.Host("b")
+	l.macA, l.macB = l.a.Adapters[0].MAC, l.b.Adapters[0].MAC
+	// topology names host i's port on LAN j "h<i>p<j>".
+	err = n.Do("lan", func() error {
+		p, err := net.InterfaceByName("h0p0")
+		if err == nil {
+			l.portA = p.Index
 		}
-		if err := hw.LinkSetUp(p); err != nil {
-			t.Fatalf("%s up: %v", port, err)
-		}
-		hh := nlHandle(t, host)
-		link, err := hh.LinkByName("eth0")
-		if err != nil {
-			t.Fatalf("find host end of %s: %v", port, err)
-		}
-		addr, err := netlink.ParseAddr(cidr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := hh.AddrAdd(link, addr); err != nil {
-			t.Fatalf("address %s: %v", cidr, err)
-		}
-		if err := hh.LinkSetUp(link); err != nil {
-			t.Fatalf("host end of %s up: %v", port, err)
-		}
-		return link.Attrs().HardwareAddr, p.Attrs().Index
+		return err
+	})
+	if err != nil {
+		t.Fatalf("host a's bridge port: %v", err)
 	}
-	l.macA, l.portA = attach(l.a, "pa", "10.99.0.1/24")
-	l.macB, _ = attach(l.b, "pb", "10.99.0.2/24")
 	return l
 }
 
@@ -142,7 +79,7 @@ func TestCaptureOnLAN(t *testing.T) {
 		needPrivilege(t, "not running as root")
 	}
 	l := newLAN(t)
-	c, err := Start(func(fn func() error) error { return inNS(l.wire, fn) })
+	c, err := Start(func(fn func() error) error { return l.net.Do("lan", fn) })
 	if err != nil {
 		t.Fatalf("Start: %v", err)
 	}
@@ -150,7 +87,7 @@ func TestCaptureOnLAN(t *testing.T) {
 
 	// TCP: the connect also makes host a ARP for host b.
 	var ln net.Listener
-	if err := inNS(l.b, func() (err error) { ln, err = net.Listen("tcp4", "10.99.0.2:0"); return err }); err != nil {
+	if err := l.b.Do(func() (err error) { ln, err = net.Listen("tcp4", "10.99.0.2:0"); return err }); err != nil {
 		t.Fatalf("listen: %v", err)
 	}
 	defer ln.Close()
@@ -163,7 +100,7 @@ func TestCaptureOnLAN(t *testing.T) {
 		accepted <- err
 	}()
 	var conn net.Conn
-	err = inNS(l.a, func() (err error) {
+	err = l.a.Do(func() (err error) {
 		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(10, 99, 0, 1)}, Timeout: 5 * time.Second}
 		conn, err = d.Dial("tcp4", ln.Addr().String())
 		return err
@@ -181,11 +118,11 @@ func TestCaptureOnLAN(t *testing.T) {
 	// DHCP: a listener on b makes the datagram's arrival observable (and
 	// keeps ICMP port-unreachable out of the capture).
 	var server, client net.PacketConn
-	if err := inNS(l.b, func() (err error) { server, err = net.ListenPacket("udp4", "10.99.0.2:67"); return err }); err != nil {
+	if err := l.b.Do(func() (err error) { server, err = net.ListenPacket("udp4", "10.99.0.2:67"); return err }); err != nil {
 		t.Fatalf("listen udp 67: %v", err)
 	}
 	defer server.Close()
-	if err := inNS(l.a, func() (err error) { client, err = net.ListenPacket("udp4", "10.99.0.1:68"); return err }); err != nil {
+	if err := l.a.Do(func() (err error) { client, err = net.ListenPacket("udp4", "10.99.0.1:68"); return err }); err != nil {
 		t.Fatalf("bind udp 68: %v", err)
 	}
 	defer client.Close()
