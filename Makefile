@@ -10,7 +10,7 @@
 GO      ?= go
 BIN     := $(CURDIR)/bin
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -X github.com/ipvirt/ipvirt/backend/daemon.Version=$(VERSION)
+LDFLAGS := -X github.com/ipvirt/ipvirt/internal/daemon.Version=$(VERSION)
 
 .PHONY: all build deps test demo bench generate fuzz install clean
 

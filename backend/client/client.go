@@ -10,9 +10,8 @@ import (
 	"os"
 	"time"
 
-	"github.com/ipvirt/ipvirt/backend/alloc"
-	"github.com/ipvirt/ipvirt/backend/config"
-	"github.com/ipvirt/ipvirt/backend/server"
+	"github.com/ipvirt/ipvirt/backend/api"
+
 	"github.com/ipvirt/ipvirt/backend/wire"
 )
 
@@ -25,7 +24,7 @@ func SocketPath(flag string) string {
 	if env := os.Getenv("IPVIRT_SOCKET"); env != "" {
 		return env
 	}
-	return config.DefaultSocket
+	return api.DefaultSocket
 }
 
 // Client is one connection to the daemon. Not safe for concurrent use.
@@ -91,38 +90,38 @@ func (c *Client) Query() (wire.Answer, error) {
 }
 
 // Whoami asks what the calling process would get, with its identity.
-func (c *Client) Whoami() (server.WhoamiReport, error) {
-	var r server.WhoamiReport
+func (c *Client) Whoami() (api.WhoamiReport, error) {
+	var r api.WhoamiReport
 	return r, c.callJSON(wire.OpWhoami, nil, &r)
 }
 
 // Status returns the daemon's summary.
-func (c *Client) Status() (server.StatusReport, error) {
-	var r server.StatusReport
+func (c *Client) Status() (api.StatusReport, error) {
+	var r api.StatusReport
 	return r, c.callJSON(wire.OpStatus, nil, &r)
 }
 
 // Sessions lists the sessions the caller may see.
-func (c *Client) Sessions() ([]alloc.SessionReport, error) {
-	var r []alloc.SessionReport
+func (c *Client) Sessions() ([]api.SessionReport, error) {
+	var r []api.SessionReport
 	return r, c.callJSON(wire.OpSessions, nil, &r)
 }
 
 // Programs returns the effective per-program list.
-func (c *Client) Programs() ([]server.ProgramEntry, error) {
-	var r []server.ProgramEntry
+func (c *Client) Programs() ([]api.ProgramEntry, error) {
+	var r []api.ProgramEntry
 	return r, c.callJSON(wire.OpProgramsList, nil, &r)
 }
 
 // AddProgram adds a program to the list (administrators only).
-func (c *Client) AddProgram(path string) ([]server.ProgramEntry, error) {
-	var r []server.ProgramEntry
+func (c *Client) AddProgram(path string) ([]api.ProgramEntry, error) {
+	var r []api.ProgramEntry
 	return r, c.callJSON(wire.OpProgramsAdd, []byte(path), &r)
 }
 
 // RemoveProgram removes a program from the list (administrators only).
-func (c *Client) RemoveProgram(path string) ([]server.ProgramEntry, error) {
-	var r []server.ProgramEntry
+func (c *Client) RemoveProgram(path string) ([]api.ProgramEntry, error) {
+	var r []api.ProgramEntry
 	return r, c.callJSON(wire.OpProgramsRemove, []byte(path), &r)
 }
 

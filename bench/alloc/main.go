@@ -21,10 +21,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ipvirt/ipvirt/backend/daemon"
-	"github.com/ipvirt/ipvirt/backend/identity"
-	"github.com/ipvirt/ipvirt/backend/lease"
 	"github.com/ipvirt/ipvirt/backend/wire"
+	"github.com/ipvirt/ipvirt/internal/daemon"
+	"github.com/ipvirt/ipvirt/internal/identity"
+	"github.com/ipvirt/ipvirt/internal/lease"
 	"github.com/ipvirt/ipvirt/sim/daemonproc"
 )
 

@@ -23,8 +23,8 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
 
-	"github.com/ipvirt/ipvirt/backend/lease"
-	"github.com/ipvirt/ipvirt/backend/source/dhcp"
+	"github.com/ipvirt/ipvirt/internal/lease"
+	"github.com/ipvirt/ipvirt/internal/source/dhcp"
 	"github.com/ipvirt/ipvirt/sim/dhcpserver"
 	"github.com/ipvirt/ipvirt/sim/topology"
 )

@@ -12,9 +12,9 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/ipvirt/ipvirt/backend/adapter"
-	"github.com/ipvirt/ipvirt/backend/config"
-	"github.com/ipvirt/ipvirt/backend/daemon"
+	"github.com/ipvirt/ipvirt/internal/adapter"
+	"github.com/ipvirt/ipvirt/internal/config"
+	"github.com/ipvirt/ipvirt/internal/daemon"
 )
 
 const usage = `Usage: ipvirtd [--config FILE] [--check] [--log-level LEVEL] [--log-format text|json]

@@ -1,0 +1,289 @@
+// Package config loads and validates ipvirt.yaml. Keys mirror the registry
+// values of Windows RD IP Virtualization (EnableVirtualIP, VirtualMode,
+// AdapterAddress, the TSVIPool Start/End/SubnetMask) so that an
+// administrator who knows the original finds their way.
+//
+// Validation here is everything that can be checked from the file alone.
+// Checks against the host (the adapter exists, the pool lies in its subnet,
+// per-session mode on a single-adapter host) live in package adapter.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/ipvirt/ipvirt/backend/api"
+	"github.com/ipvirt/ipvirt/internal/alloc"
+	"github.com/ipvirt/ipvirt/internal/identity"
+	"github.com/ipvirt/ipvirt/internal/policy"
+	"github.com/ipvirt/ipvirt/internal/source/dhcp"
+	"github.com/ipvirt/ipvirt/internal/source/static"
+)
+
+// DefaultPath is where ipvirtd looks for its config.
+const DefaultPath = "/etc/ipvirt/ipvirt.yaml"
+
+// Defaults for the keys a config may leave out.
+const (
+	DefaultSocket       = api.DefaultSocket
+	DefaultHTTP         = "127.0.0.1:9477"
+	DefaultStateDir     = "/var/lib/ipvirt"
+	DefaultGrace        = 5 * time.Second
+	DefaultScanInterval = time.Second
+)
+
+// Interceptor is how programs are made to use their VIP.
+type Interceptor string
+
+const (
+	// InterceptorPreload: libipvirt.so (LD_PRELOAD) asks the daemon.
+	InterceptorPreload Interceptor = "preload"
+	// InterceptorBPF: cgroup eBPF programs read the daemon's maps in the
+	// kernel, covering static and Go binaries, with enforcement.
+	InterceptorBPF Interceptor = "bpf"
+	// InterceptorBoth: the kernel programs, and the library for hosts that
+	// also deploy it (the library binds first; the kernel leaves bound
+	// sockets alone).
+	InterceptorBoth Interceptor = "both"
+)
+
+// Kernel reports whether the eBPF interceptor is wanted.
+func (i Interceptor) Kernel() bool { return i == InterceptorBPF || i == InterceptorBoth }
+
+// Config is the parsed ipvirt.yaml.
+type Config struct {
+	Enabled bool        `yaml:"enabled"`
+	Mode    policy.Mode `yaml:"mode"`
+	// Adapter is an interface name (eth0), a MAC address (the AdapterAddress
+	// registry value of Windows) or a subnet (10.0.0.0/24, as the Windows group policy):
+	// the adapter holding an address in it.
+	Adapter    string        `yaml:"adapter"`
+	Source     string        `yaml:"source"`
+	StaticPool static.Config `yaml:"static_pool"`
+	// DHCP configures the DHCP client (source: dhcp): see dhcp.Config.
+	DHCP            dhcp.Config     `yaml:"dhcp"`
+	Programs        []string        `yaml:"programs"`
+	Admins          alloc.Admins    `yaml:"admins"`
+	OnExhausted     alloc.Exhausted `yaml:"on_exhausted"`
+	Grace           Duration        `yaml:"grace"`
+	StateDir        string          `yaml:"state_dir"`
+	Socket          string          `yaml:"socket"`
+	HTTP            string          `yaml:"http"`
+	SessionIdentity identity.Kind   `yaml:"session_identity"`
+	// ScanInterval is how often live sessions and programs are rescanned to
+	// find holders that ended.
+	ScanInterval Duration `yaml:"scan_interval"`
+	// Interceptor is preload (default), bpf or both.
+	Interceptor Interceptor `yaml:"interceptor"`
+	// Enforce (bpf) makes the kernel refuse, with EPERM, a bind or send
+	// from another holder's VIP or from a pool address the caller does not
+	// hold. Unset: on with the kernel interceptor.
+	Enforce *bool `yaml:"enforce"`
+	// Preallocate acquires a VIP as soon as a scan sees a new session (or,
+	// per program, a listed program starting) instead of at its first
+	// bind/connect, so that the first connect never waits for the source.
+	// Unset, it is on for DHCP (an exchange and its ARP probe take longer
+	// than an intercepted connect waits) and for the kernel interceptor
+	// (which never asks the daemon), off otherwise.
+	Preallocate *bool `yaml:"preallocate"`
+}
+
+// PreallocateOn resolves Preallocate and its source-dependent default.
+func (c Config) PreallocateOn() bool {
+	if c.Preallocate != nil {
+		return *c.Preallocate
+	}
+	return c.Source == dhcp.Name || c.Interceptor.Kernel()
+}
+
+// EnforceOn resolves Enforce and its default.
+func (c Config) EnforceOn() bool {
+	if c.Enforce != nil {
+		return *c.Enforce && c.Interceptor.Kernel()
+	}
+	return c.Interceptor.Kernel()
+}
+
+// StaticPool is the seed's TSVIPool: an inclusive address range and the
+// subnet mask handed out with each address.
+type StaticPool struct {
+	Start      netip.Addr `yaml:"start"`
+	End        netip.Addr `yaml:"end"`
+	SubnetMask netip.Addr `yaml:"subnet_mask"`
+}
+
+// Duration is a time.Duration written as "5s", "250ms", "1m".
+type Duration time.Duration
+
+// UnmarshalYAML accepts Go duration strings only: a bare number would be
+// ambiguous (seconds? nanoseconds?) and is refused.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil || n.Kind != yaml.ScalarNode {
+		return fmt.Errorf("line %d: %q is not a duration (write it like 5s, 250ms or 1m)", n.Line, n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML writes the duration in the form UnmarshalYAML reads.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// Std returns d as a time.Duration.
+func (d Duration) Std() time.Duration { return time.Duration(d) }
+
+// Default returns the configuration used for keys a file leaves out.
+func Default() Config {
+	return Config{
+		Enabled:         true,
+		Mode:            policy.PerSession,
+		Source:          dhcp.Name,
+		Admins:          alloc.Admins{Users: []string{"root"}, Groups: []string{"sudo", "wheel"}},
+		OnExhausted:     alloc.ExhaustedMachineIP,
+		Grace:           Duration(DefaultGrace),
+		StateDir:        DefaultStateDir,
+		Socket:          DefaultSocket,
+		HTTP:            DefaultHTTP,
+		SessionIdentity: identity.Audit,
+		ScanInterval:    Duration(DefaultScanInterval),
+		Interceptor:     InterceptorPreload,
+	}
+}
+
+// Load reads and validates the config file at path.
+func Load(path string) (Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	c, err := Parse(b)
+	if err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse decodes YAML over the defaults and validates the result. Unknown
+// keys are errors, so that a typo never silently means "use the default".
+func Parse(b []byte) (Config, error) {
+	c := Default()
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return Config{}, fmt.Errorf("%s", strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	// A second document would be silently ignored otherwise.
+	var extra any
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return Config{}, errors.New("more than one YAML document; ipvirt.yaml holds exactly one")
+	}
+	if err := c.Validate(); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+// Validate checks everything that does not depend on the host.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+
+	switch c.Mode {
+	case policy.PerSession, policy.PerProgram:
+	default:
+		bad("mode: %q is not per-session or per-program", c.Mode)
+	}
+	switch c.OnExhausted {
+	case alloc.ExhaustedMachineIP, alloc.ExhaustedDeny:
+	default:
+		bad("on_exhausted: %q is not machine-ip or deny", c.OnExhausted)
+	}
+	switch c.Interceptor {
+	case InterceptorPreload, InterceptorBPF, InterceptorBoth:
+	default:
+		bad("interceptor: %q is not preload, bpf or both", c.Interceptor)
+	}
+	if c.Interceptor.Kernel() && c.SessionIdentity == identity.POSIX {
+		bad("interceptor: %s needs session_identity: audit (the kernel programs know a task's audit session, not its POSIX session)", c.Interceptor)
+	}
+	if c.Enforce != nil && *c.Enforce && !c.Interceptor.Kernel() {
+		bad("enforce: true needs interceptor: bpf or both (only the kernel can refuse a bind)")
+	}
+	switch c.SessionIdentity {
+	case identity.Audit, identity.POSIX:
+	default:
+		bad("session_identity: %q is not audit or posix", c.SessionIdentity)
+	}
+	switch c.Source {
+	case static.Name:
+		if err := c.StaticPool.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+	case dhcp.Name:
+		if err := c.DHCP.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+		if c.StaticPool != (static.Config{}) {
+			bad("static_pool: set, but source is dhcp (the default); write source: static to use the pool")
+		}
+	default:
+		bad("source: %q is not static or dhcp", c.Source)
+	}
+	if c.Adapter == "" && c.Enabled {
+		bad("adapter: missing; name the interface (eth0), its MAC address, or a subnet (10.0.0.0/24)")
+	}
+	if c.Grace < 0 {
+		bad("grace: %s is negative", c.Grace.Std())
+	}
+	if c.ScanInterval.Std() < 10*time.Millisecond || c.ScanInterval.Std() > time.Minute {
+		bad("scan_interval: %s is outside 10ms..1m", c.ScanInterval.Std())
+	}
+	if c.Socket == "" || !filepath.IsAbs(c.Socket) {
+		bad("socket: %q is not an absolute path", c.Socket)
+	}
+	if c.StateDir == "" || !filepath.IsAbs(c.StateDir) {
+		bad("state_dir: %q is not an absolute path", c.StateDir)
+	}
+	if c.HTTP != "" {
+		if _, err := netip.ParseAddrPort(c.HTTP); err != nil {
+			bad("http: %q is not an address:port such as 127.0.0.1:9477 (empty disables HTTP)", c.HTTP)
+		}
+	}
+	seen := map[string]bool{}
+	for i, p := range c.Programs {
+		switch {
+		case !filepath.IsAbs(p):
+			bad("programs[%d]: %q is not an absolute path", i, p)
+		case seen[filepath.Clean(p)]:
+			bad("programs[%d]: %q is listed twice", i, p)
+		}
+		seen[filepath.Clean(p)] = true
+	}
+	for i, u := range c.Admins.Users {
+		if u == "" {
+			bad("admins.users[%d]: empty user name", i)
+		}
+	}
+	for i, g := range c.Admins.Groups {
+		if g == "" {
+			bad("admins.groups[%d]: empty group name", i)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// UID resolves an admins.users entry that is a number to a uid.
+func UID(s string) (uint32, bool) {
+	v, err := strconv.ParseUint(s, 10, 32)
+	return uint32(v), err == nil
+}

@@ -1,0 +1,268 @@
+// Package daemon is ipvirtd: it checks the configuration against the host,
+// restores the leases, serves the control socket and HTTP, reloads on
+// SIGHUP and shuts down without releasing anything.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/ipvirt/ipvirt/internal/adapter"
+	"github.com/ipvirt/ipvirt/internal/alloc"
+	"github.com/ipvirt/ipvirt/internal/config"
+	"github.com/ipvirt/ipvirt/internal/identity"
+	"github.com/ipvirt/ipvirt/internal/lease"
+	"github.com/ipvirt/ipvirt/internal/metrics"
+	"github.com/ipvirt/ipvirt/internal/policy"
+	"github.com/ipvirt/ipvirt/internal/server"
+	"github.com/ipvirt/ipvirt/internal/source"
+	"github.com/ipvirt/ipvirt/internal/source/dhcp"
+	"github.com/ipvirt/ipvirt/internal/source/static"
+	"github.com/ipvirt/ipvirt/internal/store"
+)
+
+// Version is set at build time (-ldflags -X).
+var Version = "dev"
+
+// Check validates the file and checks it against this host, as
+// `ipvirtd --check` does: the adapter exists, the static pool lies in its
+// subnet, and per-session mode is not configured on a multi-adapter host.
+func Check(path string) (config.Config, adapter.Adapter, error) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return config.Config{}, adapter.Adapter{}, err
+	}
+	a, err := checkHost(cfg)
+	return cfg, a, err
+}
+
+func checkHost(cfg config.Config) (adapter.Adapter, error) {
+	if cfg.Adapter == "" {
+		return adapter.Adapter{}, nil // only allowed when disabled
+	}
+	a, err := adapter.Resolve(cfg.Adapter)
+	if err != nil {
+		return a, err
+	}
+	if cfg.Source == static.Name {
+		if err := adapter.ValidatePool(cfg.StaticPool.Start, cfg.StaticPool.End, a); err != nil {
+			return a, err
+		}
+	}
+	if cfg.Enabled && cfg.Mode == policy.PerSession {
+		if err := adapter.CheckPerSession(a); err != nil {
+			return a, err
+		}
+	}
+	return a, nil
+}
+
+// Daemon is a running ipvirtd.
+type Daemon struct {
+	path     string
+	log      *slog.Logger
+	adapter  adapter.Adapter
+	store    *store.Store
+	src      source.Source
+	mgr      *alloc.Manager
+	users    *identity.Users
+	resolver identity.Resolver
+	metrics  *metrics.Metrics
+	unix     *server.Unix
+	started  time.Time
+
+	kernel    *kernel // nil: preload only
+	kernelErr error   // why the configured kernel interceptor is not running
+
+	events     eventsRelay
+	mu         sync.Mutex // guards cfg and reloadedAt
+	cfg        config.Config
+	reloadedAt time.Time
+}
+
+// New checks the configuration at path against the host, opens the store and
+// restores the leases. Nothing is served until Run.
+func New(path string, log *slog.Logger) (*Daemon, error) {
+	cfg, a, err := Check(path)
+	if err != nil {
+		return nil, err
+	}
+	st, err := store.Open(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	d := &Daemon{path: path, log: log, adapter: a, store: st, cfg: cfg, started: time.Now(),
+		users: identity.NewUsers(30 * time.Second), resolver: identity.NewResolver(cfg.SessionIdentity)}
+	if err := d.build(); err != nil {
+		st.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+func (d *Daemon) build() error {
+	src, err := d.newSource(d.cfg)
+	if err != nil {
+		return err
+	}
+	d.src = src
+	var inst alloc.Installer
+	if in := (adapter.Installer{Adapter: d.adapter}); in.Needed() {
+		inst = in
+	}
+	d.mgr = alloc.New(alloc.Options{Source: src, Store: d.store, Installer: inst, Scanner: d.resolver,
+		Users: d.users, MIP: d.adapter.MIP(), Log: d.log}, d.settings(d.cfg))
+	d.events.m.Store(d.mgr)
+	if d.cfg.Interceptor.Kernel() {
+		// Before Restore: the observer sees every adopted lease as a grant.
+		if k, err := openKernel(d.cfg, d.adapter.MIP(), d.log); err != nil {
+			d.kernelErr = err
+			d.log.Error("kernel interceptor unavailable; serving the preload interceptor only", "err", err)
+		} else {
+			d.kernel = k
+			d.mgr.AddObserver(k)
+		}
+	}
+	rep, err := d.mgr.Restore()
+	if err != nil {
+		if d.kernel != nil {
+			d.kernel.ic.Close()
+		}
+		return err
+	}
+	if d.kernel != nil {
+		d.kernel.reconcile(d.mgr.Leases())
+	}
+	d.log.Info("leases restored", "adopted", rep.Adopted, "released", rep.Released,
+		"host_rebooted", rep.Rebooted, "conflicts", rep.Conflicts)
+	if in := (adapter.Installer{Adapter: d.adapter}); in.Needed() {
+		var want []adapter.VIP
+		for _, l := range d.mgr.Leases() {
+			want = append(want, adapter.VIP{Addr: l.Addr, Bits: l.Subnet.Bits()})
+		}
+		added, removed, err := in.Reconcile(want)
+		if err != nil {
+			d.log.Error("reconcile adapter addresses", "err", err)
+		}
+		if len(added)+len(removed) > 0 {
+			d.log.Info("adapter addresses reconciled", "added", added, "removed", removed)
+		}
+	}
+	d.metrics = metrics.New(d.mgr, d.store)
+	if d.kernel != nil {
+		d.metrics.Registry.MustRegister(d.kernel.collector())
+	}
+	if ds, ok := src.(*dhcp.Source); ok {
+		d.metrics.Registry.MustRegister(metrics.DHCPCollector(ds.Counters))
+	}
+	return nil
+}
+
+// settings derives the manager's settings from a configuration and the
+// run-time program changes persisted in the store.
+func (d *Daemon) settings(cfg config.Config) alloc.Settings {
+	return alloc.Settings{
+		Policy:      policyFor(cfg, d.store.ProgramOverrides()),
+		Admins:      cfg.Admins,
+		OnExhausted: cfg.OnExhausted,
+		Grace:       cfg.Grace.Std(),
+		Prealloc:    cfg.PreallocateOn(),
+	}
+}
+
+// Run serves until ctx is done, then shuts down. Leases are not released:
+// a restart must be invisible to sessions.
+func (d *Daemon) Run(ctx context.Context) error {
+	d.mu.Lock()
+	cfg := d.cfg
+	d.mu.Unlock()
+	ln, err := server.Listen(cfg.Socket)
+	if err != nil {
+		return err
+	}
+	d.unix = &server.Unix{Backend: d, Resolver: d.resolver, Metrics: d.metrics, Log: d.log, PendingWait: pendingWait(cfg),
+		SlowSource: cfg.Source == dhcp.Name}
+	errc := make(chan error, 2)
+	go func() { errc <- d.unix.Serve(ln) }()
+
+	var hs *http.Server
+	if cfg.HTTP != "" {
+		hl, err := net.Listen("tcp", cfg.HTTP)
+		if err != nil {
+			d.unix.Close()
+			return fmt.Errorf("http: listen %s: %w", cfg.HTTP, err)
+		}
+		hs = &http.Server{Handler: server.HTTPHandler(d, d.metrics), ReadHeaderTimeout: 5 * time.Second}
+		go func() {
+			if err := hs.Serve(hl); !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("http: %w", err)
+			}
+		}()
+	}
+	scanCtx, stopScan := context.WithCancel(context.Background())
+	go d.mgr.Run(scanCtx, cfg.ScanInterval.Std())
+	if d.kernel != nil {
+		go d.kernel.watch(func(sid, uid uint32, _ string) {
+			d.mgr.Ensure(lease.Session{Kind: lease.KindAudit, ID: sid}, uid, "")
+		})
+	}
+	d.log.Info("ipvirtd ready", "version", Version, "socket", cfg.Socket, "http", cfg.HTTP,
+		"mode", cfg.Mode, "enabled", cfg.Enabled, "source", cfg.Source, "adapter", d.adapter.Name,
+		"machine_ip", d.adapter.MIP().String(), "session_identity", cfg.SessionIdentity)
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	stopScan()
+	if hs != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		hs.Shutdown(sctx)
+		cancel()
+	}
+	d.unix.Close()
+	if d.kernel != nil {
+		// A clean stop detaches: nothing of ipvirt stays in the kernel
+		// without a daemon to keep it true. (SIGKILL leaves the programs
+		// attached and pinned; the next start adopts them.)
+		if err := d.kernel.ic.Close(); err != nil {
+			d.log.Error("kernel interceptor: detach", "err", err)
+		} else {
+			d.log.Info("kernel interceptor detached")
+		}
+	}
+	d.src.Close()
+	if err := d.store.Close(); err != nil && runErr == nil {
+		runErr = err
+	}
+	d.log.Info("ipvirtd stopped; leases kept for the next start")
+	return runErr
+}
+
+// Manager exposes the allocation manager (for integrations such as the
+// kernel interceptor).
+func (d *Daemon) Manager() *alloc.Manager { return d.mgr }
+
+// MIP implements server.Backend.
+func (d *Daemon) MIP() netip.Addr { return d.adapter.MIP() }
+
+// pendingWait is how long a QUERY that has to wait for an allocation may
+// take: a DHCP exchange is bounded by lease_wait, a static allocation by
+// the manager's acquisition timeout.
+func pendingWait(cfg config.Config) time.Duration {
+	if cfg.Source == dhcp.Name {
+		if cfg.DHCP.LeaseWait > 0 {
+			return cfg.DHCP.LeaseWait
+		}
+		return dhcp.DefaultLeaseWait
+	}
+	return 10 * time.Second
+}

@@ -1,0 +1,537 @@
+package daemon_test
+
+// Integration tests: the real ipvirtd and ipvirtctl binaries, real
+// processes in real login sessions (audit sessions as root, POSIX sessions
+// otherwise), a real bbolt file, SIGKILL and restarts.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ipvirt/ipvirt/backend/api"
+
+	"github.com/ipvirt/ipvirt/sim/daemonproc"
+	"github.com/ipvirt/ipvirt/sim/loginsession"
+)
+
+// env is one test's daemon and session kind.
+type env struct {
+	t    *testing.T
+	kind loginsession.Kind
+	d    *daemonproc.Daemon
+	ctl  string
+}
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("needs root (CI=true: not skipping)")
+		}
+		t.Skip("needs root")
+	}
+}
+
+func sessionKind() (loginsession.Kind, string) {
+	if ok, _ := loginsession.Available(loginsession.Audit); ok {
+		return loginsession.Audit, "audit"
+	}
+	return loginsession.POSIX, "posix"
+}
+
+// newEnv starts ipvirtd with a loopback static pool and the given extra
+// config.
+func newEnv(t *testing.T, extra string) *env {
+	t.Helper()
+	body := "adapter: lo\nsource: static\n"
+	if !strings.Contains(extra, "static_pool") {
+		body += "static_pool: {start: 127.77.0.10, end: 127.77.0.250, subnet_mask: 255.255.255.0}\n"
+	}
+	return newEnvBody(t, body+extra)
+}
+
+// newEnvBody starts ipvirtd with body plus the session identity of this
+// machine and short grace and scan intervals.
+func newEnvBody(t *testing.T, body string) *env {
+	t.Helper()
+	kind, identity := sessionKind()
+	body = fmt.Sprintf("session_identity: %s\ngrace: 1s\nscan_interval: 100ms\n", identity) + body
+	d, err := daemonproc.New(t.TempDir(), body, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		d.Stop(syscall.SIGKILL)
+		if t.Failed() {
+			t.Logf("ipvirtd log:\n%s", d.Logs())
+		}
+	})
+	ctl, err := daemonproc.Binary("ipvirtctl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &env{t: t, kind: kind, d: d, ctl: ctl}
+}
+
+// session opens a login session for uid that ends with the test.
+func (e *env) session(uid uint32) *loginsession.Session {
+	e.t.Helper()
+	s, err := loginsession.Start(context.Background(), e.kind, uid)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// whoami runs `ipvirtctl -o json whoami` inside the session, as a real
+// process of it, and returns the daemon's answer.
+func (e *env) whoami(s *loginsession.Session) (api.WhoamiReport, error) {
+	out := filepath.Join(e.t.TempDir(), "whoami.json")
+	pid, err := s.Run("/bin/sh", "-c", `exec "$1" --socket "$2" -o json whoami > "$3" 2>&1`, "sh", e.ctl, e.d.Socket, out)
+	if err != nil {
+		return api.WhoamiReport{}, err
+	}
+	s.Reap(pid)
+	b, err := os.ReadFile(out)
+	if err != nil {
+		return api.WhoamiReport{}, err
+	}
+	var r api.WhoamiReport
+	if err := json.Unmarshal(b, &r); err != nil {
+		return r, fmt.Errorf("whoami said %q: %w", b, err)
+	}
+	return r, nil
+}
+
+func (e *env) mustVIP(s *loginsession.Session) string {
+	e.t.Helper()
+	r, err := e.whoami(s)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if r.Result != "vip" {
+		e.t.Fatalf("session %d got %s (%s), want a VIP", s.ID, r.Result, r.Reason)
+	}
+	return r.VIP
+}
+
+func (e *env) leases() int {
+	e.t.Helper()
+	v, err := e.d.Metric("ipvirt_leases_active")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return int(v)
+}
+
+// eventually polls cond for up to 20 s: releases happen on the daemon's
+// scan ticks, and a loaded CI machine may be slow.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestSessionsGetDistinctVIPsAndKeepThem(t *testing.T) {
+	e := newEnv(t, "")
+	seen := map[string]bool{}
+	for i := range 3 {
+		s := e.session(uint32(60001 + i))
+		vip := e.mustVIP(s)
+		if seen[vip] {
+			t.Fatalf("VIP %s handed to two sessions", vip)
+		}
+		seen[vip] = true
+		if again := e.mustVIP(s); again != vip {
+			t.Fatalf("session %d asked again and got %s, first %s", s.ID, again, vip)
+		}
+	}
+	c, err := e.d.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	rows, err := c.Sessions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	reported := 0
+	for _, r := range rows {
+		if seen[r.VIP] {
+			reported++
+		}
+	}
+	if reported != 3 {
+		t.Fatalf("ipvirtctl sessions reports %d of the 3 VIPs: %+v", reported, rows)
+	}
+}
+
+func TestHolderEndReleasesAfterGrace(t *testing.T) {
+	e := newEnv(t, "")
+	s := e.session(60001)
+	e.mustVIP(s)
+	if n := e.leases(); n != 1 {
+		t.Fatalf("%d leases, want 1", n)
+	}
+	s.Close()
+	eventually(t, "the ended session's lease is released", func() bool { return e.leases() == 0 })
+	if v, _ := e.d.Metric("ipvirt_releases_total", `reason="holder-ended"`); v != 1 {
+		t.Fatalf("ipvirt_releases_total{reason=holder-ended} = %v, want 1", v)
+	}
+}
+
+// TestKill9MidStorm kills the daemon with SIGKILL while many sessions ask
+// for VIPs at once, restarts it, and checks that every session that was
+// answered a VIP gets the same one back and that no VIP is held twice.
+func TestKill9MidStorm(t *testing.T) {
+	e := newEnv(t, "")
+	const n = 40
+	sessions := make([]*loginsession.Session, n)
+	for i := range sessions {
+		sessions[i] = e.session(uint32(61000 + i))
+	}
+	// Every session keeps asking until the daemon dies, so that requests
+	// are in flight (some mid-acquisition) when SIGKILL lands.
+	got := make([]string, n)
+	var mu sync.Mutex
+	holding := 0
+	dead := make(chan struct{})
+	kill := sync.OnceFunc(func() { e.d.Signal(syscall.SIGKILL); close(dead) })
+	var wg sync.WaitGroup
+	for i, s := range sessions {
+		wg.Go(func() {
+			for {
+				select {
+				case <-dead:
+					return
+				default:
+				}
+				r, err := e.whoami(s)
+				if err != nil || r.Result != "vip" {
+					continue
+				}
+				mu.Lock()
+				if got[i] == "" {
+					got[i] = r.VIP
+					holding++
+				} else if got[i] != r.VIP {
+					t.Errorf("session %d got %s then %s", i, got[i], r.VIP)
+				}
+				if holding >= n/2 {
+					kill()
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if holding == n {
+		t.Logf("every session was answered before SIGKILL landed; the kill was not mid-storm this time")
+	}
+	e.d.Stop(syscall.SIGKILL)
+	if err := e.d.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	answered := 0
+	after := map[string]int{}
+	for i, s := range sessions {
+		vip := e.mustVIP(s)
+		if other, dup := after[vip]; dup {
+			t.Fatalf("VIP %s given to sessions %d and %d after the restart", vip, other, i)
+		}
+		after[vip] = i
+		if got[i] != "" {
+			answered++
+			if vip != got[i] {
+				t.Fatalf("session %d had %s before SIGKILL, %s after", i, got[i], vip)
+			}
+		}
+	}
+	t.Logf("%d of %d sessions were answered before SIGKILL", answered, n)
+	if answered < n/2 {
+		t.Fatalf("only %d sessions held a VIP at SIGKILL, want at least %d", answered, n/2)
+	}
+	if v, _ := e.d.Metric("ipvirt_duplicate_vips"); v != 0 {
+		t.Fatalf("ipvirt_duplicate_vips = %v", v)
+	}
+}
+
+func TestRestartKeepsLiveReleasesDead(t *testing.T) {
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
+		t.Run(sig.String(), func(t *testing.T) {
+			e := newEnv(t, "")
+			live := e.session(60001)
+			dead := e.session(60002)
+			vipLive, vipDead := e.mustVIP(live), e.mustVIP(dead)
+			e.d.Stop(sig)
+			dead.Close() // ends while the daemon is down
+			if err := e.d.Start(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if v := e.mustVIP(live); v != vipLive {
+				t.Fatalf("live session got %s after restart, had %s", v, vipLive)
+			}
+			if n := e.leases(); n != 1 {
+				t.Fatalf("%d leases after restart, want 1 (the dead session's released)", n)
+			}
+			if !strings.Contains(e.d.Logs(), "released=1") {
+				t.Fatalf("restore did not report the release:\n%s", e.d.Logs())
+			}
+			// Its address is free again, and never handed to the live one.
+			newcomer := e.mustVIP(e.session(60003))
+			if newcomer == vipLive {
+				t.Fatalf("new session got the live session's VIP %s", vipLive)
+			}
+			_ = vipDead
+		})
+	}
+}
+
+func TestExhaustedAnswers(t *testing.T) {
+	for _, mode := range []string{"machine-ip", "deny"} {
+		t.Run(mode, func(t *testing.T) {
+			e := newEnv(t, "static_pool: {start: 127.77.0.10, end: 127.77.0.10, subnet_mask: 255.255.255.0}\non_exhausted: "+mode+"\n")
+			e.mustVIP(e.session(60001))
+			r, err := e.whoami(e.session(60002))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := map[string]string{"machine-ip": "mip", "deny": "denied"}[mode]
+			if r.Result != want || !strings.Contains(r.Reason, "no virtual IP available") {
+				t.Fatalf("second session got %s (%s), want %s", r.Result, r.Reason, want)
+			}
+			if v, _ := e.d.Metric("ipvirt_exhausted_total"); v != 1 {
+				t.Fatalf("ipvirt_exhausted_total = %v, want 1", v)
+			}
+			if !strings.Contains(e.d.Logs(), "event=110") {
+				t.Fatalf("no event-110 log line for the unvirtualized session:\n%s", e.d.Logs())
+			}
+		})
+	}
+}
+
+func TestPerProgramMode(t *testing.T) {
+	dir := t.TempDir()
+	sleep, _ := filepath.EvalSymlinks("/bin/sleep")
+	body, _ := os.ReadFile(sleep)
+	listed := filepath.Join(dir, "erp-client")
+	os.WriteFile(listed, body, 0o755)
+	e := newEnv(t, "mode: per-program\nprograms: ["+listed+"]\n")
+	s := e.session(60001)
+	// ipvirtctl itself is not listed: machine IP.
+	if r, _ := e.whoami(s); r.Result != "mip" || !strings.Contains(r.Reason, "not in the per-program list") {
+		t.Fatalf("unlisted program got %s (%s)", r.Result, r.Reason)
+	}
+	// Listing ipvirtctl at run time makes it a per-program holder. Only
+	// root and administrators may, and an administrator's own sessions are
+	// never virtualized, so without root this half cannot be shown.
+	requireRoot(t)
+	c, err := e.d.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	real, _ := filepath.EvalSymlinks(e.ctl)
+	if _, err := c.AddProgram(real); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := e.whoami(s)
+	if r.Result != "vip" || !strings.HasSuffix(r.Holder, "|"+real) {
+		t.Fatalf("listed program got %s holder %q", r.Result, r.Holder)
+	}
+	// The addition survives a restart; the file's entry stays too.
+	e.d.Stop(syscall.SIGTERM)
+	if err := e.d.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	c2, _ := e.d.Client()
+	defer c2.Close()
+	list, err := c2.Programs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	from := map[string]string{}
+	for _, p := range list {
+		from[p.Path] = p.From
+	}
+	if from[real] != "runtime" || from[listed] != "config" || len(list) != 2 {
+		t.Fatalf("programs after restart: %+v", list)
+	}
+	if _, err := c2.RemoveProgram("/not/listed"); err == nil || !strings.Contains(err.Error(), "/not/listed is not in the program list") {
+		t.Fatalf("removing an unlisted program: %v", err)
+	}
+}
+
+func TestNonAdminRefusedAndFiltered(t *testing.T) {
+	requireRoot(t)
+	e := newEnv(t, "")
+	mine := e.session(60001)
+	e.mustVIP(mine)
+	theirs := e.session(60002)
+	e.mustVIP(theirs)
+
+	// t.TempDir is 0700; the socket's directory must be reachable by the
+	// unprivileged user, as /run/ipvirt is.
+	os.Chmod(filepath.Dir(e.d.Dir), 0o755)
+	os.Chmod(e.d.Dir, 0o755)
+	asUser := func(args ...string) (string, int) {
+		cmd := exec.Command(e.ctl, append([]string{"--socket", e.d.Socket}, args...)...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 60001, Gid: 60001}}
+		out, err := cmd.CombinedOutput()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return string(out), code
+	}
+	out, code := asUser("release", fmt.Sprint(mine.ID))
+	if code != 1 || !strings.Contains(out, "only root and administrators may release sessions") {
+		t.Fatalf("non-admin release: exit %d, %q", code, out)
+	}
+	out, code = asUser("programs", "add", "/usr/bin/psql")
+	if code != 1 || !strings.Contains(out, "only root and administrators") {
+		t.Fatalf("non-admin programs add: exit %d, %q", code, out)
+	}
+	out, code = asUser("-o", "json", "sessions")
+	var rows []struct {
+		ID  uint32 `json:"id"`
+		UID uint32 `json:"uid"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &rows) != nil {
+		t.Fatalf("non-admin sessions: exit %d, %q", code, out)
+	}
+	// Other tests on this host may run sessions of uid 60001 too: every row
+	// must be that user's, its session among them, the other user's not.
+	sawMine := false
+	for _, r := range rows {
+		if r.UID != 60001 || r.ID == theirs.ID {
+			t.Fatalf("uid 60001 sees %+v, want only its own sessions", rows)
+		}
+		sawMine = sawMine || r.ID == mine.ID
+	}
+	if !sawMine {
+		t.Fatalf("uid 60001 does not see its session %d: %+v", mine.ID, rows)
+	}
+	// Root releases; the session's next question gets a VIP again.
+	c, _ := e.d.Client()
+	defer c.Close()
+	rel, err := c.Release(fmt.Sprint(mine.ID))
+	if err != nil || len(rel) != 1 {
+		t.Fatalf("root release: %v %v", rel, err)
+	}
+}
+
+func TestReloadMovesPoolKeepsLeases(t *testing.T) {
+	e := newEnv(t, "")
+	s := e.session(60001)
+	old := e.mustVIP(s)
+	_, identity := sessionKind()
+	body := fmt.Sprintf("adapter: lo\nsource: static\nsession_identity: %s\ngrace: 1s\nscan_interval: 100ms\n"+
+		"static_pool: {start: 127.78.0.10, end: 127.78.0.20, subnet_mask: 255.255.255.0}\n", identity)
+	if err := e.d.WriteConfig(body); err != nil {
+		t.Fatal(err)
+	}
+	e.d.Signal(syscall.SIGHUP)
+	eventually(t, "the reload is logged", func() bool { return strings.Contains(e.d.Logs(), "configuration reloaded") })
+	if !strings.Contains(e.d.Logs(), "stays with its holder") {
+		t.Fatalf("reload did not say the old VIP was kept:\n%s", e.d.Logs())
+	}
+	if v := e.mustVIP(s); v != old {
+		t.Fatalf("live session lost its VIP on reload: %s -> %s", old, v)
+	}
+	v := netip.MustParseAddr(e.mustVIP(e.session(60002)))
+	if !netip.MustParsePrefix("127.78.0.0/24").Contains(v) {
+		t.Fatalf("new session got %s, not from the new pool", v)
+	}
+	// A broken file changes nothing.
+	e.d.WriteConfig("mode: sideways\n")
+	e.d.Signal(syscall.SIGHUP)
+	eventually(t, "the failed reload is logged", func() bool { return strings.Contains(e.d.Logs(), "reload failed") })
+	if v := e.mustVIP(s); v != old {
+		t.Fatalf("a failed reload changed the session's VIP")
+	}
+}
+
+func TestCheck(t *testing.T) {
+	bin, err := daemonproc.Binary("ipvirtd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	tests := []struct {
+		name, body, want string
+		code             int
+	}{
+		{"valid", "adapter: lo\nsource: static\nstatic_pool: {start: 127.77.0.10, end: 127.77.0.20, subnet_mask: 255.255.255.0}\n", "is valid", 0},
+		{"pool outside adapter", "adapter: lo\nsource: static\nstatic_pool: {start: 10.0.0.10, end: 10.0.0.20, subnet_mask: 255.255.255.0}\n", "not inside lo's subnet 127.0.0.0/8", 1},
+		{"no such adapter", "adapter: nosuch0\nsource: static\nstatic_pool: {start: 127.77.0.10, end: 127.77.0.20, subnet_mask: 255.255.255.0}\n", `no interface named "nosuch0"`, 1},
+		{"unknown key", "adapter: lo\npool: {}\n", "field pool not found", 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(dir, tt.name+".yaml")
+			os.WriteFile(path, []byte(tt.body), 0o644)
+			out, err := exec.Command(bin, "--check", "--config", path).CombinedOutput()
+			code := 0
+			if ee, ok := err.(*exec.ExitError); ok {
+				code = ee.ExitCode()
+			}
+			if code != tt.code || !strings.Contains(string(out), tt.want) {
+				t.Fatalf("exit %d, output %q; want exit %d and %q", code, out, tt.code, tt.want)
+			}
+		})
+	}
+}
+
+func TestExcludedSessionsGetMachineIP(t *testing.T) {
+	e := newEnv(t, "")
+	if e.kind == loginsession.Audit {
+		r, err := e.whoami(e.session(0)) // root: an administrator by default
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Result != "mip" || !strings.Contains(r.Reason, "administrator root") {
+			t.Fatalf("root's session got %s (%s), want mip as an administrator", r.Result, r.Reason)
+		}
+	}
+	if e.kind != loginsession.Audit {
+		t.Skip("POSIX sessions: every process is in some session; session 0 needs audit sessions (root)")
+	}
+	mine, _ := os.ReadFile("/proc/self/sessionid")
+	if strings.TrimSpace(string(mine)) != "4294967295" {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("the test runs inside audit session %s; CI must run outside a login session", mine)
+		}
+		t.Skipf("this test runs inside audit session %s: a session-0 process cannot be made from here", mine)
+	}
+	out, err := exec.Command(e.ctl, "--socket", e.d.Socket, "-o", "json", "whoami").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r api.WhoamiReport
+	json.Unmarshal(out, &r)
+	if r.Result != "mip" || r.Rule != "no-session" {
+		t.Fatalf("a process in no session got %s (%s)", r.Result, r.Reason)
+	}
+}

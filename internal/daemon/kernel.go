@@ -1,0 +1,168 @@
+package daemon
+
+import (
+	"errors"
+	"log/slog"
+	"net/netip"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ipvirt/ipvirt/internal/config"
+	"github.com/ipvirt/ipvirt/internal/lease"
+	"github.com/ipvirt/ipvirt/internal/source/static"
+	"github.com/ipvirt/ipvirt/lsp/bpf"
+)
+
+// kernel is the eBPF interceptor as the daemon runs it: the maps follow the
+// manager's grants and releases (an alloc.Observer), and the kernel's
+// reports (refused binds, new sessions) are logged and acted on.
+type kernel struct {
+	ic  *bpf.Interceptor
+	log *slog.Logger
+
+	mu     sync.Mutex
+	exeIDs map[string]bpf.ExeID // listed program path → its executable
+}
+
+// openKernel loads and attaches the interceptor, or adopts the one a
+// killed daemon left pinned. A host that cannot run it (no BTF, no cgroup2,
+// not root) gets a clear error; the daemon then runs preload-only, never
+// half-attached (bpf.Open undoes its own partial work).
+func openKernel(cfg config.Config, mip netip.Addr, log *slog.Logger) (*kernel, error) {
+	opts := bpf.Options{Enforce: cfg.EnforceOn(), MachineIP: mip, ReplaceStale: true, Logger: log}
+	if cfg.Source == static.Name {
+		opts.Pool = []bpf.Range{{Start: cfg.StaticPool.Start, End: cfg.StaticPool.End}}
+	}
+	ic, err := bpf.Open(opts)
+	if err != nil {
+		return nil, err
+	}
+	k := &kernel{ic: ic, log: log, exeIDs: map[string]bpf.ExeID{}}
+	log.Info("kernel interceptor attached", "cgroup", ic.CgroupPath(), "pins", ic.PinDir(),
+		"adopted", ic.Adopted(), "enforce", opts.Enforce, "session_events", ic.SessionEvents())
+	return k, nil
+}
+
+// exe returns the ExeID of a listed program path, cached: per-program
+// entries are keyed by the executable the kernel sees, not by its name.
+func (k *kernel) exe(path string) (bpf.ExeID, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if id, ok := k.exeIDs[path]; ok {
+		return id, nil
+	}
+	id, err := bpf.ExeIDFromPath(path)
+	if err == nil {
+		k.exeIDs[path] = id
+	}
+	return id, err
+}
+
+// Granted implements alloc.Observer.
+func (k *kernel) Granted(l lease.Lease) {
+	h := l.Holder
+	if h.Session.Kind != lease.KindAudit {
+		return
+	}
+	var err error
+	if h.Program == "" {
+		err = k.ic.SetSession(h.Session.ID, l.Addr)
+	} else {
+		var id bpf.ExeID
+		if id, err = k.exe(h.Program); err == nil {
+			err = k.ic.SetProgram(h.Session.ID, id, l.Addr)
+		}
+	}
+	if err != nil {
+		k.log.Error("kernel interceptor: add entry", "holder", h.Key(), "vip", l.Addr, "err", err)
+	}
+}
+
+// Released implements alloc.Observer.
+func (k *kernel) Released(l lease.Lease) {
+	h := l.Holder
+	if h.Session.Kind != lease.KindAudit {
+		return
+	}
+	var err error
+	if h.Program == "" {
+		err = k.ic.DeleteSession(h.Session.ID)
+	} else {
+		var id bpf.ExeID
+		if id, err = k.exe(h.Program); err == nil {
+			err = k.ic.DeleteProgram(h.Session.ID, id)
+		}
+	}
+	if err != nil && !errors.Is(err, bpf.ErrClosed) {
+		k.log.Error("kernel interceptor: remove entry", "holder", h.Key(), "vip", l.Addr, "err", err)
+	}
+}
+
+// reconcile drops map entries an adopted interceptor holds for leases the
+// restored store no longer has (holders that ended while no daemon ran).
+func (k *kernel) reconcile(leases []lease.Lease) {
+	entries, err := k.ic.Entries()
+	if err != nil {
+		k.log.Error("kernel interceptor: list entries", "err", err)
+		return
+	}
+	live := map[netip.Addr]bool{}
+	for _, l := range leases {
+		live[l.Addr] = true
+	}
+	for _, e := range entries {
+		if live[e.VIP] {
+			continue
+		}
+		if e.Exe.IsZero() {
+			err = k.ic.DeleteSession(e.Session)
+		} else {
+			err = k.ic.DeleteProgram(e.Session, e.Exe)
+		}
+		k.log.Info("kernel interceptor: dropped a stale entry", "session", e.Session, "vip", e.VIP, "err", err)
+	}
+}
+
+// watch logs what the kernel reports until its channel closes. New
+// sessions are allocated at once (ensure), so their first connect finds a
+// VIP in the map; without session events the periodic scan does it.
+func (k *kernel) watch(ensure func(sid, uid uint32, exe string)) {
+	for ev := range k.ic.Events() {
+		switch ev.Kind {
+		case bpf.EventDenied:
+			k.log.Warn("kernel interceptor refused a source address", "session", ev.Session, "pid", ev.PID,
+				"comm", ev.Comm, "addr", ev.Addr, "hook", ev.Hook, "holder_session", ev.Owner)
+		case bpf.EventSession, bpf.EventMiss, bpf.EventExec:
+			ensure(ev.Session, ev.LoginUID, "")
+		}
+	}
+}
+
+// collector exports the kernel counters.
+func (k *kernel) collector() prometheus.Collector { return kernelCollector{k} }
+
+type kernelCollector struct{ k *kernel }
+
+var (
+	bpfDeniedDesc = prometheus.NewDesc("ipvirt_bpf_denied_total",
+		"Binds and sends the kernel interceptor refused with EPERM (another holder's VIP, or a pool address not held).", nil, nil)
+	bpfBoundDesc = prometheus.NewDesc("ipvirt_bpf_rewrites_total",
+		"Sockets the kernel interceptor gave a VIP, by hook.", []string{"hook"}, nil)
+)
+
+func (c kernelCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- bpfDeniedDesc
+	ch <- bpfBoundDesc
+}
+
+func (c kernelCollector) Collect(ch chan<- prometheus.Metric) {
+	st, err := c.k.ic.Stats()
+	if err != nil {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(bpfDeniedDesc, prometheus.CounterValue, float64(st.Denied))
+	ch <- prometheus.MustNewConstMetric(bpfBoundDesc, prometheus.CounterValue, float64(st.ConnectBound), "connect")
+	ch <- prometheus.MustNewConstMetric(bpfBoundDesc, prometheus.CounterValue, float64(st.SendmsgSource), "sendmsg")
+	ch <- prometheus.MustNewConstMetric(bpfBoundDesc, prometheus.CounterValue, float64(st.BindRewritten), "bind")
+}

@@ -1,0 +1,166 @@
+// Package identity finds out, from the kernel alone, who is calling the
+// daemon: the peer's pid/uid/gid from SO_PEERCRED, its login session (the
+// audit session by default, or the POSIX session), the session's user and
+// the executable. Nothing the caller says about itself is trusted.
+package identity
+
+import (
+	"errors"
+	"fmt"
+	"net"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ipvirt/ipvirt/internal/lease"
+)
+
+// Caller is a process asking the daemon for its address.
+type Caller struct {
+	PID      int
+	UID, GID uint32 // effective credentials, from SO_PEERCRED
+	Session  lease.Session
+	// SessionUID is the session's user: the audit login uid (so a `sudo`
+	// inside a user's session is still that user's session), or in POSIX
+	// mode the caller's own uid.
+	SessionUID uint32
+	// Exe is the executable; empty when it was not read (ResolveFD
+	// without exe: a per-session decision does not depend on it).
+	Exe string
+}
+
+// Kind is how a caller's login session is found.
+type Kind string
+
+const (
+	// Audit uses the kernel audit session (/proc/PID/sessionid), set by
+	// pam_loginuid at every login.
+	Audit Kind = "audit"
+	// POSIX uses the POSIX session (getsid), for hosts without audit
+	// sessions and for unprivileged development.
+	POSIX Kind = "posix"
+)
+
+// Resolver turns a peer into a Caller.
+type Resolver struct {
+	Proc     Proc
+	Identity Kind
+	// logins remembers each audit session's login uid; nil: read it every
+	// time.
+	logins *loginCache
+}
+
+// NewResolver returns a resolver reading the host's /proc.
+func NewResolver(id Kind) Resolver {
+	return Resolver{Proc: Proc{Root: "/proc"}, Identity: id, logins: newLoginCache()}
+}
+
+// Session returns the login session of pid under the configured identity.
+func (r Resolver) Session(pid int) (lease.Session, error) {
+	if r.Identity == POSIX {
+		return r.Proc.POSIXSession(pid)
+	}
+	return r.Proc.AuditSession(pid)
+}
+
+// Resolve reads the session, session user and executable of pid.
+func (r Resolver) Resolve(pid int, uid, gid uint32) (Caller, error) {
+	c, _, err := r.resolve(pid, uid, gid, true)
+	return c, err
+}
+
+// resolve also reports whether SessionUID was read from /proc/PID/loginuid
+// rather than remembered. The kernel gives a process a new audit session
+// id whenever its login uid is set, so a session id has one login uid for
+// life: ResolveFD remembers it, once the caller is known to have outlived
+// the reads, and skips a fifth of identifying the session's next process.
+func (r Resolver) resolve(pid int, uid, gid uint32, exe bool) (c Caller, readLogin bool, err error) {
+	c = Caller{PID: pid, UID: uid, GID: gid, SessionUID: uid}
+	if c.Session, err = r.Session(pid); err != nil {
+		return Caller{}, false, fmt.Errorf("identity: session of pid %d: %w", pid, err)
+	}
+	if r.Identity != POSIX && c.Session.Valid() {
+		if luid, ok := r.logins.get(c.Session.ID); ok {
+			c.SessionUID = luid
+		} else {
+			luid, ok, err := r.Proc.LoginUID(pid)
+			if err != nil {
+				return Caller{}, false, fmt.Errorf("identity: loginuid of pid %d: %w", pid, err)
+			}
+			if ok {
+				c.SessionUID, readLogin = luid, true
+			}
+		}
+	}
+	if !exe {
+		return c, readLogin, nil
+	}
+	if c.Exe, err = r.Proc.Exe(pid); err != nil {
+		return Caller{}, false, fmt.Errorf("identity: executable of pid %d: %w", pid, err)
+	}
+	return c, readLogin, nil
+}
+
+// soPeerPIDFD is SO_PEERPIDFD (Linux 6.5), not yet in x/sys/unix.
+const soPeerPIDFD = 77
+
+// ErrCallerGone means the caller exited while it was being identified, so
+// what /proc said may describe another process that reused its pid.
+var ErrCallerGone = errors.New("identity: caller exited while being identified")
+
+// ResolveConn identifies the process at the other end of a Unix socket.
+//
+// The pid from SO_PEERCRED is only a number: the caller could exit and the
+// pid be reused while /proc is read. A pidfd pins the process; checking it is
+// still alive after the reads proves they described the caller.
+func (r Resolver) ResolveConn(c *net.UnixConn) (Caller, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return Caller{}, fmt.Errorf("identity: %w", err)
+	}
+	var caller Caller
+	var resErr error
+	if err := raw.Control(func(fd uintptr) { caller, resErr = r.ResolveFD(int(fd), true) }); err != nil {
+		return Caller{}, fmt.Errorf("identity: %w", err)
+	}
+	return caller, resErr
+}
+
+// ResolveFD is ResolveConn on a raw connected Unix socket. Without exe the
+// executable is not read: on a small VM that readlink is a quarter of the
+// identification a process's first connect waits for.
+func (r Resolver) ResolveFD(fd int, exe bool) (Caller, error) {
+	cred, err := unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED)
+	pidfd := -1
+	if err == nil {
+		if v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, soPeerPIDFD); err == nil {
+			pidfd = v
+		}
+	}
+	if err != nil {
+		return Caller{}, fmt.Errorf("identity: SO_PEERCRED: %w", err)
+	}
+	if pidfd < 0 {
+		// Older kernels: a pidfd opened now still catches a pid reused
+		// during the reads below, if not one reused before this point.
+		if v, err := unix.PidfdOpen(int(cred.Pid), 0); err == nil {
+			pidfd = v
+		}
+	}
+	if pidfd >= 0 {
+		defer unix.Close(pidfd)
+	}
+	caller, readLogin, err := r.resolve(int(cred.Pid), cred.Uid, cred.Gid, exe)
+	if err != nil {
+		return Caller{}, err
+	}
+	if pidfd >= 0 {
+		if err := unix.PidfdSendSignal(pidfd, 0, nil, 0); err != nil {
+			return Caller{}, fmt.Errorf("%w (pid %d)", ErrCallerGone, cred.Pid)
+		}
+	}
+	if readLogin && pidfd >= 0 {
+		// A reused pid would have shown another session's login uid.
+		r.logins.put(caller.Session.ID, caller.SessionUID)
+	}
+	return caller, nil
+}

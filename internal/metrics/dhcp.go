@@ -1,0 +1,64 @@
+package metrics
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ipvirt/ipvirt/internal/source/dhcp"
+)
+
+var (
+	descDHCPExchanges = prometheus.NewDesc("ipvirt_dhcp_exchanges_total",
+		"DHCP exchanges started: acquisitions and renew, rebind and reboot attempts.", nil, nil)
+	descDHCPRetransmits = prometheus.NewDesc("ipvirt_dhcp_retransmits_total",
+		"DISCOVER and REQUEST retransmissions: a rising rate means servers are slow or packets are lost.", nil, nil)
+	descDHCPReceived = prometheus.NewDesc("ipvirt_dhcp_received_total",
+		"Server messages acted on, by type (offer, ack, nak).", []string{"type"}, nil)
+	descDHCPSent = prometheus.NewDesc("ipvirt_dhcp_sent_total",
+		"DECLINEs (address found in use by the ARP probe) and RELEASEs sent.", []string{"type"}, nil)
+	descDHCPAttempts = prometheus.NewDesc("ipvirt_dhcp_extend_attempts_total",
+		"Lease extension requests sent, by phase: renew (unicast after T1), rebind (broadcast after T2).", []string{"phase"}, nil)
+	descDHCPExtended = prometheus.NewDesc("ipvirt_dhcp_extended_total",
+		"Leases extended, by phase (renew, rebind, reboot: an expired lease recovered after a restart).", []string{"phase"}, nil)
+	descDHCPExpiries = prometheus.NewDesc("ipvirt_dhcp_expiries_total",
+		"Leases that ran out unrenewed: their VIPs were withdrawn.", nil, nil)
+	descDHCPTimeouts = prometheus.NewDesc("ipvirt_dhcp_timeouts_total",
+		"Acquisitions that got no lease within dhcp.lease_wait.", nil, nil)
+	descDHCPInflight = prometheus.NewDesc("ipvirt_dhcp_inflight",
+		"Exchanges awaiting an answer now (at most dhcp.max_inflight).", nil, nil)
+)
+
+type dhcpCollector struct{ counters func() dhcp.Counters }
+
+// DHCPCollector exports the DHCP source's counters.
+func DHCPCollector(counters func() dhcp.Counters) prometheus.Collector {
+	return &dhcpCollector{counters: counters}
+}
+
+func (c *dhcpCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descDHCPExchanges, descDHCPRetransmits, descDHCPReceived, descDHCPSent,
+		descDHCPAttempts, descDHCPExtended, descDHCPExpiries, descDHCPTimeouts, descDHCPInflight} {
+		ch <- d
+	}
+}
+
+func (c *dhcpCollector) Collect(ch chan<- prometheus.Metric) {
+	n := c.counters()
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	counter(descDHCPExchanges, n.Exchanges)
+	counter(descDHCPRetransmits, n.Retransmits)
+	counter(descDHCPReceived, n.Offers, "offer")
+	counter(descDHCPReceived, n.Acks, "ack")
+	counter(descDHCPReceived, n.Naks, "nak")
+	counter(descDHCPSent, n.Declines, "decline")
+	counter(descDHCPSent, n.Releases, "release")
+	counter(descDHCPAttempts, n.RenewAttempts, "renew")
+	counter(descDHCPAttempts, n.RebindAttempts, "rebind")
+	counter(descDHCPExtended, n.Renewals, "renew")
+	counter(descDHCPExtended, n.Rebinds, "rebind")
+	counter(descDHCPExtended, n.Reboots, "reboot")
+	counter(descDHCPExpiries, n.Expiries)
+	counter(descDHCPTimeouts, n.Timeouts)
+	ch <- prometheus.MustNewConstMetric(descDHCPInflight, prometheus.GaugeValue, float64(n.InFlight))
+}

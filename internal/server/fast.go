@@ -1,0 +1,206 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"runtime"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ipvirt/ipvirt/backend/wire"
+	"github.com/ipvirt/ipvirt/internal/identity"
+)
+
+// The fast path. A program's first connect() under libipvirt.so waits for
+// one QUERY round trip, so its latency is what users feel. Served the
+// usual Go way, that round trip is mostly scheduling: the netpoller wakes
+// the accept goroutine, a new goroutine is started for the connection, the
+// netpoller wakes it again for the request, each step a thread wake-up that
+// costs tens of microseconds on a small VM. Here one locked OS thread does
+// blocking poll/accept/read: the kernel wakes it directly when a client
+// connects and again when its request arrives, and a QUERY whose answer is
+// at hand (alloc.Manager.QueryNow: not virtualized, or a known holder) is
+// answered on the spot. Anything else — a new holder that needs an
+// allocation, other requests, a client that is slow to send — goes to a
+// goroutine as before, so nothing slow ever runs on this thread.
+
+// fastWait is how long the thread waits for a new connection's first
+// request before handing the connection to a goroutine. The library sends
+// its QUERY right after connect, so this is rarely waited in full.
+const fastWait = 2 // milliseconds
+
+type fastPath struct {
+	s        *Unix
+	lfd      int // a dup of the listener's socket
+	wakeR    int
+	wakeW    int
+	stopOnce sync.Once
+	done     chan struct{}
+}
+
+func (s *Unix) newFastPath(ln *net.UnixListener) (*fastPath, error) {
+	raw, err := ln.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	lfd := -1
+	var dupErr error
+	if err := raw.Control(func(fd uintptr) { lfd, dupErr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return nil, err
+	}
+	if dupErr != nil {
+		return nil, fmt.Errorf("server: dup listener: %w", dupErr)
+	}
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+		unix.Close(lfd)
+		return nil, fmt.Errorf("server: wake pipe: %w", err)
+	}
+	f := &fastPath{s: s, lfd: lfd, wakeR: p[0], wakeW: p[1], done: make(chan struct{})}
+	s.mu.Lock()
+	s.fast = f
+	s.mu.Unlock()
+	return f, nil
+}
+
+// stop wakes the thread and waits for it to leave.
+func (f *fastPath) stop() {
+	f.stopOnce.Do(func() { unix.Write(f.wakeW, []byte{0}) })
+	<-f.done
+}
+
+func (f *fastPath) serve() error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	defer func() {
+		unix.Close(f.lfd)
+		unix.Close(f.wakeR)
+		unix.Close(f.wakeW)
+		close(f.done)
+	}()
+	fds := make([]unix.PollFd, 2)
+	for {
+		fds[0] = unix.PollFd{Fd: int32(f.lfd), Events: unix.POLLIN}
+		fds[1] = unix.PollFd{Fd: int32(f.wakeR), Events: unix.POLLIN}
+		if _, err := unix.Poll(fds, -1); err != nil && !errors.Is(err, unix.EINTR) {
+			return fmt.Errorf("server: poll: %w", err)
+		}
+		if fds[1].Revents != 0 {
+			return nil
+		}
+		// The listener is non-blocking (its open file is shared with Go's
+		// netpoller): another wake-up may have taken the connection.
+		nfd, _, err := unix.Accept4(f.lfd, unix.SOCK_CLOEXEC)
+		switch {
+		case err == nil:
+		case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINTR), errors.Is(err, unix.ECONNABORTED):
+			continue
+		default:
+			// EMFILE and friends: back off rather than spin.
+			f.s.Log.Error("accept failed", "err", err)
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		select {
+		case f.s.slots <- struct{}{}:
+		default:
+			// Over the limit: closing makes the client fail open at once.
+			unix.Close(nfd)
+			continue
+		}
+		f.first(nfd)
+	}
+}
+
+// first answers a connection's first request if it is a QUERY with an
+// answer at hand, then hands the connection to a goroutine either way.
+func (f *fastPath) first(fd int) {
+	var caller *identity.Caller
+	var pending *wire.Frame
+	answered := false
+	// Wait for the request only while no other client is queued: under load
+	// (a logon storm, clients descheduled between connect and send) waiting
+	// fastWait per connection would serialise into seconds; the goroutine
+	// path then reads the request instead.
+	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}, {Fd: int32(f.lfd), Events: unix.POLLIN}}
+	if n, _ := unix.Poll(pfd, fastWait); n >= 1 && pfd[0].Revents&unix.POLLIN != 0 {
+		var hdr [wire.HeaderSize]byte
+		n, _, err := unix.Recvfrom(fd, hdr[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		if err == nil && n == len(hdr) && isBareQuery(hdr[:]) {
+			start := time.Now()
+			if f.s.SlowSource && acceptsPending(hdr[:]) {
+				// On a DHCP host a new holder's answer waits on the
+				// network. Say PENDING and hand off at once, with no /proc
+				// work here: reading a process that is still starting up
+				// can stall for tens of milliseconds, and in a logon storm
+				// every client queued behind would miss its 200 ms.
+				unix.Read(fd, hdr[:])
+				// Consumed, so it must be answered: if this write fails
+				// the answer's fails too and the handler ends.
+				unix.Write(fd, wire.AppendFrame(nil, wire.RespPending, f.s.pendingPayload()))
+				pending = &wire.Frame{Version: wire.Version, Type: wire.OpQuery, Flags: wire.FlagAcceptPending}
+			} else if who, err := f.s.Resolver.ResolveFD(fd, f.s.Backend.NeedsProgram()); err == nil {
+				if who.Exe != "" {
+					// Else the goroutine identifies the caller again, in
+					// full: its log lines and WHOAMI name the program.
+					caller = &who
+				}
+				if a, ok := f.s.Backend.QueryNow(who); ok {
+					unix.Read(fd, hdr[:]) // the peeked header is the whole request
+					reply := wire.AppendFrame(nil, wire.RespAnswer, wire.AppendAnswer(nil, f.s.toWire(who, a)))
+					// A new socket's send buffer always holds 44 bytes.
+					if _, err := unix.Write(fd, reply); err != nil {
+						f.s.Log.Debug("fast reply", "err", err)
+					}
+					answered = true
+					if f.s.Metrics != nil {
+						f.s.Metrics.RequestDuration.WithLabelValues("query").Observe(time.Since(start).Seconds())
+					}
+				}
+			}
+		}
+	}
+	if answered && f.closedAfterAnswer(fd) {
+		unix.Close(fd)
+		<-f.s.slots
+		return
+	}
+	file := os.NewFile(uintptr(fd), "ipvirt-client")
+	c, err := net.FileConn(file) // dups fd
+	file.Close()
+	if err != nil {
+		<-f.s.slots
+		f.s.Log.Error("hand-off of a client connection", "err", err)
+		return
+	}
+	f.s.goServe(c.(*net.UnixConn), caller, pending)
+}
+
+// closedAfterAnswer waits briefly for the client to close the connection,
+// as the library does once it has its answer, so that the connection
+// needs no goroutine at all; another request, or another client
+// connecting, ends the wait and the connection is handed off as usual.
+func (f *fastPath) closedAfterAnswer(fd int) bool {
+	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLRDHUP}, {Fd: int32(f.lfd), Events: unix.POLLIN}}
+	if n, _ := unix.Poll(pfd, fastWait); n < 1 || pfd[0].Revents == 0 {
+		return false
+	}
+	var b [1]byte
+	n, _, err := unix.Recvfrom(fd, b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+	return n == 0 && err == nil // EOF with nothing left to read
+}
+
+func acceptsPending(b []byte) bool {
+	h, err := wire.ParseHeader(b)
+	return err == nil && h.Flags&wire.FlagAcceptPending != 0
+}
+
+// isBareQuery: a v1 QUERY with no payload, the library's only request.
+func isBareQuery(b []byte) bool {
+	h, err := wire.ParseHeader(b)
+	return err == nil && h.Version == wire.Version && h.Type == wire.OpQuery && h.Length == 0
+}

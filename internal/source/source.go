@@ -1,0 +1,74 @@
+// Package source defines where virtual IPs come from. The allocation manager
+// (package alloc) owns holders, policy and durability; a Source only obtains,
+// keeps and gives back addresses. The static pool (source/static) and the
+// DHCP client (source/dhcp) implement it.
+package source
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+
+	"github.com/ipvirt/ipvirt/internal/lease"
+)
+
+// ErrExhausted is returned (wrapped) by Acquire when no address can be had:
+// the pool is empty, the DHCP server has none, or none answered in time. The
+// manager turns it into the on_exhausted answer.
+var ErrExhausted = errors.New("no virtual IP available")
+
+// Source obtains addresses for holders.
+//
+// The manager serialises calls per holder: it never calls Acquire twice for
+// the same holder concurrently, nor Acquire and Release for the same holder
+// at once. Calls for different holders may run concurrently.
+type Source interface {
+	// Name is the config name of the source ("static", "dhcp").
+	Name() string
+	// Acquire obtains an address for h. It may block (a DHCP exchange) until
+	// ctx is done. The returned lease has Holder, Addr, Subnet, Source and,
+	// where the source has them, Expiry and State set.
+	Acquire(ctx context.Context, h lease.Holder) (lease.Lease, error)
+	// Adopt takes back a lease persisted before a restart so that the source
+	// counts its address as used (and, for DHCP, resumes renewing it). It
+	// must accept a lease whose address lies outside the current range (the
+	// pool was reconfigured): that address stays held until released.
+	Adopt(l lease.Lease) error
+	// Release gives the address back (DHCP: sends DHCPRELEASE). It must not
+	// block for long; network work may finish in the background.
+	Release(l lease.Lease)
+	// Stats reports the source's size and health for status and metrics.
+	Stats() Stats
+	// Close stops background work (renewal loops) without releasing leases:
+	// a restart must be invisible to sessions.
+	Close() error
+}
+
+// ClientIDer is implemented by sources whose holders have an identity the
+// far end sees (DHCP option 61), so that reports can show it and the wire
+// can be checked against them.
+type ClientIDer interface {
+	ClientID(h lease.Holder) []byte
+}
+
+// Stats is a source's view of its addresses.
+type Stats struct {
+	// Size is the number of addresses the source can hand out, or -1 when
+	// it cannot know (DHCP).
+	Size int
+	Used int
+	// Healthy is false when the source cannot currently grant new leases
+	// (DHCP server unreachable); Health says why in one line.
+	Healthy bool
+	Health  string
+}
+
+// Events is how a source tells the manager about changes it makes on its
+// own, outside Acquire/Release (DHCP renewals and expiries). Calls may come
+// from any goroutine and must not call back into the source.
+type Events interface {
+	// Renewed reports a lease whose Expiry or State changed; same address.
+	Renewed(l lease.Lease)
+	// Lost reports that h no longer holds addr (expired unrenewed, NAK).
+	Lost(h lease.Holder, addr netip.Addr, reason error)
+}

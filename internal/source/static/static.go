@@ -1,0 +1,123 @@
+// Package static is the static-pool address source (the seed's TSVIPool):
+// VIPs from a configured range, held for as long as their holder lives.
+package static
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/ipvirt/ipvirt/internal/lease"
+	"github.com/ipvirt/ipvirt/internal/pool"
+	"github.com/ipvirt/ipvirt/internal/source"
+)
+
+// Name is the config name of this source.
+const Name = "static"
+
+// Source hands out addresses of a static range.
+type Source struct {
+	mu     sync.Mutex
+	pool   *pool.Pool
+	subnet netip.Prefix
+	// held maps every address in use to its holder, including addresses
+	// outside the current range (stranded by a reconfiguration), so that a
+	// reload can never hand out an address someone still has.
+	held map[netip.Addr]lease.Holder
+	now  func() time.Time
+}
+
+var _ source.Source = (*Source)(nil)
+
+// New returns a source over the (already validated) pool.
+func New(p Config) (*Source, error) {
+	pl, err := pool.New(p.Start, p.End)
+	if err != nil {
+		return nil, fmt.Errorf("static: %w", err)
+	}
+	return &Source{pool: pl, subnet: p.Subnet(), held: map[netip.Addr]lease.Holder{}, now: time.Now}, nil
+}
+
+// Name implements source.Source.
+func (s *Source) Name() string { return Name }
+
+// Acquire implements source.Source. It never blocks.
+func (s *Source) Acquire(_ context.Context, h lease.Holder) (lease.Lease, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a, ok := s.pool.Take()
+	if !ok {
+		return lease.Lease{}, fmt.Errorf("static: pool of %d addresses: all in use: %w", s.pool.Size(), source.ErrExhausted)
+	}
+	s.held[a] = h
+	return lease.Lease{Holder: h, Addr: a, Subnet: s.subnet, Source: Name, Granted: s.now()}, nil
+}
+
+// Adopt implements source.Source. Two persisted leases claiming one address
+// mean the store is corrupt; the second is refused so the manager can drop it
+// rather than hand one VIP to two holders.
+func (s *Source) Adopt(l lease.Lease) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if other, ok := s.held[l.Addr]; ok {
+		if other == l.Holder {
+			return nil
+		}
+		return fmt.Errorf("static: adopt %s for %s: already held by %s", l.Addr, l.Holder, other)
+	}
+	s.pool.TakeAddr(l.Addr) // false for a stranded address: held all the same
+	s.held[l.Addr] = l.Holder
+	return nil
+}
+
+// Release implements source.Source.
+func (s *Source) Release(l lease.Lease) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if h, ok := s.held[l.Addr]; !ok || h != l.Holder {
+		return
+	}
+	delete(s.held, l.Addr)
+	s.pool.Put(l.Addr)
+}
+
+// Reconfigure switches to a new range. Addresses in use stay in use wherever
+// they lie; those outside the new range are returned (stranded): they go back
+// to nobody when released. Their holders keep them, since taking an address
+// from a live session would break its connections.
+func (s *Source) Reconfigure(p Config) (stranded []netip.Addr, err error) {
+	pl, err := pool.New(p.Start, p.End)
+	if err != nil {
+		return nil, fmt.Errorf("static: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for a := range s.held {
+		if !pl.TakeAddr(a) {
+			stranded = append(stranded, a)
+		}
+	}
+	s.pool, s.subnet = pl, p.Subnet()
+	return stranded, nil
+}
+
+// Stats implements source.Source.
+func (s *Source) Stats() source.Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	// Used counts the range only: stranded addresses (outside it after a
+	// reload) are leases, not pool addresses, so free + used = size.
+	return source.Stats{Size: s.pool.Size(), Used: s.pool.Size() - s.pool.Free(), Healthy: true, Health: "static pool"}
+}
+
+// Free returns the number of addresses of the current range not in use.
+func (s *Source) Free() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pool.Free()
+}
+
+// Close implements source.Source; a static pool has no background work.
+func (s *Source) Close() error { return nil }
