@@ -96,6 +96,11 @@ func TestParseGrant(t *testing.T) {
 			subnet: "10.0.0.0/16", infinite: true},
 		{name: "one second", m: reply(dhcpv4.MessageTypeAck, secs(dhcpv4.OptionIPAddressLeaseTime, 1)),
 			subnet: "10.0.0.0/16", leaseDur: time.Second, t1: 500 * time.Millisecond, t2: 875 * time.Millisecond},
+		// 0xfffffffe s (just under infinite): Lease*7/8 overflowed time.Duration into a negative T2.
+		{name: "longest finite lease", m: reply(dhcpv4.MessageTypeAck, secs(dhcpv4.OptionIPAddressLeaseTime, 0xfffffffe)),
+			subnet: "10.0.0.0/16", leaseDur: 0xfffffffe * time.Second, t1: 0x7fffffff * time.Second, t2: 0xfffffffe*time.Second - 0xfffffffe*time.Second/8},
+		{name: "410986 hours", m: reply(dhcpv4.MessageTypeAck, secs(dhcpv4.OptionIPAddressLeaseTime, 410986*3600)),
+			subnet: "10.0.0.0/16", leaseDur: 410986 * time.Hour, t1: 205493 * time.Hour, t2: 410986*time.Hour - 410986*time.Hour/8},
 		{name: "no lease time", m: reply(dhcpv4.MessageTypeAck, dhcpv4.WithoutOption(dhcpv4.OptionIPAddressLeaseTime)), wantErr: true},
 		{name: "zero lease", m: reply(dhcpv4.MessageTypeAck, secs(dhcpv4.OptionIPAddressLeaseTime, 0)), wantErr: true},
 		{name: "no server id", m: reply(dhcpv4.MessageTypeAck, dhcpv4.WithoutOption(dhcpv4.OptionServerIdentifier)), wantErr: true},

@@ -26,6 +26,14 @@ var errNoLeaseTime = errors.New("no lease time (option 51)")
 
 // parseGrant extracts the grant from a server reply. adapter is the
 // adapter's own prefix: the VIP subnet when the server sends no mask.
+// defaultTimers returns RFC 2131 4.4.5's T1 (half the lease) and T2 (7/8
+// of it). T2 is lease - lease/8, not lease*7/8: a lease just under the
+// 32-bit "infinite" value is about 136 years, and 7 times that overflows
+// time.Duration into a negative T2.
+func defaultTimers(lease time.Duration) (t1, t2 time.Duration) {
+	return lease / 2, lease - lease/8
+}
+
 func parseGrant(m *dhcpv4.DHCPv4, adapter netip.Prefix) (grant, error) {
 	var g grant
 	yi, ok := netip.AddrFromSlice(m.YourIPAddr.To4())
@@ -49,7 +57,7 @@ func parseGrant(m *dhcpv4.DHCPv4, adapter netip.Prefix) (grant, error) {
 		return g, errors.New("lease time 0")
 	default:
 		g.Lease = time.Duration(lease) * time.Second
-		g.T1, g.T2 = g.Lease/2, g.Lease*7/8 // RFC 2131 4.4.5 defaults
+		g.T1, g.T2 = defaultTimers(g.Lease)
 		t1, ok1 := optSeconds(m, dhcpv4.OptionRenewTimeValue)
 		t2, ok2 := optSeconds(m, dhcpv4.OptionRebindingTimeValue)
 		if ok2 && t2 > 0 && uint64(t2) <= uint64(lease) {
@@ -59,7 +67,7 @@ func parseGrant(m *dhcpv4.DHCPv4, adapter netip.Prefix) (grant, error) {
 			g.T1 = time.Duration(t1) * time.Second
 		}
 		if g.T1 > g.T2 || g.T1 <= 0 {
-			g.T1, g.T2 = g.Lease/2, g.Lease*7/8
+			g.T1, g.T2 = defaultTimers(g.Lease)
 		}
 		if g.T1 <= 0 { // a 1-second lease
 			g.T1, g.T2 = g.Lease, g.Lease
