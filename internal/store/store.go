@@ -54,6 +54,7 @@ type Store struct {
 
 	commits atomic.Uint64
 	written atomic.Uint64
+	lastErr atomic.Pointer[error] // nil after a commit that succeeded
 }
 
 // op puts value at key in bucket, or deletes key when value is nil.
@@ -66,16 +67,32 @@ type op struct {
 
 // Open opens (creating if needed) the store at dir/leases.db. It fails fast
 // if another process holds the file: two daemons on one store would hand out
-// the same VIPs.
+// the same VIPs. It also refuses a file that is damaged, emptied or replaced
+// (see checkInstance and verify): starting over such a file would forget
+// holders that still use their VIPs.
 func Open(dir string) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("store: state_dir %s: %w", dir, err)
 	}
 	path := filepath.Join(dir, FileName)
-	db, err := bolt.Open(path, 0o600, &bolt.Options{
-		Timeout:        time.Second,
-		NoFreelistSync: true,
-		FreelistType:   bolt.FreelistMapType,
+	seal, err := readSeal(dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkFile(path, seal); err != nil {
+		return nil, err
+	}
+	if err := precheck(path); err != nil {
+		return nil, fmt.Errorf("store: %s is damaged: %w; restore it from a backup, or move it aside together with %s to start with no leases", path, err, sealName)
+	}
+	var db *bolt.DB
+	err = guard(func() (err error) {
+		db, err = bolt.Open(path, 0o600, &bolt.Options{
+			Timeout:        time.Second,
+			NoFreelistSync: true,
+			FreelistType:   bolt.FreelistMapType,
+		})
+		return err
 	})
 	if errors.Is(err, bolt.ErrTimeout) {
 		return nil, fmt.Errorf("store: %s is locked by another process (is another ipvirtd running with this state_dir?)", path)
@@ -83,28 +100,61 @@ func Open(dir string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketMeta, bucketLeases, bucketPrograms} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
-			}
+	var instance string
+	err = guard(func() error {
+		if err := verify(db); err != nil {
+			return err
 		}
-		meta := tx.Bucket(bucketMeta)
-		switch v := meta.Get([]byte("schema")); {
-		case v == nil:
-			return meta.Put([]byte("schema"), []byte(schemaVersion))
-		case string(v) != schemaVersion:
-			return fmt.Errorf("schema version %q, this ipvirtd reads %q", v, schemaVersion)
-		}
-		return nil
+		return db.Update(func(tx *bolt.Tx) (err error) {
+			instance, err = initBuckets(tx, seal)
+			return err
+		})
 	})
+	if err == nil && seal.Instance == "" {
+		err = writeSeal(dir, instance)
+	}
 	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("store: init %s: %w", path, err)
+		guard(db.Close)
+		return nil, fmt.Errorf("store: %s: %w", path, err)
 	}
 	s := &Store{db: db, path: path, ops: make(chan op, maxBatch), done: make(chan struct{})}
 	go s.commitLoop()
 	return s, nil
+}
+
+// initBuckets creates the buckets of a new file and checks the schema and
+// instance of an existing one; it returns the file's instance id.
+func initBuckets(tx *bolt.Tx, seal seal) (string, error) {
+	for _, b := range [][]byte{bucketMeta, bucketLeases, bucketPrograms} {
+		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+			return "", err
+		}
+	}
+	meta := tx.Bucket(bucketMeta)
+	switch v := meta.Get([]byte("schema")); {
+	case v == nil:
+		if err := meta.Put([]byte("schema"), []byte(schemaVersion)); err != nil {
+			return "", err
+		}
+	case string(v) != schemaVersion:
+		return "", fmt.Errorf("schema version %q, this ipvirtd reads %q", v, schemaVersion)
+	}
+	instance := string(meta.Get([]byte(metaInstance)))
+	switch {
+	case instance == "" && seal.Instance != "":
+		// Only a file created before the state directory was sealed lacks
+		// an instance, and then there is no seal either.
+		return "", fmt.Errorf("the file has no instance id but %s names instance %s: %s", sealName, seal.Instance, replacedAdvice)
+	case instance == "":
+		instance = newInstance()
+		if err := meta.Put([]byte(metaInstance), []byte(instance)); err != nil {
+			return "", err
+		}
+	case seal.Instance != "" && instance != seal.Instance:
+		return "", fmt.Errorf("the file is instance %s but %s names instance %s (created %s): %s",
+			instance, sealName, seal.Instance, seal.Created.Format(time.RFC3339), replacedAdvice)
+	}
+	return instance, nil
 }
 
 // Path is the database file.
@@ -202,6 +252,9 @@ func (s *Store) commitLoop() {
 		err := s.db.Update(func(tx *bolt.Tx) error { return apply(tx, batch) })
 		if err != nil {
 			err = fmt.Errorf("store: commit of %d operations: %w", len(batch), err)
+			s.lastErr.Store(&err)
+		} else {
+			s.lastErr.Store(nil)
 		}
 		s.commits.Add(1)
 		s.written.Add(uint64(len(batch)))
@@ -303,6 +356,16 @@ func (s *Store) SetProgramOverride(path string, o ProgramOverride) error {
 		return s.wait(op{bucket: bucketPrograms, key: path})
 	}
 	return s.wait(op{bucket: bucketPrograms, key: path, value: []byte(o)})
+}
+
+// Healthy reports whether the last commit reached the disk; err says why
+// not (a full or read-only disk). A lease the store cannot record is never
+// granted, so callers fall back; this makes the daemon's health say so.
+func (s *Store) Healthy() error {
+	if e := s.lastErr.Load(); e != nil {
+		return *e
+	}
+	return nil
 }
 
 // Stats counts commits (fsyncs) and operations written, for metrics and for

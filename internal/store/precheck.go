@@ -1,0 +1,220 @@
+package store
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"os"
+)
+
+// precheck reads the database with plain file reads, before bbolt maps it,
+// and refuses a file whose page references point outside it. bbolt trusts
+// its pages: opened with NoFreelistSync it walks the whole tree on a
+// goroutine of its own, where a truncated file faults (SIGBUS) and a bad
+// offset panics out of reach of any recover. Once every page id, element
+// array, key and value is known to lie inside the file, what bbolt checks
+// itself (key order, page types, double references) is reported on the
+// goroutine that opens the file, where guard turns it into an error.
+//
+// The layout read here is bbolt's on-disk format, version 2: a 16-byte page
+// header, two meta pages, branch and leaf pages of 16-byte elements whose
+// key and value offsets are relative to the element.
+func precheck(path string) error {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	info, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if info.Size() == 0 {
+		return nil // bbolt initialises an empty file; checkFile decides whether that is allowed
+	}
+	m, err := readMeta(f, info.Size())
+	if err != nil {
+		return err
+	}
+	if m.hwm > uint64(info.Size())/uint64(m.pageSize) {
+		return fmt.Errorf("the file is %d bytes but its meta page counts %d pages of %d bytes: it was truncated",
+			info.Size(), m.hwm, m.pageSize)
+	}
+	w := walker{f: f, pageSize: int64(m.pageSize), hwm: m.hwm, seen: map[uint64]bool{}}
+	return w.tree(m.root, 0)
+}
+
+const (
+	pageHeaderSize = 16
+	elementSize    = 16
+	boltMagic      = 0xED0CDAED
+	boltVersion    = 2
+
+	branchPage = 0x01
+	leafPage   = 0x02
+	bucketLeaf = 0x01
+
+	// bucketHeaderSize is a bucket value's root page id and sequence; an
+	// inline bucket's page follows it inside the value.
+	bucketHeaderSize = 16
+	// maxPageSize bounds the page size a meta may claim: bbolt uses the OS
+	// page size, and no Linux page is larger than 64 KiB.
+	maxPageSize = 64 << 10
+)
+
+type metaInfo struct {
+	pageSize uint32
+	root     uint64
+	hwm      uint64
+	txid     uint64
+}
+
+// readMeta returns the newer of the two meta pages whose checksum holds,
+// as bbolt does.
+func readMeta(f io.ReaderAt, size int64) (metaInfo, error) {
+	var best metaInfo
+	found := false
+	var why []error
+	for i := range 2 {
+		var b [pageHeaderSize + 64]byte
+		at := int64(i) * 4096
+		if i == 1 && found {
+			at = int64(best.pageSize)
+		}
+		if at+int64(len(b)) > size {
+			why = append(why, fmt.Errorf("meta page %d lies beyond the end of the file", i))
+			continue
+		}
+		if _, err := f.ReadAt(b[:], at); err != nil {
+			return metaInfo{}, err
+		}
+		m := b[pageHeaderSize:]
+		le := binary.LittleEndian
+		h := fnv.New64a()
+		h.Write(m[:56])
+		switch {
+		case le.Uint32(m[0:]) != boltMagic:
+			why = append(why, fmt.Errorf("meta page %d: not a bbolt meta page", i))
+			continue
+		case le.Uint32(m[4:]) != boltVersion:
+			why = append(why, fmt.Errorf("meta page %d: format version %d, want %d", i, le.Uint32(m[4:]), boltVersion))
+			continue
+		case le.Uint64(m[56:]) != h.Sum64():
+			why = append(why, fmt.Errorf("meta page %d: checksum mismatch", i))
+			continue
+		}
+		mi := metaInfo{pageSize: le.Uint32(m[8:]), root: le.Uint64(m[16:]), hwm: le.Uint64(m[40:]), txid: le.Uint64(m[48:])}
+		if mi.pageSize < 1024 || mi.pageSize > maxPageSize || mi.pageSize&(mi.pageSize-1) != 0 {
+			why = append(why, fmt.Errorf("meta page %d: page size %d", i, mi.pageSize))
+			continue
+		}
+		if !found || mi.txid > best.txid {
+			best, found = mi, true
+		}
+	}
+	if !found {
+		return metaInfo{}, fmt.Errorf("no valid meta page: %w", errors.Join(why...))
+	}
+	return best, nil
+}
+
+type walker struct {
+	f        io.ReaderAt
+	pageSize int64
+	hwm      uint64
+	seen     map[uint64]bool
+}
+
+// tree checks the page id and everything below it.
+func (w *walker) tree(id uint64, depth int) error {
+	if depth > maxDepth {
+		return fmt.Errorf("page %d: tree deeper than %d levels", id, maxDepth)
+	}
+	if id < 2 || id >= w.hwm {
+		return fmt.Errorf("page id %d outside 2..%d", id, w.hwm-1)
+	}
+	if w.seen[id] {
+		return fmt.Errorf("page %d referenced twice", id)
+	}
+	w.seen[id] = true
+	var hdr [pageHeaderSize]byte
+	if _, err := w.f.ReadAt(hdr[:], int64(id)*w.pageSize); err != nil {
+		return fmt.Errorf("page %d: %w", id, err)
+	}
+	if got := binary.LittleEndian.Uint64(hdr[0:]); got != id {
+		return fmt.Errorf("page %d identifies itself as %d", id, got)
+	}
+	overflow := uint64(binary.LittleEndian.Uint32(hdr[12:]))
+	if id+overflow+1 > w.hwm {
+		return fmt.Errorf("page %d: %d overflow pages run past the last page", id, overflow)
+	}
+	span := int64(overflow+1) * w.pageSize
+	buf := make([]byte, span)
+	if _, err := w.f.ReadAt(buf, int64(id)*w.pageSize); err != nil {
+		return fmt.Errorf("page %d: %w", id, err)
+	}
+	return w.page(buf, id, depth)
+}
+
+// maxDepth bounds the recursion: a B+tree of this file's size is a few
+// levels deep, and nested buckets add one level each.
+const maxDepth = 64
+
+// page checks one page image (a mapped page or an inline bucket's).
+func (w *walker) page(p []byte, id uint64, depth int) error {
+	le := binary.LittleEndian
+	flags, count := le.Uint16(p[8:]), int(le.Uint16(p[10:]))
+	if pageHeaderSize+count*elementSize > len(p) {
+		return fmt.Errorf("page %d: %d elements do not fit in %d bytes", id, count, len(p))
+	}
+	if flags == branchPage && count == 0 {
+		return fmt.Errorf("page %d: branch page without children", id)
+	}
+	for i := range count {
+		at := pageHeaderSize + i*elementSize
+		e := p[at : at+elementSize]
+		switch flags {
+		case branchPage:
+			pos, ksize := int(le.Uint32(e[0:])), int(le.Uint32(e[4:]))
+			if at+pos+ksize > len(p) || pos < 0 || ksize < 0 {
+				return fmt.Errorf("page %d: branch key %d out of the page", id, i)
+			}
+			if err := w.tree(le.Uint64(e[8:]), depth+1); err != nil {
+				return err
+			}
+		case leafPage:
+			eflags, pos, ksize, vsize := le.Uint32(e[0:]), int(le.Uint32(e[4:])), int(le.Uint32(e[8:])), int(le.Uint32(e[12:]))
+			if pos < 0 || ksize < 0 || vsize < 0 || at+pos+ksize+vsize > len(p) {
+				return fmt.Errorf("page %d: leaf element %d out of the page", id, i)
+			}
+			if eflags&bucketLeaf == 0 {
+				continue
+			}
+			v := p[at+pos+ksize : at+pos+ksize+vsize]
+			if len(v) < bucketHeaderSize {
+				return fmt.Errorf("page %d: bucket %d: %d-byte header", id, i, len(v))
+			}
+			if root := le.Uint64(v); root != 0 {
+				if err := w.tree(root, depth+1); err != nil {
+					return err
+				}
+			} else if len(v) < bucketHeaderSize+pageHeaderSize {
+				return fmt.Errorf("page %d: inline bucket %d shorter than a page header", id, i)
+			} else if inline := v[bucketHeaderSize:]; le.Uint16(inline[8:]) != leafPage {
+				// bbolt inlines only leaf pages; it would follow an inline
+				// branch's child ids back to the same inline page forever.
+				return fmt.Errorf("page %d: inline bucket %d is not a leaf page", id, i)
+			} else if err := w.page(inline, id, depth+1); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("page %d: type %#x where a branch or leaf page belongs", id, flags)
+		}
+	}
+	return nil
+}
