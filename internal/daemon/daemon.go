@@ -159,8 +159,8 @@ func (d *Daemon) build() error {
 	if d.kernel != nil {
 		d.metrics.Registry.MustRegister(d.kernel.collector())
 	}
-	if ds, ok := src.(*dhcp.Source); ok {
-		d.metrics.Registry.MustRegister(metrics.DHCPCollector(ds.Counters))
+	if mp, ok := src.(source.MetricsProvider); ok {
+		d.metrics.Registry.MustRegister(mp.Metrics())
 	}
 	return nil
 }

@@ -7,7 +7,7 @@ import (
 	"github.com/ipvirt/ipvirt/internal/adapter"
 	"github.com/ipvirt/ipvirt/internal/config"
 	"github.com/ipvirt/ipvirt/internal/identity"
-	"github.com/ipvirt/ipvirt/internal/source/static"
+	"github.com/ipvirt/ipvirt/internal/source"
 )
 
 // restartKey is a configuration key that a reload cannot change.
@@ -82,8 +82,8 @@ func (d *Daemon) Reload() error {
 		k.keep(&cfg, old)
 	}
 
-	if st, ok := d.src.(*static.Source); ok && cfg.StaticPool != old.StaticPool {
-		stranded, err := st.Reconfigure(cfg.StaticPool)
+	if r, ok := d.src.(source.Reconfigurer); ok && cfg.StaticPool != old.StaticPool {
+		stranded, err := r.Reconfigure(cfg.StaticPool.Range())
 		if err != nil {
 			return fmt.Errorf("reload: %w", err)
 		}
