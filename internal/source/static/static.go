@@ -1,5 +1,6 @@
-// Package static is the static-pool address source (the seed's TSVIPool):
-// VIPs from a configured range, held for as long as their holder lives.
+// Package static is the static-pool address source (the TSVIPool registry
+// value of Windows RD IP Virtualization): VIPs from a configured range, held
+// for as long as their holder lives.
 package static
 
 import (
