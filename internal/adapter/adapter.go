@@ -30,8 +30,9 @@ type Adapter struct {
 func (a Adapter) MIP() netip.Addr { return a.Addr.Addr() }
 
 // Resolve finds the adapter a config names: by interface name, by MAC
-// address (the seed's AdapterAddress), or by subnet (the adapter holding an
-// IPv4 address in it, as the Windows group policy does).
+// address (the AdapterAddress registry value of Windows RD IP
+// Virtualization), or by subnet (the adapter holding an IPv4 address in it,
+// as the Windows group policy does).
 func Resolve(spec string) (Adapter, error) {
 	links, err := netlink.LinkList()
 	if err != nil {

@@ -114,14 +114,6 @@ func (c Config) EnforceOn() bool {
 	return c.Interceptor.Kernel()
 }
 
-// StaticPool is the seed's TSVIPool: an inclusive address range and the
-// subnet mask handed out with each address.
-type StaticPool struct {
-	Start      netip.Addr `yaml:"start"`
-	End        netip.Addr `yaml:"end"`
-	SubnetMask netip.Addr `yaml:"subnet_mask"`
-}
-
 // Duration is a time.Duration written as "5s", "250ms", "1m".
 type Duration time.Duration
 

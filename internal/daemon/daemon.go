@@ -74,6 +74,7 @@ type Daemon struct {
 	mgr      *alloc.Manager
 	users    *identity.Users
 	resolver identity.Resolver
+	scanner  alloc.Scanner // finds the live sessions: the resolver, or a test's stand-in
 	metrics  *metrics.Metrics
 	unix     *server.Unix
 	started  time.Time
@@ -90,6 +91,12 @@ type Daemon struct {
 // New checks the configuration at path against the host, opens the store and
 // restores the leases. Nothing is served until Run.
 func New(path string, log *slog.Logger) (*Daemon, error) {
+	return open(path, log, nil)
+}
+
+// open is New with the session scanner replaceable (tests); nil scans this
+// host's sessions with the resolver.
+func open(path string, log *slog.Logger, scanner alloc.Scanner) (*Daemon, error) {
 	cfg, a, err := Check(path)
 	if err != nil {
 		return nil, err
@@ -99,7 +106,10 @@ func New(path string, log *slog.Logger) (*Daemon, error) {
 		return nil, err
 	}
 	d := &Daemon{path: path, log: log, adapter: a, store: st, cfg: cfg, started: time.Now(),
-		users: identity.NewUsers(30 * time.Second), resolver: identity.NewResolver(cfg.SessionIdentity)}
+		users: identity.NewUsers(30 * time.Second), resolver: identity.NewResolver(cfg.SessionIdentity), scanner: scanner}
+	if d.scanner == nil {
+		d.scanner = d.resolver
+	}
 	if err := d.build(); err != nil {
 		st.Close()
 		return nil, err
@@ -117,7 +127,7 @@ func (d *Daemon) build() error {
 	if in := (adapter.Installer{Adapter: d.adapter}); in.Needed() {
 		inst = in
 	}
-	d.mgr = alloc.New(alloc.Options{Source: src, Store: d.store, Installer: inst, Scanner: d.resolver,
+	d.mgr = alloc.New(alloc.Options{Source: src, Store: d.store, Installer: inst, Scanner: d.scanner,
 		Users: d.users, MIP: d.adapter.MIP(), Log: d.log}, d.settings(d.cfg))
 	d.events.m.Store(d.mgr)
 	if d.cfg.Interceptor.Kernel() {
@@ -159,8 +169,8 @@ func (d *Daemon) build() error {
 	if d.kernel != nil {
 		d.metrics.Registry.MustRegister(d.kernel.collector())
 	}
-	if ds, ok := src.(*dhcp.Source); ok {
-		d.metrics.Registry.MustRegister(metrics.DHCPCollector(ds.Counters))
+	if mp, ok := src.(source.MetricsProvider); ok {
+		d.metrics.Registry.MustRegister(mp.Metrics())
 	}
 	return nil
 }
@@ -178,7 +188,8 @@ func (d *Daemon) settings(cfg config.Config) alloc.Settings {
 }
 
 // Run serves until ctx is done, then shuts down. Leases are not released:
-// a restart must be invisible to sessions.
+// a restart must be invisible to sessions. The store is closed, and Run
+// returns, only after the scan loop and the kernel watcher have returned.
 func (d *Daemon) Run(ctx context.Context) error {
 	d.mu.Lock()
 	cfg := d.cfg
@@ -206,11 +217,17 @@ func (d *Daemon) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	// The scan loop and the kernel watcher release and allocate leases:
+	// shutdown waits for both before it closes the source and the store.
+	var background sync.WaitGroup
 	scanCtx, stopScan := context.WithCancel(context.Background())
-	go d.mgr.Run(scanCtx, cfg.ScanInterval.Std())
+	background.Go(func() { d.mgr.Run(scanCtx, cfg.ScanInterval.Std()) })
 	if d.kernel != nil {
-		go d.kernel.watch(func(sid, uid uint32, _ string) {
-			d.mgr.Ensure(lease.Session{Kind: lease.KindAudit, ID: sid}, uid, "")
+		// Returns once the interceptor is closed (its event channel closes).
+		background.Go(func() {
+			d.kernel.watch(func(sid, uid uint32, _ string) {
+				d.mgr.Ensure(lease.Session{Kind: lease.KindAudit, ID: sid}, uid, "")
+			})
 		})
 	}
 	d.log.Info("ipvirtd ready", "version", Version, "socket", cfg.Socket, "http", cfg.HTTP,
@@ -239,6 +256,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			d.log.Info("kernel interceptor detached")
 		}
 	}
+	background.Wait()
 	d.src.Close()
 	if err := d.store.Close(); err != nil && runErr == nil {
 		runErr = err

@@ -4,15 +4,64 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/ipvirt/ipvirt/internal/adapter"
 	"github.com/ipvirt/ipvirt/internal/config"
-	"github.com/ipvirt/ipvirt/internal/source/static"
+	"github.com/ipvirt/ipvirt/internal/identity"
+	"github.com/ipvirt/ipvirt/internal/source"
 )
 
+// restartKey is a configuration key that a reload cannot change.
+type restartKey struct {
+	name string
+	// value is what a change is judged by: the key's effective value, given
+	// the configuration and the adapter it resolved to.
+	value func(c config.Config, a adapter.Adapter) any
+	// keep copies the running value into a reloaded configuration.
+	keep func(next *config.Config, running config.Config)
+}
+
+// field is a restart-only key that is one field of the configuration,
+// compared as written.
+func field[T comparable](name string, f func(c *config.Config) *T) restartKey {
+	return restartKey{
+		name:  name,
+		value: func(c config.Config, _ adapter.Adapter) any { return *f(&c) },
+		keep:  func(next *config.Config, running config.Config) { *f(next) = *f(&running) },
+	}
+}
+
+// restartOnly lists every key that needs a restart, in the order a reload
+// reports them. A reload warns about each whose value changed and keeps
+// the running value.
+var restartOnly = []restartKey{
+	field("socket", func(c *config.Config) *string { return &c.Socket }),
+	field("http", func(c *config.Config) *string { return &c.HTTP }),
+	field("state_dir", func(c *config.Config) *string { return &c.StateDir }),
+	field("session_identity", func(c *config.Config) *identity.Kind { return &c.SessionIdentity }),
+	field("source", func(c *config.Config) *string { return &c.Source }),
+	{
+		// Judged by the interface the key resolves to: a MAC address or a
+		// subnet naming the running adapter is no change.
+		name:  "adapter",
+		value: func(_ config.Config, a adapter.Adapter) any { return a.Name },
+		keep:  func(next *config.Config, running config.Config) { next.Adapter = running.Adapter },
+	},
+	field("scan_interval", func(c *config.Config) *config.Duration { return &c.ScanInterval }),
+	field("interceptor", func(c *config.Config) *config.Interceptor { return &c.Interceptor }),
+	{
+		// Judged by its effect: unset and an explicit default are the same.
+		name:  "enforce",
+		value: func(c config.Config, _ adapter.Adapter) any { return c.EnforceOn() },
+		keep:  func(next *config.Config, running config.Config) { next.Enforce = running.Enforce },
+	},
+}
+
 // Reload re-reads the configuration (SIGHUP). A file that fails validation
-// changes nothing. Keys that need a restart are reported and keep their old
-// values. Nothing a live holder has is taken away: leases the new settings
-// would not grant (a pool moved, a program delisted, per-session switched to
-// per-program) stay until their holders end, and the log says so.
+// changes nothing. Keys that need a restart (restartOnly) are reported and
+// keep their running values. Nothing a live holder has is taken away:
+// leases the new settings would not grant (a pool moved, a program
+// delisted, per-session switched to per-program) stay until their holders
+// end, and the log says so.
 func (d *Daemon) Reload() error {
 	cfg, a, err := Check(d.path)
 	if err != nil {
@@ -21,31 +70,20 @@ func (d *Daemon) Reload() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	old := d.cfg
-	for _, k := range []struct {
-		key      string
-		old, new any
-	}{
-		{"socket", old.Socket, cfg.Socket},
-		{"http", old.HTTP, cfg.HTTP},
-		{"state_dir", old.StateDir, cfg.StateDir},
-		{"session_identity", old.SessionIdentity, cfg.SessionIdentity},
-		{"source", old.Source, cfg.Source},
-		{"adapter", d.adapter.Name, a.Name},
-		{"scan_interval", old.ScanInterval, cfg.ScanInterval},
-		{"interceptor", old.Interceptor, cfg.Interceptor},
-		{"enforce", old.EnforceOn(), cfg.EnforceOn()},
-	} {
-		if k.old != k.new {
-			d.log.Warn("reload: change needs a restart; keeping the running value", "key", k.key,
-				"running", fmt.Sprint(k.old), "file", fmt.Sprint(k.new))
+	// Every key is judged against the file as written before any running
+	// value is put back: enforce's effect depends on interceptor.
+	for _, k := range restartOnly {
+		if running, file := k.value(old, d.adapter), k.value(cfg, a); running != file {
+			d.log.Warn("reload: change needs a restart; keeping the running value", "key", k.name,
+				"running", fmt.Sprint(running), "file", fmt.Sprint(file))
 		}
 	}
-	cfg.Socket, cfg.HTTP, cfg.StateDir = old.Socket, old.HTTP, old.StateDir
-	cfg.SessionIdentity, cfg.Source, cfg.ScanInterval = old.SessionIdentity, old.Source, old.ScanInterval
-	cfg.Interceptor, cfg.Enforce = old.Interceptor, old.Enforce
+	for _, k := range restartOnly {
+		k.keep(&cfg, old)
+	}
 
-	if st, ok := d.src.(*static.Source); ok && cfg.StaticPool != old.StaticPool {
-		stranded, err := st.Reconfigure(cfg.StaticPool)
+	if r, ok := d.src.(source.Reconfigurer); ok && cfg.StaticPool != old.StaticPool {
+		stranded, err := r.Reconfigure(cfg.StaticPool.Range())
 		if err != nil {
 			return fmt.Errorf("reload: %w", err)
 		}

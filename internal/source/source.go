@@ -1,13 +1,17 @@
 // Package source defines where virtual IPs come from. The allocation manager
 // (package alloc) owns holders, policy and durability; a Source only obtains,
 // keeps and gives back addresses. The static pool (source/static) and the
-// DHCP client (source/dhcp) implement it.
+// DHCP client (source/dhcp) implement it. What only some sources can do is
+// an optional interface here (ClientIDer, Reconfigurer, MetricsProvider), so
+// that the daemon works with any source and names none.
 package source
 
 import (
 	"context"
 	"errors"
 	"net/netip"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ipvirt/ipvirt/internal/lease"
 )
@@ -49,6 +53,30 @@ type Source interface {
 // can be checked against them.
 type ClientIDer interface {
 	ClientID(h lease.Holder) []byte
+}
+
+// Reconfigurer is implemented by sources that hand out a configured range
+// of addresses (the static pool), which a reload may change.
+type Reconfigurer interface {
+	// Reconfigure switches to r. Addresses in use stay in use wherever they
+	// lie; those outside r are returned (stranded): they go back to nobody
+	// when released. Their holders keep them, since taking an address from
+	// a live session would break its connections.
+	Reconfigure(r Range) (stranded []netip.Addr, err error)
+}
+
+// Range is an inclusive range of addresses and the subnet each is handed
+// out in.
+type Range struct {
+	Start, End netip.Addr
+	Subnet     netip.Prefix
+}
+
+// MetricsProvider is implemented by sources that keep metrics of their own
+// beyond Stats (the DHCP client's exchange counters); the daemon exports
+// them with its own.
+type MetricsProvider interface {
+	Metrics() prometheus.Collector
 }
 
 // Stats is a source's view of its addresses.

@@ -1,8 +1,10 @@
-// Package dbserver is the backend database server of the seed scenario: a
-// TCP server that keeps each client connected and refuses any new client
-// whose source IP already has a live connection, the way licence servers and
-// some databases key on the client address. It is the thing ipvirt exists to
-// satisfy, so the simulator asserts on what it saw.
+// Package dbserver is the backend database server of the duplicate-IP
+// scenarios (scenarios/duplicate-ip.yaml), the case Windows RD IP
+// Virtualization exists for: a TCP server that keeps each client connected
+// and refuses any new client whose source IP already has a live connection,
+// the way licence servers and some databases key on the client address. It
+// is the thing ipvirt exists to satisfy, so the simulator asserts on what it
+// saw.
 package dbserver
 
 import (

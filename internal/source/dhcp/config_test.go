@@ -22,7 +22,8 @@ func TestConfigDefaults(t *testing.T) {
 }
 
 func TestConfigYAML(t *testing.T) {
-	// The lead embeds Config under `dhcp:`; this is that shape.
+	// The daemon's configuration (package config) embeds Config under
+	// `dhcp:`; this is that shape.
 	doc := `
 dhcp:
   server: 10.1.2.3:1067

@@ -104,6 +104,15 @@ func (s *Source) backoff(n int) time.Duration {
 	return d
 }
 
+// requestSends is how many REQUESTs selecting sends for one offer (the
+// first and three retransmissions) before it gives the offer up and obtain
+// starts over with a DISCOVER, as RFC 2131 4.4.1 has a client do when its
+// retransmissions go unanswered. At the doubling backoff the four wait
+// 15·base in all, a minute at the default 4s base: long enough to ride out
+// lost packets, and at most that long before a server that vanished after
+// its OFFER gives way to a new DISCOVER that another server may answer.
+const requestSends = 4
+
 var (
 	errNoOffer = errors.New("no offer")
 	errNoAck   = errors.New("no ACK after retransmissions")
@@ -246,7 +255,7 @@ func (s *Source) selecting(ctx context.Context, b *binding) (ack, error) {
 	s.stats.offers.Add(1)
 	s.health.answered()
 
-	for n := 0; n < 4; n++ {
+	for n := 0; n < requestSends; n++ {
 		if n > 0 {
 			s.stats.retransmits.Add(1)
 		}

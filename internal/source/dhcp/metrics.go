@@ -7,9 +7,8 @@ import (
 	"time"
 )
 
-// Counters are the source's running totals, for metrics and tests. The
-// lead's metrics package can export each field as a Prometheus counter
-// (InFlight and Held as gauges).
+// Counters are the source's running totals, for metrics (Metrics exports
+// them) and tests.
 type Counters struct {
 	Exchanges      uint64 // exchanges started: acquisitions, renew/rebind/reboot attempts
 	Retransmits    uint64 // DISCOVER/REQUEST retransmissions

@@ -61,7 +61,11 @@ type Source struct {
 	health health
 }
 
-var _ source.Source = (*Source)(nil)
+var (
+	_ source.Source          = (*Source)(nil)
+	_ source.ClientIDer      = (*Source)(nil)
+	_ source.MetricsProvider = (*Source)(nil)
+)
 
 // New opens the source's sockets on ifc. hostID is a stable id of this host
 // (e.g. /etc/machine-id); it and the holder key make each client id. ev may

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 
 	"github.com/ipvirt/ipvirt/internal/pool"
+	"github.com/ipvirt/ipvirt/internal/source"
 )
 
 // Config is the static_pool key (the TSVIPool of Windows RD IP
@@ -61,6 +62,11 @@ func (p Config) Subnet() netip.Prefix {
 	bits, _ := pool.MaskBits(p.SubnetMask)
 	pfx, _ := p.Start.Prefix(bits)
 	return pfx
+}
+
+// Range returns the pool as a source.Range, for Source.Reconfigure.
+func (p Config) Range() source.Range {
+	return source.Range{Start: p.Start, End: p.End, Subnet: p.Subnet()}
 }
 
 // Size returns the number of addresses in the pool.

@@ -1,5 +1,6 @@
-// Package static is the static-pool address source (the seed's TSVIPool):
-// VIPs from a configured range, held for as long as their holder lives.
+// Package static is the static-pool address source (the TSVIPool registry
+// value of Windows RD IP Virtualization): VIPs from a configured range, held
+// for as long as their holder lives.
 package static
 
 import (
@@ -29,7 +30,10 @@ type Source struct {
 	now  func() time.Time
 }
 
-var _ source.Source = (*Source)(nil)
+var (
+	_ source.Source       = (*Source)(nil)
+	_ source.Reconfigurer = (*Source)(nil)
+)
 
 // New returns a source over the (already validated) pool.
 func New(p Config) (*Source, error) {
@@ -83,12 +87,9 @@ func (s *Source) Release(l lease.Lease) {
 	s.pool.Put(l.Addr)
 }
 
-// Reconfigure switches to a new range. Addresses in use stay in use wherever
-// they lie; those outside the new range are returned (stranded): they go back
-// to nobody when released. Their holders keep them, since taking an address
-// from a live session would break its connections.
-func (s *Source) Reconfigure(p Config) (stranded []netip.Addr, err error) {
-	pl, err := pool.New(p.Start, p.End)
+// Reconfigure implements source.Reconfigurer.
+func (s *Source) Reconfigure(r source.Range) (stranded []netip.Addr, err error) {
+	pl, err := pool.New(r.Start, r.End)
 	if err != nil {
 		return nil, fmt.Errorf("static: %w", err)
 	}
@@ -99,7 +100,7 @@ func (s *Source) Reconfigure(p Config) (stranded []netip.Addr, err error) {
 			stranded = append(stranded, a)
 		}
 	}
-	s.pool, s.subnet = pl, p.Subnet()
+	s.pool, s.subnet = pl, r.Subnet
 	return stranded, nil
 }
 

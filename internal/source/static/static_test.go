@@ -81,7 +81,7 @@ func TestReconfigureKeepsStranded(t *testing.T) {
 	ctx := context.Background()
 	l1, _ := s.Acquire(ctx, holder(1)) // .10
 	l2, _ := s.Acquire(ctx, holder(2)) // .11
-	stranded, err := s.Reconfigure(poolOf("10.0.0.11", "10.0.0.13"))
+	stranded, err := s.Reconfigure(poolOf("10.0.0.11", "10.0.0.13").Range())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,9 +1,7 @@
-package metrics
+package dhcp
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/ipvirt/ipvirt/internal/source/dhcp"
 )
 
 var (
@@ -27,22 +25,22 @@ var (
 		"Exchanges awaiting an answer now (at most dhcp.max_inflight).", nil, nil)
 )
 
-type dhcpCollector struct{ counters func() dhcp.Counters }
+// collector exports a source's Counters.
+type collector struct{ s *Source }
 
-// DHCPCollector exports the DHCP source's counters.
-func DHCPCollector(counters func() dhcp.Counters) prometheus.Collector {
-	return &dhcpCollector{counters: counters}
-}
+// Metrics implements source.MetricsProvider: the counters as Prometheus
+// metrics (InFlight as a gauge).
+func (s *Source) Metrics() prometheus.Collector { return collector{s} }
 
-func (c *dhcpCollector) Describe(ch chan<- *prometheus.Desc) {
+func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descDHCPExchanges, descDHCPRetransmits, descDHCPReceived, descDHCPSent,
 		descDHCPAttempts, descDHCPExtended, descDHCPExpiries, descDHCPTimeouts, descDHCPInflight} {
 		ch <- d
 	}
 }
 
-func (c *dhcpCollector) Collect(ch chan<- prometheus.Metric) {
-	n := c.counters()
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	n := c.s.Counters()
 	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
