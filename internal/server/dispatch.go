@@ -51,7 +51,7 @@ func jsonReply(v any) (wire.Type, []byte) {
 }
 
 func (s *Unix) dispatch(c identity.Caller, f wire.Frame) (wire.Type, []byte) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), dispatchTimeout)
 	defer cancel()
 	admin := c.UID == 0 || s.Backend.IsAdmin(c.UID)
 	switch f.Type {

@@ -11,6 +11,8 @@ import (
 	"github.com/ipvirt/ipvirt/internal/identity"
 )
 
+// handle serves c's requests until it hangs up, goes idle or fails;
+// caller and pending are as for goServe.
 func (s *Unix) handle(c *net.UnixConn, caller *identity.Caller, pending *wire.Frame) {
 	for {
 		var f wire.Frame
@@ -32,9 +34,8 @@ func (s *Unix) handle(c *net.UnixConn, caller *identity.Caller, pending *wire.Fr
 			return
 		}
 		start := time.Now()
-		if !announced && s.SlowSource && f.Type == wire.OpQuery && f.Flags&wire.FlagAcceptPending != 0 {
-			// As on the accept thread: PENDING before any /proc work.
-			if !s.reply(c, wire.RespPending, s.pendingPayload()) {
+		if !announced && s.pendsAtOnce(f.Type, f.Flags) {
+			if !s.send(c, s.pendingFrame()) {
 				return
 			}
 			announced = true
@@ -49,7 +50,7 @@ func (s *Unix) handle(c *net.UnixConn, caller *identity.Caller, pending *wire.Fr
 		}
 		var t wire.Type
 		var payload []byte
-		if f.Type == wire.OpQuery && f.Flags&wire.FlagAcceptPending != 0 && !announced {
+		if !announced && acceptsPending(f.Type, f.Flags) {
 			t, payload = s.queryPending(c, *caller, f)
 		} else {
 			t, payload = s.dispatch(*caller, f)
@@ -57,16 +58,9 @@ func (s *Unix) handle(c *net.UnixConn, caller *identity.Caller, pending *wire.Fr
 		if !s.reply(c, t, payload) {
 			return
 		}
-		if s.Metrics != nil {
-			s.Metrics.RequestDuration.WithLabelValues(opName(f.Type)).Observe(time.Since(start).Seconds())
-		}
+		s.observe(f.Type, start)
 	}
 }
-
-// pendingAfter is how long a QUERY may take before the client is told to
-// keep waiting: well inside the preload library's default 200 ms timeout,
-// well above a static-pool allocation's few milliseconds.
-const pendingAfter = 50 * time.Millisecond
 
 // queryPending answers a QUERY from a client that accepts PENDING, on a
 // daemon whose allocations are normally quick (a static pool): if the
@@ -89,17 +83,9 @@ func (s *Unix) queryPending(c net.Conn, caller identity.Caller, f wire.Frame) (w
 		return r.t, r.p
 	case <-timer.C:
 	}
-	s.reply(c, wire.RespPending, s.pendingPayload())
+	s.send(c, s.pendingFrame())
 	r := <-done
 	return r.t, r.p
-}
-
-func (s *Unix) pendingPayload() []byte {
-	wait := s.PendingWait
-	if wait <= 0 {
-		wait = 30 * time.Second // dispatch's own bound
-	}
-	return wire.AppendPending(nil, wait)
 }
 
 func isTimeout(err error) bool {
@@ -107,7 +93,15 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
+// reply sends a frame of type t with payload.
 func (s *Unix) reply(c net.Conn, t wire.Type, payload []byte) bool {
+	return s.send(c, frame(t, payload))
+}
+
+// send writes a whole frame in one call and reports whether the client
+// took it within writeTimeout.
+func (s *Unix) send(c net.Conn, b []byte) bool {
 	c.SetWriteDeadline(time.Now().Add(writeTimeout))
-	return wire.WriteFrame(c, t, payload) == nil
+	_, err := c.Write(b)
+	return err == nil
 }

@@ -45,11 +45,49 @@ type Backend interface {
 	MIP() netip.Addr
 }
 
-// Limits of the socket server.
+// Limits of the socket server, each with the reason for its value.
 const (
-	idleTimeout  = 30 * time.Second
+	// maxConns caps the connections open at once, each a file descriptor
+	// and, past the accept thread, a goroutine. The socket is open to every
+	// user, so one user's flood must not use up the daemon's descriptors;
+	// the library holds its connection for one round trip, so honest load
+	// stays far below the cap.
+	maxConns = 8192
+	// fastWait is how long the accept thread waits for a new connection's
+	// first request, and then for the client to hang up after its answer,
+	// before handing the connection to a goroutine. The library sends its
+	// QUERY right after connect and closes right after the answer, so the
+	// wait is rarely served in full; another client connecting ends it at
+	// once, so that waits cannot add up under load.
+	fastWait = 2 * time.Millisecond
+	// pendingAfter is how long a QUERY may take before the client is told
+	// to keep waiting: well inside the preload library's default timeout
+	// (DEFAULT_TIMEOUT_MS in lsp/preload/src/answer.c), well above a
+	// static-pool allocation's few milliseconds.
+	pendingAfter = 50 * time.Millisecond
+	// dispatchTimeout bounds the work of one request. It lies above the
+	// bounds of what a request waits on (alloc.DefaultAcquireTimeout,
+	// dhcp.DefaultLeaseWait), so that those report their own failure first;
+	// it is also what PENDING announces when PendingWait is unset.
+	dispatchTimeout = 30 * time.Second
+	// idleTimeout closes a connection that sends no request for this long.
+	// A client may keep its connection for several requests, but one that
+	// is silent this long is stalled or gone, and its slot is wanted.
+	idleTimeout = 30 * time.Second
+	// writeTimeout bounds writing one reply, so that a client that stops
+	// reading cannot hold its goroutine and slot for good. A reply is at
+	// most a JSON report, which a live client reads in far less.
 	writeTimeout = 5 * time.Second
-	maxConns     = 8192
+	// acceptBackoff is the pause after an accept that failed for want of
+	// resources (EMFILE and friends): the listener stays readable, so
+	// retrying at once would spin a CPU on the same error, while a pause
+	// lets handlers finish and give descriptors back.
+	acceptBackoff = 50 * time.Millisecond
+	// liveProbeTimeout bounds Listen's check for a daemon already serving
+	// the socket. Connecting to a Unix socket succeeds or is refused at
+	// once, with no network in between; the bound only keeps start-up from
+	// hanging on a daemon that is wedged.
+	liveProbeTimeout = time.Second
 )
 
 // Unix serves the control protocol.
@@ -59,7 +97,7 @@ type Unix struct {
 	Metrics  *metrics.Metrics
 	Log      *slog.Logger
 	// PendingWait is what a PENDING frame announces: the longest a QUERY
-	// may still take (DHCP's lease_wait). Zero: 30 s.
+	// may still take (DHCP's lease_wait). Zero: dispatchTimeout.
 	PendingWait time.Duration
 	// SlowSource says new allocations wait on the network (DHCP): every
 	// QUERY that accepts PENDING is told so at once, before any /proc work,
@@ -83,7 +121,7 @@ func Listen(path string) (*net.UnixListener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("server: socket directory: %w", err)
 	}
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+	if c, err := net.DialTimeout("unix", path, liveProbeTimeout); err == nil {
 		c.Close()
 		return nil, fmt.Errorf("server: %s is in use: another ipvirtd is running", path)
 	}
@@ -103,50 +141,55 @@ func Listen(path string) (*net.UnixListener, error) {
 // Serve accepts connections on ln until Close: on a dedicated thread with
 // blocking system calls (fast.go) when it can, else in a goroutine.
 func (s *Unix) Serve(ln *net.UnixListener) error {
+	s.open(ln)
+	fast, err := s.newFastPath(ln)
+	if err == nil {
+		return fast.run()
+	}
+	s.Log.Warn("socket fast path unavailable; serving from goroutines", "err", err)
+	return acceptLoop[*net.UnixConn](s, netListener{s, ln})
+}
+
+// open readies s to serve ln, on either path.
+func (s *Unix) open(ln *net.UnixListener) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.ln = ln
 	s.slots = make(chan struct{}, maxConns)
 	s.conns = map[net.Conn]struct{}{}
-	s.mu.Unlock()
-	fast, err := s.newFastPath(ln)
-	if err == nil {
-		return fast.serve()
-	}
-	s.Log.Warn("socket fast path unavailable; serving from goroutines", "err", err)
-	for {
-		c, err := ln.AcceptUnix()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			// EMFILE and friends: back off rather than spin.
-			s.Log.Error("accept failed", "err", err)
-			time.Sleep(50 * time.Millisecond)
-			continue
-		}
-		select {
-		case s.slots <- struct{}{}:
-		default:
-			// Over the limit: closing makes the client fail open at once
-			// instead of waiting out its timeout.
-			c.Close()
-			continue
-		}
-		s.goServe(c, nil, nil)
-	}
 }
+
+// netListener takes clients through Go's netpoller and serves each from a
+// goroutine, the way to serve when the fast path is unavailable.
+type netListener struct {
+	s  *Unix
+	ln *net.UnixListener
+}
+
+func (l netListener) accept() (*net.UnixConn, error) {
+	c, err := l.ln.AcceptUnix()
+	switch {
+	case err == nil:
+		return c, nil
+	case errors.Is(err, net.ErrClosed):
+		return nil, &stopped{}
+	case isTimeout(err):
+		return nil, errAgain
+	}
+	return nil, err
+}
+
+func (netListener) refuse(c *net.UnixConn) { c.Close() }
+
+func (l netListener) serve(c *net.UnixConn) { l.s.goServe(c, nil, nil) }
 
 // goServe serves c from a goroutine; caller is its identity when known,
 // pending a QUERY already read and answered PENDING. The caller of goServe
-// holds one of s.slots for c.
+// holds a slot for c, which the goroutine gives back.
 func (s *Unix) goServe(c *net.UnixConn, caller *identity.Caller, pending *wire.Frame) {
 	s.track(c, true)
 	s.wg.Go(func() {
-		defer func() { <-s.slots; s.track(c, false); c.Close() }()
+		defer func() { s.freeSlot(); s.track(c, false); c.Close() }()
 		s.handle(c, caller, pending)
 	})
 }
