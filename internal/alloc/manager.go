@@ -39,6 +39,13 @@ const (
 	ttlExhausted = 5 * time.Second
 )
 
+// DefaultAcquireTimeout bounds one acquisition from the source when Options
+// set none. A healthy static pool allocates in milliseconds, so this only
+// ever catches a source or store that hangs; it stays well inside the
+// socket server's bound on one request, so that a waiting QUERY gets the
+// on_exhausted answer instead of a closed connection.
+const DefaultAcquireTimeout = 10 * time.Second
+
 // Exhausted is what a caller gets when no VIP is available.
 type Exhausted string
 
@@ -111,7 +118,8 @@ type Options struct {
 	Log       *slog.Logger
 	// Now is the clock; tests drive grace periods with their own.
 	Now func() time.Time
-	// AcquireTimeout bounds one acquisition from the source.
+	// AcquireTimeout bounds one acquisition from the source; zero means
+	// DefaultAcquireTimeout.
 	AcquireTimeout time.Duration
 }
 
@@ -168,7 +176,7 @@ func New(opts Options, s Settings) *Manager {
 		opts.Log = slog.Default()
 	}
 	if opts.AcquireTimeout == 0 {
-		opts.AcquireTimeout = 10 * time.Second
+		opts.AcquireTimeout = DefaultAcquireTimeout
 	}
 	m := &Manager{
 		opts:     opts,

@@ -31,6 +31,24 @@ import (
 // Version is set at build time (-ldflags -X).
 var Version = "dev"
 
+// Timeouts of the daemon itself; the socket server's are in internal/server.
+const (
+	// userCacheTTL is how long a user's name and groups are reused: an
+	// administrator added to a group is recognised within it, and a logon
+	// storm asks the user database (possibly LDAP) once per user rather
+	// than once per process.
+	userCacheTTL = 30 * time.Second
+	// httpHeaderTimeout drops an HTTP client that connects and does not
+	// send its request headers, so that idle connections cannot pile up; a
+	// scraper sends them at once.
+	httpHeaderTimeout = 5 * time.Second
+	// httpShutdownTimeout is how long a stop waits for HTTP requests in
+	// flight: they are short reads of the daemon's state, and a restart,
+	// which must be invisible to sessions, should not wait on a stalled
+	// client.
+	httpShutdownTimeout = 2 * time.Second
+)
+
 // Check validates the file and checks it against this host, as
 // `ipvirtd --check` does: the adapter exists, the static pool lies in its
 // subnet, and per-session mode is not configured on a multi-adapter host.
@@ -106,7 +124,7 @@ func open(path string, log *slog.Logger, scanner alloc.Scanner) (*Daemon, error)
 		return nil, err
 	}
 	d := &Daemon{path: path, log: log, adapter: a, store: st, cfg: cfg, started: time.Now(),
-		users: identity.NewUsers(30 * time.Second), resolver: identity.NewResolver(cfg.SessionIdentity), scanner: scanner}
+		users: identity.NewUsers(userCacheTTL), resolver: identity.NewResolver(cfg.SessionIdentity), scanner: scanner}
 	if d.scanner == nil {
 		d.scanner = d.resolver
 	}
@@ -210,7 +228,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			d.unix.Close()
 			return fmt.Errorf("http: listen %s: %w", cfg.HTTP, err)
 		}
-		hs = &http.Server{Handler: server.HTTPHandler(d, d.metrics), ReadHeaderTimeout: 5 * time.Second}
+		hs = &http.Server{Handler: server.HTTPHandler(d, d.metrics), ReadHeaderTimeout: httpHeaderTimeout}
 		go func() {
 			if err := hs.Serve(hl); !errors.Is(err, http.ErrServerClosed) {
 				errc <- fmt.Errorf("http: %w", err)
@@ -241,7 +259,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	stopScan()
 	if hs != nil {
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		sctx, cancel := context.WithTimeout(context.Background(), httpShutdownTimeout)
 		hs.Shutdown(sctx)
 		cancel()
 	}
@@ -274,7 +292,7 @@ func (d *Daemon) MIP() netip.Addr { return d.adapter.MIP() }
 
 // pendingWait is how long a QUERY that has to wait for an allocation may
 // take: a DHCP exchange is bounded by lease_wait, a static allocation by
-// the manager's acquisition timeout.
+// the manager's acquisition timeout, which build leaves at alloc's default.
 func pendingWait(cfg config.Config) time.Duration {
 	if cfg.Source == dhcp.Name {
 		if cfg.DHCP.LeaseWait > 0 {
@@ -282,5 +300,5 @@ func pendingWait(cfg config.Config) time.Duration {
 		}
 		return dhcp.DefaultLeaseWait
 	}
-	return 10 * time.Second
+	return alloc.DefaultAcquireTimeout
 }

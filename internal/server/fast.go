@@ -24,20 +24,22 @@ import (
 // blocking poll/accept/read: the kernel wakes it directly when a client
 // connects and again when its request arrives, and a QUERY whose answer is
 // at hand (alloc.Manager.QueryNow: not virtualized, or a known holder) is
-// answered on the spot. Anything else — a new holder that needs an
-// allocation, other requests, a client that is slow to send — goes to a
-// goroutine as before, so nothing slow ever runs on this thread.
+// answered on the spot. Anything else (a new holder that needs an
+// allocation, other requests, a client that is slow to send) goes to a
+// goroutine (handle.go), so that nothing slow ever runs on this thread.
 
-// fastWait is how long the thread waits for a new connection's first
-// request before handing the connection to a goroutine. The library sends
-// its QUERY right after connect, so this is rarely waited in full.
-const fastWait = 2 // milliseconds
+// fastWaitMS is fastWait for poll(2), which counts in milliseconds.
+const fastWaitMS = int(fastWait / time.Millisecond)
+
+// answerFrameSize is an ANSWER frame without its reason.
+const answerFrameSize = wire.HeaderSize + wire.AnswerFixedSize
 
 type fastPath struct {
 	s        *Unix
 	lfd      int // a dup of the listener's socket
 	wakeR    int
 	wakeW    int
+	fds      [2]unix.PollFd // accept's: the listener and wakeR
 	stopOnce sync.Once
 	done     chan struct{}
 }
@@ -73,7 +75,8 @@ func (f *fastPath) stop() {
 	<-f.done
 }
 
-func (f *fastPath) serve() error {
+// run serves on the calling goroutine, locked to its thread, until stop.
+func (f *fastPath) run() error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	defer func() {
@@ -82,111 +85,120 @@ func (f *fastPath) serve() error {
 		unix.Close(f.wakeW)
 		close(f.done)
 	}()
-	fds := make([]unix.PollFd, 2)
-	for {
-		fds[0] = unix.PollFd{Fd: int32(f.lfd), Events: unix.POLLIN}
-		fds[1] = unix.PollFd{Fd: int32(f.wakeR), Events: unix.POLLIN}
-		if _, err := unix.Poll(fds, -1); err != nil && !errors.Is(err, unix.EINTR) {
-			return fmt.Errorf("server: poll: %w", err)
-		}
-		if fds[1].Revents != 0 {
-			return nil
-		}
-		// The listener is non-blocking (its open file is shared with Go's
-		// netpoller): another wake-up may have taken the connection.
-		nfd, _, err := unix.Accept4(f.lfd, unix.SOCK_CLOEXEC)
-		switch {
-		case err == nil:
-		case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINTR), errors.Is(err, unix.ECONNABORTED):
-			continue
-		default:
-			// EMFILE and friends: back off rather than spin.
-			f.s.Log.Error("accept failed", "err", err)
-			time.Sleep(50 * time.Millisecond)
-			continue
-		}
-		select {
-		case f.s.slots <- struct{}{}:
-		default:
-			// Over the limit: closing makes the client fail open at once.
-			unix.Close(nfd)
-			continue
-		}
-		f.first(nfd)
-	}
+	return acceptLoop[int](f.s, f)
 }
 
-// first answers a connection's first request if it is a QUERY with an
-// answer at hand, then hands the connection to a goroutine either way.
-func (f *fastPath) first(fd int) {
-	var caller *identity.Caller
-	var pending *wire.Frame
-	answered := false
-	// Wait for the request only while no other client is queued: under load
-	// (a logon storm, clients descheduled between connect and send) waiting
-	// fastWait per connection would serialise into seconds; the goroutine
-	// path then reads the request instead.
-	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}, {Fd: int32(f.lfd), Events: unix.POLLIN}}
-	if n, _ := unix.Poll(pfd, fastWait); n >= 1 && pfd[0].Revents&unix.POLLIN != 0 {
-		var hdr [wire.HeaderSize]byte
-		n, _, err := unix.Recvfrom(fd, hdr[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		if err == nil && n == len(hdr) && isBareQuery(hdr[:]) {
-			start := time.Now()
-			if f.s.SlowSource && acceptsPending(hdr[:]) {
-				// On a DHCP host a new holder's answer waits on the
-				// network. Say PENDING and hand off at once, with no /proc
-				// work here: reading a process that is still starting up
-				// can stall for tens of milliseconds, and in a logon storm
-				// every client queued behind would miss its 200 ms.
-				unix.Read(fd, hdr[:])
-				// Consumed, so it must be answered: if this write fails
-				// the answer's fails too and the handler ends.
-				unix.Write(fd, wire.AppendFrame(nil, wire.RespPending, f.s.pendingPayload()))
-				pending = &wire.Frame{Version: wire.Version, Type: wire.OpQuery, Flags: wire.FlagAcceptPending}
-			} else if who, err := f.s.Resolver.ResolveFD(fd, f.s.Backend.NeedsProgram()); err == nil {
-				if who.Exe != "" {
-					// Else the goroutine identifies the caller again, in
-					// full: its log lines and WHOAMI name the program.
-					caller = &who
-				}
-				if a, ok := f.s.Backend.QueryNow(who); ok {
-					unix.Read(fd, hdr[:]) // the peeked header is the whole request
-					reply := wire.AppendFrame(nil, wire.RespAnswer, wire.AppendAnswer(nil, f.s.toWire(who, a)))
-					// A new socket's send buffer always holds 44 bytes.
-					if _, err := unix.Write(fd, reply); err != nil {
-						f.s.Log.Debug("fast reply", "err", err)
-					}
-					answered = true
-					if f.s.Metrics != nil {
-						f.s.Metrics.RequestDuration.WithLabelValues("query").Observe(time.Since(start).Seconds())
-					}
-				}
-			}
-		}
+func (f *fastPath) accept() (int, error) {
+	f.fds[0] = unix.PollFd{Fd: int32(f.lfd), Events: unix.POLLIN}
+	f.fds[1] = unix.PollFd{Fd: int32(f.wakeR), Events: unix.POLLIN}
+	if _, err := unix.Poll(f.fds[:], -1); err != nil && !errors.Is(err, unix.EINTR) {
+		return -1, &stopped{fmt.Errorf("server: poll: %w", err)}
 	}
+	if f.fds[1].Revents != 0 {
+		return -1, &stopped{}
+	}
+	// The listener is non-blocking (its open file is shared with Go's
+	// netpoller): another wake-up may have taken the connection.
+	nfd, _, err := unix.Accept4(f.lfd, unix.SOCK_CLOEXEC)
+	switch {
+	case err == nil:
+		return nfd, nil
+	case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINTR), errors.Is(err, unix.ECONNABORTED):
+		return -1, errAgain
+	}
+	return -1, err
+}
+
+func (f *fastPath) refuse(fd int) { unix.Close(fd) }
+
+// serve lets first answer what it can on this thread and closes the
+// connection here if the client then hangs up; any other connection goes to
+// a goroutine.
+func (f *fastPath) serve(fd int) {
+	caller, pending, answered := f.first(fd)
 	if answered && f.closedAfterAnswer(fd) {
 		unix.Close(fd)
-		<-f.s.slots
+		f.s.freeSlot()
 		return
 	}
 	file := os.NewFile(uintptr(fd), "ipvirt-client")
 	c, err := net.FileConn(file) // dups fd
 	file.Close()
 	if err != nil {
-		<-f.s.slots
+		f.s.freeSlot()
 		f.s.Log.Error("hand-off of a client connection", "err", err)
 		return
 	}
 	f.s.goServe(c.(*net.UnixConn), caller, pending)
 }
 
+// first serves the connection's first request if this thread can: a bare
+// QUERY with its answer at hand, or, on a SlowSource daemon, one to be
+// answered PENDING. It returns what the goroutine that takes over needs
+// (see goServe) and whether the request was answered in full.
+func (f *fastPath) first(fd int) (caller *identity.Caller, pending *wire.Frame, answered bool) {
+	// Wait for the request only while no other client is queued: under load
+	// (a logon storm, clients descheduled between connect and send) waiting
+	// fastWait per connection would serialise into seconds; the goroutine
+	// then reads the request instead.
+	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}, {Fd: int32(f.lfd), Events: unix.POLLIN}}
+	if n, _ := unix.Poll(pfd, fastWaitMS); n < 1 || pfd[0].Revents&unix.POLLIN == 0 {
+		return nil, nil, false
+	}
+	var hdr [wire.HeaderSize]byte
+	n, _, err := unix.Recvfrom(fd, hdr[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+	if err != nil || n != len(hdr) {
+		return nil, nil, false
+	}
+	h, ok := bareQuery(hdr[:])
+	if !ok {
+		return nil, nil, false
+	}
+	start := time.Now()
+	if f.s.pendsAtOnce(h.Type, h.Flags) {
+		// On a DHCP host a new holder's answer waits on the network. Say
+		// PENDING and hand off at once, with no /proc work here: reading a
+		// process that is still starting up can stall for tens of
+		// milliseconds, and in a logon storm every client queued behind
+		// would miss its timeout.
+		unix.Read(fd, hdr[:])
+		// Consumed, so it must be answered: if this write fails the
+		// answer's fails too and the handler ends.
+		unix.Write(fd, f.s.pendingFrame())
+		return nil, &wire.Frame{Version: wire.Version, Type: wire.OpQuery, Flags: wire.FlagAcceptPending}, false
+	}
+	who, err := f.s.Resolver.ResolveFD(fd, f.s.Backend.NeedsProgram())
+	if err != nil {
+		return nil, nil, false
+	}
+	if who.Exe != "" {
+		// Else the goroutine identifies the caller again, in full: its log
+		// lines and WHOAMI name the program.
+		caller = &who
+	}
+	a, ok := f.s.Backend.QueryNow(who)
+	if !ok {
+		return caller, nil, false
+	}
+	unix.Read(fd, hdr[:]) // the peeked header is the whole request
+	reply := wire.AppendFrame(nil, wire.RespAnswer, wire.AppendAnswer(nil, f.s.toWire(who, a)))
+	// The socket is blocking, but this write cannot stall the thread: a
+	// new socket's empty send buffer takes answerFrameSize and a policy's
+	// one-line reason whole.
+	if _, err := unix.Write(fd, reply); err != nil {
+		f.s.Log.Debug("fast reply", "err", err)
+	}
+	f.s.observe(wire.OpQuery, start)
+	return caller, nil, true
+}
+
 // closedAfterAnswer waits briefly for the client to close the connection,
 // as the library does once it has its answer, so that the connection
 // needs no goroutine at all; another request, or another client
-// connecting, ends the wait and the connection is handed off as usual.
+// connecting, ends the wait and the connection is handed off.
 func (f *fastPath) closedAfterAnswer(fd int) bool {
 	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLRDHUP}, {Fd: int32(f.lfd), Events: unix.POLLIN}}
-	if n, _ := unix.Poll(pfd, fastWait); n < 1 || pfd[0].Revents == 0 {
+	if n, _ := unix.Poll(pfd, fastWaitMS); n < 1 || pfd[0].Revents == 0 {
 		return false
 	}
 	var b [1]byte
@@ -194,13 +206,9 @@ func (f *fastPath) closedAfterAnswer(fd int) bool {
 	return n == 0 && err == nil // EOF with nothing left to read
 }
 
-func acceptsPending(b []byte) bool {
+// bareQuery parses a request header: a v1 QUERY with no payload, the
+// library's only request.
+func bareQuery(b []byte) (wire.Header, bool) {
 	h, err := wire.ParseHeader(b)
-	return err == nil && h.Flags&wire.FlagAcceptPending != 0
-}
-
-// isBareQuery: a v1 QUERY with no payload, the library's only request.
-func isBareQuery(b []byte) bool {
-	h, err := wire.ParseHeader(b)
-	return err == nil && h.Version == wire.Version && h.Type == wire.OpQuery && h.Length == 0
+	return h, err == nil && h.Version == wire.Version && h.Type == wire.OpQuery && h.Length == 0
 }

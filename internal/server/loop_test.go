@@ -1,0 +1,153 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/ipvirt/ipvirt/backend/api"
+	"github.com/ipvirt/ipvirt/backend/wire"
+	"github.com/ipvirt/ipvirt/internal/alloc"
+	"github.com/ipvirt/ipvirt/internal/identity"
+	"github.com/ipvirt/ipvirt/internal/lease"
+)
+
+// scripted is a listener whose accept returns a fixed sequence.
+type scripted struct {
+	steps           []any // an int is a connection, an error an error
+	served, refused []int
+}
+
+func (l *scripted) accept() (int, error) {
+	st := l.steps[0]
+	l.steps = l.steps[1:]
+	if err, ok := st.(error); ok {
+		return -1, err
+	}
+	return st.(int), nil
+}
+
+func (l *scripted) refuse(c int) { l.refused = append(l.refused, c) }
+func (l *scripted) serve(c int)  { l.served = append(l.served, c) }
+
+// TestAcceptLoop: the loop both paths share retries at once on errAgain,
+// pauses after a failed accept, refuses a connection over the cap, and
+// returns what stops it.
+func TestAcceptLoop(t *testing.T) {
+	s := &Unix{Log: slog.New(slog.DiscardHandler), slots: make(chan struct{}, 1)}
+	fatal := errors.New("fatal")
+	l := &scripted{steps: []any{errAgain, 1, errors.New("EMFILE"), 2, &stopped{fatal}}}
+	start := time.Now()
+	if err := acceptLoop[int](s, l); err != fatal {
+		t.Fatalf("loop returned %v, want %v", err, fatal)
+	}
+	if !reflect.DeepEqual(l.served, []int{1}) || !reflect.DeepEqual(l.refused, []int{2}) {
+		t.Fatalf("served %v, refused %v; want [1], [2] (one slot)", l.served, l.refused)
+	}
+	if d := time.Since(start); d < acceptBackoff {
+		t.Fatalf("failed accept retried after %v, want a pause of %v", d, acceptBackoff)
+	}
+	s.freeSlot()
+	if err := acceptLoop[int](s, &scripted{steps: []any{&stopped{}}}); err != nil {
+		t.Fatalf("closed loop returned %v", err)
+	}
+}
+
+// answering answers every QUERY with the machine IP, at once when now.
+type answering struct{ now bool }
+
+var testAnswer = alloc.Answer{Kind: wire.KindMIP, Reason: "test rule", TTL: time.Minute}
+
+func (b answering) Query(context.Context, identity.Caller) alloc.Answer { return testAnswer }
+func (b answering) QueryNow(identity.Caller) (alloc.Answer, bool)       { return testAnswer, b.now }
+func (answering) NeedsProgram() bool                                    { return false }
+func (answering) Sessions(*uint32) []api.SessionReport                  { return nil }
+func (answering) Status() api.StatusReport                              { return api.StatusReport{} }
+func (answering) ReleaseSession(lease.Session) []lease.Lease            { return nil }
+func (answering) Programs() []api.ProgramEntry                          { return nil }
+func (answering) AddProgram(string) ([]api.ProgramEntry, error)         { return nil, nil }
+func (answering) RemoveProgram(string) ([]api.ProgramEntry, error)      { return nil, nil }
+func (answering) IsAdmin(uint32) bool                                   { return false }
+func (answering) UserName(uint32) string                                { return "" }
+func (answering) MIP() netip.Addr                                       { return netip.MustParseAddr("192.0.2.1") }
+
+// TestPathsAnswerAlike: the accept thread and the goroutines send the same
+// frames for the same QUERY, whether the answer is at hand or not, and
+// whether PENDING comes first.
+func TestPathsAnswerAlike(t *testing.T) {
+	cases := []struct {
+		name       string
+		now, slow  bool
+		flags      uint16
+		wantFrames int
+	}{
+		{"at hand", true, false, 0, 1},
+		{"to be looked up", false, false, wire.FlagAcceptPending, 1},
+		{"pending first", true, true, wire.FlagAcceptPending, 2},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var got [2][]wire.Frame
+			for i, fast := range []bool{true, false} {
+				s := &Unix{Backend: answering{tc.now}, Resolver: identity.NewResolver(identity.POSIX),
+					Log: slog.New(slog.DiscardHandler), PendingWait: time.Second, SlowSource: tc.slow}
+				path := filepath.Join(t.TempDir(), "s")
+				ln, err := Listen(path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				done := make(chan error, 1)
+				if fast {
+					go func() { done <- s.Serve(ln) }()
+				} else {
+					s.open(ln)
+					go func() { done <- acceptLoop[*net.UnixConn](s, netListener{s, ln}) }()
+				}
+				got[i] = query(t, path, tc.flags)
+				s.Close()
+				if err := <-done; err != nil {
+					t.Fatalf("serve: %v", err)
+				}
+				if fast && s.fast == nil {
+					t.Fatal("the fast path did not start")
+				}
+			}
+			if len(got[0]) != tc.wantFrames || !reflect.DeepEqual(got[0], got[1]) {
+				t.Fatalf("accept thread sent %+v, goroutines %+v; want %d frames alike", got[0], got[1], tc.wantFrames)
+			}
+		})
+	}
+}
+
+// query sends one QUERY and reads frames up to the ANSWER.
+func query(t *testing.T, path string, flags uint16) []wire.Frame {
+	t.Helper()
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c.Write(wire.AppendHeader(nil, wire.Header{Version: wire.Version, Type: wire.OpQuery, Flags: flags}))
+	var frames []wire.Frame
+	for {
+		f, err := wire.ReadFrame(c, wire.MaxResponsePayload)
+		if err != nil {
+			if err == io.EOF {
+				t.Fatalf("closed after %+v", frames)
+			}
+			t.Fatal(err)
+		}
+		frames = append(frames, f)
+		if f.Type != wire.RespPending {
+			return frames
+		}
+	}
+}
