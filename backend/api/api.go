@@ -25,6 +25,10 @@ type Status struct {
 	MachineIP    string `json:"machine_ip"`
 	OnExhausted  string `json:"on_exhausted"`
 	DuplicateVIP int    `json:"duplicate_vips"`
+	// StoreHealthy is false while the lease store cannot commit (a full or
+	// read-only disk): no new lease can be granted, callers fall back.
+	StoreHealthy bool   `json:"store_healthy"`
+	StoreHealth  string `json:"store_health,omitempty"`
 }
 
 // StatusReport is the STATUS reply.

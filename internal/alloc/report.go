@@ -113,6 +113,12 @@ func (m *Manager) Status() api.Status {
 	out := api.Status{Enabled: s.Policy.Enabled, Mode: string(s.Policy.Mode), Source: m.opts.Source.Name(),
 		PoolSize: st.Size, Healthy: st.Healthy, Health: st.Health, MachineIP: m.opts.MIP.String(),
 		OnExhausted: string(s.OnExhausted), DuplicateVIP: m.DuplicateVIPs()}
+	out.StoreHealthy = true
+	if m.opts.Store != nil {
+		if err := m.opts.Store.Healthy(); err != nil {
+			out.StoreHealthy, out.StoreHealth = false, err.Error()
+		}
+	}
 	m.mu.RLock()
 	for _, e := range m.holders {
 		if e.done() && e.err == nil {

@@ -95,6 +95,10 @@ func status(g *globals, args []string) int {
 			if !s.Healthy {
 				health = "UNHEALTHY: " + s.Health
 			}
+			store := "healthy"
+			if !s.StoreHealthy {
+				store = "UNHEALTHY: " + s.StoreHealth
+			}
 			for _, row := range [][2]string{
 				{"ipvirtd", s.Version + ", up since " + since(s.Started)},
 				{"virtualization", enabled + ", " + s.Mode + " mode"},
@@ -102,6 +106,7 @@ func status(g *globals, args []string) int {
 				{"source", s.Source + ", " + health},
 				{"interceptor", s.Interceptor},
 				{"pool", pool},
+				{"lease store", store},
 				{"leases", fmt.Sprintf("%d active, %d pending", s.Leases, s.Pending)},
 				{"sessions", fmt.Sprint(s.Sessions)},
 				{"programs", fmt.Sprint(s.Programs)},

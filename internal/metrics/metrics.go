@@ -73,6 +73,8 @@ var (
 		"1 when the address source can grant new leases.", []string{"source"}, nil)
 	descEnabled = prometheus.NewDesc("ipvirt_enabled",
 		"1 when IP virtualization is enabled.", []string{"mode"}, nil)
+	descStoreHealthy = prometheus.NewDesc("ipvirt_store_healthy",
+		"1 when the last lease store commit reached the disk.", nil, nil)
 	descCommits = prometheus.NewDesc("ipvirt_store_commits_total",
 		"Transactions (fsyncs) of the lease store.", nil, nil)
 	descWrites = prometheus.NewDesc("ipvirt_store_writes_total",
@@ -86,7 +88,7 @@ type collector struct {
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descAllocations, descDecisions, descExhausted, descReleases, descLeases,
-		descPending, descPool, descDuplicates, descSessions, descHealthy, descEnabled, descCommits, descWrites} {
+		descPending, descPool, descDuplicates, descSessions, descHealthy, descEnabled, descStoreHealthy, descCommits, descWrites} {
 		ch <- d
 	}
 }
@@ -114,6 +116,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descSessions, prometheus.GaugeValue, float64(s.Sessions))
 	ch <- prometheus.MustNewConstMetric(descHealthy, prometheus.GaugeValue, b2f(s.Healthy), s.Source)
 	ch <- prometheus.MustNewConstMetric(descEnabled, prometheus.GaugeValue, b2f(s.Enabled), s.Mode)
+	ch <- prometheus.MustNewConstMetric(descStoreHealthy, prometheus.GaugeValue, b2f(s.StoreHealthy))
 	if c.store != nil {
 		commits, ops := c.store.Stats()
 		ch <- prometheus.MustNewConstMetric(descCommits, prometheus.CounterValue, float64(commits))

@@ -29,6 +29,8 @@ func HTTPHandler(b Backend, m *metrics.Metrics) http.Handler {
 			http.Error(w, "duplicate VIPs held: "+strconv.Itoa(st.DuplicateVIP), http.StatusInternalServerError)
 		case !st.Healthy:
 			http.Error(w, "address source unhealthy: "+st.Health, http.StatusServiceUnavailable)
+		case !st.StoreHealthy:
+			http.Error(w, "lease store unhealthy: "+st.StoreHealth, http.StatusServiceUnavailable)
 		default:
 			w.Write([]byte("ok\n"))
 		}

@@ -192,3 +192,52 @@ func FuzzOpen(f *testing.F) {
 		s.Close()
 	})
 }
+
+// A full disk used to leave the daemon reporting itself healthy while every
+// grant failed. Healthy follows the last commit: an error while the disk is
+// full, nil again after a commit succeeds.
+func TestFullDiskUnhealthy(t *testing.T) {
+	if os.Getuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("needs root to mount a small tmpfs, and CI=true makes that required")
+		}
+		t.Skip("needs root to mount a small tmpfs")
+	}
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=256k", "ipvirt-test", dir).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Healthy(); err != nil {
+		t.Fatalf("fresh store unhealthy: %v", err)
+	}
+	filler := filepath.Join(dir, "filler")
+	// Fill what the database has not taken, then grow it until a commit fails.
+	exec.Command("dd", "if=/dev/zero", "of="+filler, "bs=4k", "count=1000").Run()
+	var putErr error
+	for i := 1; i < 5000 && putErr == nil; i++ {
+		l := mkLease(uint32(i), fmt.Sprintf("10.0.%d.%d", i/250, 1+i%250))
+		l.State = make([]byte, 512)
+		putErr = s.Put(l)
+	}
+	if putErr == nil {
+		t.Fatal("no commit failed on a full 256 KiB tmpfs")
+	}
+	if err := s.Healthy(); err == nil {
+		t.Fatalf("Healthy() = nil after a failed commit (%v)", putErr)
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Put(mkLease(9999, "10.0.99.1")); err != nil {
+		t.Fatalf("Put after freeing space: %v", err)
+	}
+	if err := s.Healthy(); err != nil {
+		t.Fatalf("Healthy() after a good commit: %v", err)
+	}
+}
