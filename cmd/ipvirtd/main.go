@@ -38,6 +38,13 @@ See README.md for the configuration reference.
 `
 
 func main() {
+	// First, before anything that takes time: without a handler Go's
+	// runtime dies of SIGHUP, and an administrator's reload (or a logrotate
+	// script's) may come while the daemon is still opening its store. A
+	// SIGHUP received before the daemon runs is a reload once it does.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+
 	fs := flag.NewFlagSet("ipvirtd", flag.ContinueOnError)
 	cfgPath := fs.String("config", config.DefaultPath, "configuration `file`")
 	check := fs.Bool("check", false, "validate the configuration against this host and exit (like nginx -t)")
@@ -81,21 +88,19 @@ func main() {
 			*cfgPath, cfg.Mode, cfg.Source, a.Name, a.MIP())
 		return
 	}
-	if err := run(*cfgPath, log); err != nil {
+	if err := run(*cfgPath, log, hup); err != nil {
 		log.Error("ipvirtd failed", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(path string, log *slog.Logger) error {
+func run(path string, log *slog.Logger, hup <-chan os.Signal) error {
 	d, err := daemon.New(path, log)
 	if err != nil {
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
 	go func() {
 		for range hup {
 			if err := d.Reload(); err != nil {

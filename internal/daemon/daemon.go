@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"sync"
 	"time"
 
@@ -251,6 +252,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.log.Info("ipvirtd ready", "version", Version, "socket", cfg.Socket, "http", cfg.HTTP,
 		"mode", cfg.Mode, "enabled", cfg.Enabled, "source", cfg.Source, "adapter", d.adapter.Name,
 		"machine_ip", d.adapter.MIP().String(), "session_identity", cfg.SessionIdentity)
+	if err := notifyReady(); err != nil {
+		d.log.Warn("cannot tell the supervisor that ipvirtd is ready", "NOTIFY_SOCKET", os.Getenv("NOTIFY_SOCKET"), "err", err)
+	}
 
 	var runErr error
 	select {
