@@ -19,7 +19,7 @@ import (
 	"time"
 
 	"github.com/ipvirt/ipvirt/backend/api"
-
+	"github.com/ipvirt/ipvirt/internal/testenv"
 	"github.com/ipvirt/ipvirt/sim/daemonproc"
 	"github.com/ipvirt/ipvirt/sim/loginsession"
 )
@@ -30,16 +30,6 @@ type env struct {
 	kind loginsession.Kind
 	d    *daemonproc.Daemon
 	ctl  string
-}
-
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("needs root (CI=true: not skipping)")
-		}
-		t.Skip("needs root")
-	}
 }
 
 func sessionKind() (loginsession.Kind, string) {
@@ -344,7 +334,7 @@ func TestPerProgramMode(t *testing.T) {
 	// Listing ipvirtctl at run time makes it a per-program holder. Only
 	// root and administrators may, and an administrator's own sessions are
 	// never virtualized, so without root this half cannot be shown.
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	c, err := e.d.Client()
 	if err != nil {
 		t.Fatal(err)
@@ -382,7 +372,7 @@ func TestPerProgramMode(t *testing.T) {
 }
 
 func TestNonAdminRefusedAndFiltered(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	e := newEnv(t, "")
 	mine := e.session(60001)
 	e.mustVIP(mine)

@@ -17,6 +17,7 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/ipvirt/ipvirt/backend/client"
+	"github.com/ipvirt/ipvirt/internal/testenv"
 	"github.com/ipvirt/ipvirt/sim/loginsession"
 )
 
@@ -51,7 +52,7 @@ func kernelProgs(t *testing.T) int {
 // SIGKILLed daemon leaves the programs working and the next one adopts
 // them; SIGTERM detaches.
 func TestKernelInterceptor(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	if _, err := os.Stat("/sys/fs/cgroup/unified/cgroup.procs"); err != nil {
 		t.Skip("this test looks for the cgroup2 root at /sys/fs/cgroup/unified")
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
+	"github.com/ipvirt/ipvirt/internal/testenv"
 	"github.com/ipvirt/ipvirt/sim/daemonproc"
 )
 
@@ -20,7 +21,7 @@ import (
 // its name.
 func twoUplinkHost(t *testing.T) string {
 	t.Helper()
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	orig, err := netns.Get()

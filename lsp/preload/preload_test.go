@@ -60,16 +60,6 @@ func requireTool(t testing.TB, path, pkg string) {
 	}
 }
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("needs root (CI=true: not skipping)")
-		}
-		t.Skip("needs root")
-	}
-}
-
 // build makes the library (from $IPVIRT_BIN when it holds one, else with
 // this directory's Makefile) and the C probe, once per test binary.
 func build(t testing.TB) {
