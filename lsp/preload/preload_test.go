@@ -300,22 +300,6 @@ func startInput(t testing.TB, s *loginsession.Session, env []string, input strin
 	return p
 }
 
-// next returns the program's next output line.
-func (p *started) next() string {
-	p.t.Helper()
-	select {
-	case l, ok := <-p.lines:
-		if !ok {
-			p.t.Fatalf("program ended before printing the expected line:\n%s", p.stdout.String())
-		}
-		p.stdout.WriteString(l + "\n")
-		return l
-	case <-time.After(60 * time.Second):
-		p.t.Fatal("program printed nothing for 60 s")
-	}
-	return ""
-}
-
 // wait collects the rest of the output and the exit status.
 func (p *started) wait() result {
 	p.t.Helper()
