@@ -1,8 +1,9 @@
 # ipvirt: per-session and per-program virtual IPs on Linux.
 #
 #   make demo    build, then replay the duplicate-IP scenario end to end
-#   make test    build, vet and run every test (root runs the namespace,
-#                eBPF and audit-session tests too; CI=true makes them required)
+#   make test    build, check that git tracks no binary, vet and run every
+#                test (root runs the namespace, eBPF and audit-session tests
+#                too; CI=true makes them required)
 #   make bench   run the load benchmarks and print their ratios
 #   make build   binaries into bin/
 #   make deps    install the Debian packages the build and tests need
@@ -36,8 +37,10 @@ generate: deps
 # create namespaces from racing each other on a 2-core machine.
 # The scenario files run last and alone: ipvirtd sees every login session
 # on the host, so another package's test sessions would show up in a
-# scenario's exact lease counts.
+# scenario's exact lease counts. check-tracked.sh first: a binary in git
+# (bin/, a bench program) would ship in every clone.
 test: build
+	@./scripts/check-tracked.sh
 	$(GO) vet ./...
 	IPVIRT_BIN=$(BIN) $(GO) test -count=1 -p 2 -timeout 20m $$($(GO) list ./... | grep -v '/sim/scenario$$')
 	IPVIRT_BIN=$(BIN) $(GO) test -count=1 -timeout 20m ./sim/scenario/

@@ -4,33 +4,24 @@ import (
 	"errors"
 	"net"
 	"net/netip"
-	"os"
 	"runtime"
 	"slices"
 	"strings"
 	"testing"
 
-	"github.com/ipvirt/ipvirt/internal/source/static"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-)
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("needs root for network namespaces (CI=true: not skipping)")
-		}
-		t.Skip("needs root for network namespaces")
-	}
-}
+	"github.com/ipvirt/ipvirt/internal/source/static"
+	"github.com/ipvirt/ipvirt/internal/testenv"
+)
 
 // inNetns runs the rest of the test on this OS thread inside a fresh network
 // namespace, and returns a second fresh namespace ("the LAN") to move veth
 // peers into. Both vanish when their handles close.
 func inNetns(t *testing.T) netns.NsHandle {
 	t.Helper()
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	runtime.LockOSThread()
 	orig, err := netns.Get()
 	if err != nil {

@@ -16,7 +16,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -272,10 +271,4 @@ func (c *Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// UID resolves an admins.users entry that is a number to a uid.
-func UID(s string) (uint32, bool) {
-	v, err := strconv.ParseUint(s, 10, 32)
-	return uint32(v), err == nil
 }

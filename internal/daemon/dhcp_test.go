@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ipvirt/ipvirt/sim/daemonproc"
 	"github.com/ipvirt/ipvirt/sim/dhcpserver"
 )
 
@@ -52,10 +51,7 @@ func TestDHCPSource(t *testing.T) {
 
 	// SIGKILL and restart: the same addresses, renewed, no new DISCOVER.
 	discovers := srv.Counters().Discovers
-	e.d.Stop(syscall.SIGKILL)
-	if err := e.d.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	e.restart(syscall.SIGKILL)
 	if v := e.mustVIP(a); v != vipA {
 		t.Fatalf("after SIGKILL session A got %s, had %s", v, vipA)
 	}
@@ -156,25 +152,4 @@ func TestPreloadWaitsForSlowDHCP(t *testing.T) {
 	if took := time.Since(start); took < time.Second {
 		t.Fatalf("connected after %v: the slow server should have made it wait over a second", took)
 	}
-}
-
-// cBinary finds a C artifact of `make build` (IPVIRT_BIN, which make test
-// sets, else bin/ of the checkout); `go test` alone has not built them.
-func cBinary(t *testing.T, name string) string {
-	t.Helper()
-	dir := os.Getenv(daemonproc.BinEnv)
-	if dir == "" {
-		dir = filepath.Join("..", "..", "bin")
-	}
-	p, err := filepath.Abs(filepath.Join(dir, name))
-	if err == nil {
-		_, err = os.Stat(p)
-	}
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s: %v (make build makes it)", name, err)
-		}
-		t.Skipf("needs %s from make build (make test builds it): %v", name, err)
-	}
-	return p
 }

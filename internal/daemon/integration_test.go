@@ -5,151 +5,20 @@ package daemon_test
 // otherwise), a real bbolt file, SIGKILL and restarts.
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/ipvirt/ipvirt/backend/api"
-
-	"github.com/ipvirt/ipvirt/sim/daemonproc"
+	"github.com/ipvirt/ipvirt/internal/testenv"
 	"github.com/ipvirt/ipvirt/sim/loginsession"
 )
-
-// env is one test's daemon and session kind.
-type env struct {
-	t    *testing.T
-	kind loginsession.Kind
-	d    *daemonproc.Daemon
-	ctl  string
-}
-
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("needs root (CI=true: not skipping)")
-		}
-		t.Skip("needs root")
-	}
-}
-
-func sessionKind() (loginsession.Kind, string) {
-	if ok, _ := loginsession.Available(loginsession.Audit); ok {
-		return loginsession.Audit, "audit"
-	}
-	return loginsession.POSIX, "posix"
-}
-
-// newEnv starts ipvirtd with a loopback static pool and the given extra
-// config.
-func newEnv(t *testing.T, extra string) *env {
-	t.Helper()
-	body := "adapter: lo\nsource: static\n"
-	if !strings.Contains(extra, "static_pool") {
-		body += "static_pool: {start: 127.77.0.10, end: 127.77.0.250, subnet_mask: 255.255.255.0}\n"
-	}
-	return newEnvBody(t, body+extra)
-}
-
-// newEnvBody starts ipvirtd with body plus the session identity of this
-// machine and short grace and scan intervals.
-func newEnvBody(t *testing.T, body string) *env {
-	t.Helper()
-	kind, identity := sessionKind()
-	body = fmt.Sprintf("session_identity: %s\ngrace: 1s\nscan_interval: 100ms\n", identity) + body
-	d, err := daemonproc.New(t.TempDir(), body, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		d.Stop(syscall.SIGKILL)
-		if t.Failed() {
-			t.Logf("ipvirtd log:\n%s", d.Logs())
-		}
-	})
-	ctl, err := daemonproc.Binary("ipvirtctl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &env{t: t, kind: kind, d: d, ctl: ctl}
-}
-
-// session opens a login session for uid that ends with the test.
-func (e *env) session(uid uint32) *loginsession.Session {
-	e.t.Helper()
-	s, err := loginsession.Start(context.Background(), e.kind, uid)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.t.Cleanup(func() { s.Close() })
-	return s
-}
-
-// whoami runs `ipvirtctl -o json whoami` inside the session, as a real
-// process of it, and returns the daemon's answer.
-func (e *env) whoami(s *loginsession.Session) (api.WhoamiReport, error) {
-	out := filepath.Join(e.t.TempDir(), "whoami.json")
-	pid, err := s.Run("/bin/sh", "-c", `exec "$1" --socket "$2" -o json whoami > "$3" 2>&1`, "sh", e.ctl, e.d.Socket, out)
-	if err != nil {
-		return api.WhoamiReport{}, err
-	}
-	s.Reap(pid)
-	b, err := os.ReadFile(out)
-	if err != nil {
-		return api.WhoamiReport{}, err
-	}
-	var r api.WhoamiReport
-	if err := json.Unmarshal(b, &r); err != nil {
-		return r, fmt.Errorf("whoami said %q: %w", b, err)
-	}
-	return r, nil
-}
-
-func (e *env) mustVIP(s *loginsession.Session) string {
-	e.t.Helper()
-	r, err := e.whoami(s)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	if r.Result != "vip" {
-		e.t.Fatalf("session %d got %s (%s), want a VIP", s.ID, r.Result, r.Reason)
-	}
-	return r.VIP
-}
-
-func (e *env) leases() int {
-	e.t.Helper()
-	v, err := e.d.Metric("ipvirt_leases_active")
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return int(v)
-}
-
-// eventually polls cond for up to 20 s: releases happen on the daemon's
-// scan ticks, and a loaded CI machine may be slow.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 func TestSessionsGetDistinctVIPsAndKeepThem(t *testing.T) {
 	e := newEnv(t, "")
@@ -165,12 +34,7 @@ func TestSessionsGetDistinctVIPsAndKeepThem(t *testing.T) {
 			t.Fatalf("session %d asked again and got %s, first %s", s.ID, again, vip)
 		}
 	}
-	c, err := e.d.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	rows, err := c.Sessions()
+	rows, err := e.client().Sessions()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,10 +111,7 @@ func TestKill9MidStorm(t *testing.T) {
 	if holding == n {
 		t.Logf("every session was answered before SIGKILL landed; the kill was not mid-storm this time")
 	}
-	e.d.Stop(syscall.SIGKILL)
-	if err := e.d.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	e.restart(syscall.SIGKILL)
 	answered := 0
 	after := map[string]int{}
 	for i, s := range sessions {
@@ -284,9 +145,7 @@ func TestRestartKeepsLiveReleasesDead(t *testing.T) {
 			vipLive, vipDead := e.mustVIP(live), e.mustVIP(dead)
 			e.d.Stop(sig)
 			dead.Close() // ends while the daemon is down
-			if err := e.d.Start(context.Background()); err != nil {
-				t.Fatal(err)
-			}
+			e.start()
 			if v := e.mustVIP(live); v != vipLive {
 				t.Fatalf("live session got %s after restart, had %s", v, vipLive)
 			}
@@ -344,12 +203,8 @@ func TestPerProgramMode(t *testing.T) {
 	// Listing ipvirtctl at run time makes it a per-program holder. Only
 	// root and administrators may, and an administrator's own sessions are
 	// never virtualized, so without root this half cannot be shown.
-	requireRoot(t)
-	c, err := e.d.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	testenv.RequireRoot(t)
+	c := e.client()
 	real, _ := filepath.EvalSymlinks(e.ctl)
 	if _, err := c.AddProgram(real); err != nil {
 		t.Fatal(err)
@@ -359,12 +214,8 @@ func TestPerProgramMode(t *testing.T) {
 		t.Fatalf("listed program got %s holder %q", r.Result, r.Holder)
 	}
 	// The addition survives a restart; the file's entry stays too.
-	e.d.Stop(syscall.SIGTERM)
-	if err := e.d.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	c2, _ := e.d.Client()
-	defer c2.Close()
+	e.restart(syscall.SIGTERM)
+	c2 := e.client()
 	list, err := c2.Programs()
 	if err != nil {
 		t.Fatal(err)
@@ -382,7 +233,7 @@ func TestPerProgramMode(t *testing.T) {
 }
 
 func TestNonAdminRefusedAndFiltered(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	e := newEnv(t, "")
 	mine := e.session(60001)
 	e.mustVIP(mine)
@@ -394,16 +245,9 @@ func TestNonAdminRefusedAndFiltered(t *testing.T) {
 	os.Chmod(filepath.Dir(e.d.Dir), 0o755)
 	os.Chmod(e.d.Dir, 0o755)
 	asUser := func(args ...string) (string, int) {
-		cmd := exec.Command(e.ctl, append([]string{"--socket", e.d.Socket}, args...)...)
+		cmd := e.ctlCmd(args...)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 60001, Gid: 60001}}
-		out, err := cmd.CombinedOutput()
-		code := 0
-		if ee, ok := err.(*exec.ExitError); ok {
-			code = ee.ExitCode()
-		} else if err != nil {
-			t.Fatal(err)
-		}
-		return string(out), code
+		return run(t, cmd)
 	}
 	out, code := asUser("release", fmt.Sprint(mine.ID))
 	if code != 1 || !strings.Contains(out, "only root and administrators may release sessions") {
@@ -434,9 +278,7 @@ func TestNonAdminRefusedAndFiltered(t *testing.T) {
 		t.Fatalf("uid 60001 does not see its session %d: %+v", mine.ID, rows)
 	}
 	// Root releases; the session's next question gets a VIP again.
-	c, _ := e.d.Client()
-	defer c.Close()
-	rel, err := c.Release(fmt.Sprint(mine.ID))
+	rel, err := e.client().Release(fmt.Sprint(mine.ID))
 	if err != nil || len(rel) != 1 {
 		t.Fatalf("root release: %v %v", rel, err)
 	}
@@ -446,9 +288,7 @@ func TestReloadMovesPoolKeepsLeases(t *testing.T) {
 	e := newEnv(t, "")
 	s := e.session(60001)
 	old := e.mustVIP(s)
-	_, identity := sessionKind()
-	body := fmt.Sprintf("adapter: lo\nsource: static\nsession_identity: %s\ngrace: 1s\nscan_interval: 100ms\n"+
-		"static_pool: {start: 127.78.0.10, end: 127.78.0.20, subnet_mask: 255.255.255.0}\n", identity)
+	body := daemonConfig(staticConfig("static_pool: {start: 127.78.0.10, end: 127.78.0.20, subnet_mask: 255.255.255.0}\n"))
 	if err := e.d.WriteConfig(body); err != nil {
 		t.Fatal(err)
 	}
@@ -474,11 +314,6 @@ func TestReloadMovesPoolKeepsLeases(t *testing.T) {
 }
 
 func TestCheck(t *testing.T) {
-	bin, err := daemonproc.Binary("ipvirtd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
 	tests := []struct {
 		name, body, want string
 		code             int
@@ -490,14 +325,8 @@ func TestCheck(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			path := filepath.Join(dir, tt.name+".yaml")
-			os.WriteFile(path, []byte(tt.body), 0o644)
-			out, err := exec.Command(bin, "--check", "--config", path).CombinedOutput()
-			code := 0
-			if ee, ok := err.(*exec.ExitError); ok {
-				code = ee.ExitCode()
-			}
-			if code != tt.code || !strings.Contains(string(out), tt.want) {
+			out, code := checkConfig(t, tt.body)
+			if code != tt.code || !strings.Contains(out, tt.want) {
 				t.Fatalf("exit %d, output %q; want exit %d and %q", code, out, tt.code, tt.want)
 			}
 		})
@@ -525,7 +354,7 @@ func TestExcludedSessionsGetMachineIP(t *testing.T) {
 		}
 		t.Skipf("this test runs inside audit session %s: a session-0 process cannot be made from here", mine)
 	}
-	out, err := exec.Command(e.ctl, "--socket", e.d.Socket, "-o", "json", "whoami").Output()
+	out, err := e.ctlCmd("-o", "json", "whoami").Output()
 	if err != nil {
 		t.Fatal(err)
 	}

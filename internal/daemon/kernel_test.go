@@ -11,12 +11,11 @@ import (
 	"sync"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 
-	"github.com/ipvirt/ipvirt/backend/client"
+	"github.com/ipvirt/ipvirt/internal/testenv"
 	"github.com/ipvirt/ipvirt/sim/loginsession"
 )
 
@@ -51,7 +50,7 @@ func kernelProgs(t *testing.T) int {
 // SIGKILLed daemon leaves the programs working and the next one adopts
 // them; SIGTERM detaches.
 func TestKernelInterceptor(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	if _, err := os.Stat("/sys/fs/cgroup/unified/cgroup.procs"); err != nil {
 		t.Skip("this test looks for the cgroup2 root at /sys/fs/cgroup/unified")
 	}
@@ -89,23 +88,6 @@ func TestKernelInterceptor(t *testing.T) {
 		}
 		return seen[len(seen)-1]
 	}
-	sessionVIP := func(s *loginsession.Session) string {
-		c, err := client.Dial(e.d.Socket, 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		rows, err := c.Sessions()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range rows {
-			if r.ID == s.ID && r.VIP != "" {
-				return r.VIP
-			}
-		}
-		return ""
-	}
 	get := func(s *loginsession.Session) {
 		t.Helper()
 		pid, err := s.Run(cget, "127.0.0.1", port)
@@ -120,7 +102,7 @@ func TestKernelInterceptor(t *testing.T) {
 	// or the kernel's session event), and fills the map before the client
 	// runs: no process of the session ever talks to ipvirtd.
 	var vip string
-	eventually(t, "a VIP for the new session", func() bool { vip = sessionVIP(s); return vip != "" })
+	eventually(t, "a VIP for the new session", func() bool { vip = e.sessionVIP(s.ID); return vip != "" })
 	get(s)
 	if got := last(); got != vip {
 		t.Fatalf("static binary left from %s, want the session's VIP %s", got, vip)
@@ -138,15 +120,8 @@ func TestKernelInterceptor(t *testing.T) {
 	if got := kernelProgs(t); got != before+1 {
 		t.Fatalf("after SIGKILL %d programs attached, want %d", got, before+1)
 	}
-	if err := e.d.Start(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	c, err := client.Dial(e.d.Socket, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := c.Status()
-	c.Close()
+	e.start()
+	st, err := e.client().Status()
 	if err != nil || !strings.Contains(st.Interceptor, "adopted") {
 		t.Fatalf("restarted daemon's interceptor: %q (%v), want adopted", st.Interceptor, err)
 	}

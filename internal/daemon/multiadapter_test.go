@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -12,7 +11,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
-	"github.com/ipvirt/ipvirt/sim/daemonproc"
+	"github.com/ipvirt/ipvirt/internal/testenv"
 )
 
 // twoUplinkHost makes a named network namespace with two adapters whose
@@ -20,7 +19,7 @@ import (
 // its name.
 func twoUplinkHost(t *testing.T) string {
 	t.Helper()
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	orig, err := netns.Get()
@@ -58,25 +57,13 @@ func twoUplinkHost(t *testing.T) string {
 
 func TestCheckRefusesPerSessionOnTwoAdapters(t *testing.T) {
 	ns := twoUplinkHost(t)
-	bin, err := daemonproc.Binary("ipvirtd")
-	if err != nil {
-		t.Fatal(err)
-	}
 	if _, err := exec.LookPath("ip"); err != nil {
 		t.Fatal("ip (Debian package iproute2) is needed to run ipvirtd in a namespace")
 	}
-	dir := t.TempDir()
 	check := func(mode string) (string, int) {
-		cfg := filepath.Join(dir, mode+".yaml")
-		os.WriteFile(cfg, []byte("adapter: eth0\nsource: static\nmode: "+mode+"\n"+
-			"static_pool: {start: 10.50.0.100, end: 10.50.0.199, subnet_mask: 255.255.255.0}\n"), 0o644)
-		out, err := exec.Command("ip", "netns", "exec", ns, bin, "--check", "--config", cfg).CombinedOutput()
-		if ee, ok := err.(*exec.ExitError); ok {
-			return string(out), ee.ExitCode()
-		} else if err != nil {
-			t.Fatal(err)
-		}
-		return string(out), 0
+		return checkConfig(t, "adapter: eth0\nsource: static\nmode: "+mode+"\n"+
+			"static_pool: {start: 10.50.0.100, end: 10.50.0.199, subnet_mask: 255.255.255.0}\n",
+			"ip", "netns", "exec", ns)
 	}
 	out, code := check("per-session")
 	if code != 1 || !strings.Contains(out, "has 2: eth0, eth1") || !strings.Contains(out, "use mode: per-program") {

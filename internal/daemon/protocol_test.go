@@ -23,16 +23,8 @@ import (
 // closed connection; a query from a process in no session gets MIP.
 func TestProtocolEdges(t *testing.T) {
 	e := newEnv(t, "")
-	dial := func() net.Conn {
-		c, err := net.Dial("unix", e.d.Socket)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		return c
-	}
 
-	c := dial()
+	c := e.dial(5 * time.Second)
 	c.Write(wire.AppendHeader(nil, wire.Header{Version: 2, Type: wire.OpQuery}))
 	f, err := wire.ReadFrame(c, wire.MaxResponsePayload)
 	if err != nil || f.Version != wire.Version || f.Type != wire.RespError {
@@ -47,7 +39,7 @@ func TestProtocolEdges(t *testing.T) {
 	}
 	c.Close()
 
-	c = dial()
+	c = e.dial(5 * time.Second)
 	c.Write([]byte("GET / HTTP/1.0\r\n\r\n"))
 	// Closed with our bytes unread: EOF or a reset, never an answer.
 	if n, err := c.Read(make([]byte, 64)); n != 0 || (err != io.EOF && !errors.Is(err, syscall.ECONNRESET)) {
@@ -57,8 +49,7 @@ func TestProtocolEdges(t *testing.T) {
 
 	// Several requests on one connection, in turn; this test process is in
 	// no login session (when run outside a login), or in the tester's.
-	c = dial()
-	defer c.Close()
+	c = e.dial(5 * time.Second)
 	for range 3 {
 		c.Write(wire.AppendFrame(nil, wire.OpQuery, nil))
 		f, err := wire.ReadFrame(c, wire.MaxResponsePayload)
@@ -135,27 +126,10 @@ func TestPreallocateOnLogon(t *testing.T) {
 	e := newEnv(t, "preallocate: true\n")
 	// Scans see every session on the host (in POSIX mode, the test runner's
 	// own too), so look only at the sessions made here.
-	vipOf := func(id uint32) string {
-		c, err := e.d.Client()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		rows, err := c.Sessions()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range rows {
-			if r.ID == id {
-				return r.VIP
-			}
-		}
-		return ""
-	}
 	s := e.session(60001)
 	// No process of the session has asked anything: the scan finds it.
-	eventually(t, "the new session has a VIP without asking", func() bool { return vipOf(s.ID) != "" })
-	vip := vipOf(s.ID)
+	eventually(t, "the new session has a VIP without asking", func() bool { return e.sessionVIP(s.ID) != "" })
+	vip := e.sessionVIP(s.ID)
 	if got := e.mustVIP(s); got != vip {
 		t.Fatalf("session asked and got %s, pre-allocated %s", got, vip)
 	}
@@ -164,7 +138,7 @@ func TestPreallocateOnLogon(t *testing.T) {
 	}
 	admin := e.session(0)
 	time.Sleep(500 * time.Millisecond) // several scans
-	if v := vipOf(admin.ID); v != "" {
+	if v := e.sessionVIP(admin.ID); v != "" {
 		t.Fatalf("an administrator's session was pre-allocated %s", v)
 	}
 }
@@ -174,15 +148,7 @@ func TestPreallocateOnLogon(t *testing.T) {
 // must neither block other clients nor go unanswered.
 func TestSlowClients(t *testing.T) {
 	e := newEnv(t, "")
-	dial := func() net.Conn {
-		c, err := net.Dial("unix", e.d.Socket)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
+	dial := func() net.Conn { return e.dial(10 * time.Second) }
 	query := func(c net.Conn, parts ...[]byte) {
 		t.Helper()
 		for i, p := range parts {

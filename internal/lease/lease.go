@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/ipvirt/ipvirt/internal/pool"
 )
 
 // SessionKind says which kernel notion of "login session" a SessionID is.
@@ -156,5 +158,5 @@ func PrefixMask(bits int) netip.Addr {
 	if bits > 0 {
 		m = ^uint32(0) << (32 - bits)
 	}
-	return netip.AddrFrom4([4]byte{byte(m >> 24), byte(m >> 16), byte(m >> 8), byte(m)})
+	return pool.FromV4(m)
 }

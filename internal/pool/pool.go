@@ -122,8 +122,7 @@ func (p *Pool) index(a netip.Addr) (int32, bool) {
 }
 
 func (p *Pool) addr(i int32) netip.Addr {
-	v := p.base + uint32(i)
-	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+	return FromV4(p.base + uint32(i))
 }
 
 func (p *Pool) pushBack(i int32) {

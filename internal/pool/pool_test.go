@@ -129,8 +129,7 @@ func TestPoolModel(t *testing.T) {
 }
 
 func fromOffset(a netip.Addr, off int) netip.Addr {
-	v := int64(V4(a)) + int64(off)
-	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+	return FromV4(V4(a) + uint32(off))
 }
 
 func BenchmarkTakePut65536(b *testing.B) {

@@ -17,6 +17,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 
+	"github.com/ipvirt/ipvirt/internal/testenv"
 	"github.com/ipvirt/ipvirt/sim/loginsession"
 )
 
@@ -24,22 +25,12 @@ import (
 // process on the machine passes through the programs, and only sessions
 // in the maps (created here, with VIPs from 127.74.0.0/24) are changed.
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("needs root for eBPF and audit sessions (CI=true: not skipping)")
-		}
-		t.Skip("needs root (eBPF, audit sessions)")
-	}
-}
-
 var pool = []Range{{Start: netip.MustParseAddr("127.74.0.10"), End: netip.MustParseAddr("127.74.0.20")}}
 
 // open attaches a fresh interceptor with its own pin directory.
 func open(t *testing.T, enforce bool) (*Interceptor, string) {
 	t.Helper()
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	pin := fmt.Sprintf("/sys/fs/bpf/ipvirt-test-%d-%s", os.Getpid(), strings.NewReplacer("/", "-", ".", "-").Replace(t.Name()))
 	ic, err := Open(Options{PinDir: pin, Enforce: enforce, MachineIP: netip.MustParseAddr("127.0.0.1"), Pool: pool})
 	if err != nil {
@@ -268,7 +259,7 @@ var hooks = []ebpf.AttachType{ebpf.AttachCGroupInet4Connect, ebpf.AttachCGroupUD
 // TestCloseDetaches: after Close nothing of ours is attached and the pins
 // are gone.
 func TestCloseDetaches(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	pin := fmt.Sprintf("/sys/fs/bpf/ipvirt-test-%d-close", os.Getpid())
 	ic, err := Open(Options{PinDir: pin})
 	if err != nil {

@@ -59,14 +59,3 @@ func ExeIDFromPath(path string) (ExeID, error) {
 	}
 	return ExeID{Dev: KernelDev(uint64(st.Dev)), Ino: st.Ino}, nil
 }
-
-// ExeIDFromPID returns the ExeID of the binary process pid is running, even
-// when that file has since been deleted or replaced (/proc/PID/exe is a
-// reference to the open file, not a path lookup).
-func ExeIDFromPID(pid int) (ExeID, error) {
-	id, err := ExeIDFromPath("/proc/" + strconv.Itoa(pid) + "/exe")
-	if err != nil {
-		return ExeID{}, fmt.Errorf("bpf: exe id of pid %d: %w", pid, err)
-	}
-	return id, nil
-}

@@ -57,17 +57,6 @@ type kernelObjects struct {
 	links map[string]link.Link
 }
 
-func (ko *kernelObjects) linkNames() []string {
-	var names []string
-	for _, h := range cgroupHooks {
-		names = append(names, h.name)
-	}
-	for _, h := range tracingHooks {
-		names = append(names, h.name)
-	}
-	return names
-}
-
 // detach breaks every link explicitly (a pin or a stray fd elsewhere would
 // otherwise keep the program attached), then closes all handles.
 func (ko *kernelObjects) detach() error {

@@ -60,16 +60,6 @@ func requireTool(t testing.TB, path, pkg string) {
 	}
 }
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("needs root (CI=true: not skipping)")
-		}
-		t.Skip("needs root")
-	}
-}
-
 // build makes the library (from $IPVIRT_BIN when it holds one, else with
 // this directory's Makefile) and the C probe, once per test binary.
 func build(t testing.TB) {
@@ -308,22 +298,6 @@ func startInput(t testing.TB, s *loginsession.Session, env []string, input strin
 		close(p.lines)
 	}()
 	return p
-}
-
-// next returns the program's next output line.
-func (p *started) next() string {
-	p.t.Helper()
-	select {
-	case l, ok := <-p.lines:
-		if !ok {
-			p.t.Fatalf("program ended before printing the expected line:\n%s", p.stdout.String())
-		}
-		p.stdout.WriteString(l + "\n")
-		return l
-	case <-time.After(60 * time.Second):
-		p.t.Fatal("program printed nothing for 60 s")
-	}
-	return ""
 }
 
 // wait collects the rest of the output and the exit status.

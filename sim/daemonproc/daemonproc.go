@@ -41,9 +41,9 @@ func Binary(name string) (string, error) {
 		}
 		return p, nil
 	}
-	root, err := moduleRoot()
+	root, err := ModuleRoot()
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("daemonproc: %w; set %s", err, BinEnv)
 	}
 	buildOnce.Do(func() {
 		buildDir, buildErr = os.MkdirTemp("", "ipvirt-bin-")
@@ -64,8 +64,9 @@ func Binary(name string) (string, error) {
 	return filepath.Join(buildDir, name), nil
 }
 
-// moduleRoot finds the directory of go.mod above the working directory.
-func moduleRoot() (string, error) {
+// ModuleRoot finds the directory of go.mod above the working directory:
+// the source tree to build binaries from when IPVIRT_BIN names none.
+func ModuleRoot() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
 		return "", err
@@ -76,7 +77,7 @@ func moduleRoot() (string, error) {
 		}
 		parent := filepath.Dir(dir)
 		if parent == dir {
-			return "", errors.New("daemonproc: no go.mod above the working directory; set " + BinEnv)
+			return "", errors.New("no go.mod above the working directory")
 		}
 		dir = parent
 	}

@@ -1,7 +1,6 @@
 package dhcpserver
 
 import (
-	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -9,52 +8,13 @@ import (
 
 	"github.com/mdlayher/packet"
 	"golang.org/x/sys/unix"
+
+	"github.com/ipvirt/ipvirt/internal/arp"
 )
 
 // RogueMAC is the hardware address the rogue host claims ARPInUse
 // addresses with.
 var RogueMAC = net.HardwareAddr{0x02, 0x0b, 0xad, 0x00, 0x00, 0x01}
-
-// arpPacket is an Ethernet/IPv4 ARP payload (RFC 826).
-type arpPacket struct {
-	op       uint16
-	sha, tha net.HardwareAddr
-	spa, tpa netip.Addr
-}
-
-const (
-	arpRequest = 1
-	arpReply   = 2
-	arpLen     = 28
-)
-
-func parseARP(b []byte) (arpPacket, bool) {
-	if len(b) < arpLen || binary.BigEndian.Uint16(b[0:2]) != 1 || binary.BigEndian.Uint16(b[2:4]) != unix.ETH_P_IP ||
-		b[4] != 6 || b[5] != 4 {
-		return arpPacket{}, false
-	}
-	return arpPacket{
-		op:  binary.BigEndian.Uint16(b[6:8]),
-		sha: net.HardwareAddr(b[8:14]),
-		spa: netip.AddrFrom4([4]byte(b[14:18])),
-		tha: net.HardwareAddr(b[18:24]),
-		tpa: netip.AddrFrom4([4]byte(b[24:28])),
-	}, true
-}
-
-func (p arpPacket) marshal() []byte {
-	b := make([]byte, arpLen)
-	binary.BigEndian.PutUint16(b[0:2], 1)
-	binary.BigEndian.PutUint16(b[2:4], unix.ETH_P_IP)
-	b[4], b[5] = 6, 4
-	binary.BigEndian.PutUint16(b[6:8], p.op)
-	copy(b[8:14], p.sha)
-	s4, t4 := p.spa.As4(), p.tpa.As4()
-	copy(b[14:18], s4[:])
-	copy(b[18:24], p.tha)
-	copy(b[24:28], t4[:])
-	return b
-}
 
 // rogueARP answers ARP requests for the addresses it claims, the way a
 // host that already uses them (a misconfigured static address) would.
@@ -100,21 +60,21 @@ func (r *rogueARP) serve() {
 		if err != nil {
 			return // closed
 		}
-		req, ok := parseARP(buf[:n])
-		if !ok || req.op != arpRequest {
+		req, err := arp.Parse(buf[:n])
+		if err != nil || req.Op != arp.Request {
 			continue
 		}
 		r.mu.Lock()
-		claimed := r.claims[req.tpa]
+		claimed := r.claims[req.TargetIP]
 		r.mu.Unlock()
 		if !claimed {
 			continue
 		}
 		// RFC 5227 2.4: a defending host answers a probe (spa 0.0.0.0)
 		// with an ordinary reply; the prober sees its address taken.
-		reply := arpPacket{op: arpReply, sha: RogueMAC, spa: req.tpa, tha: req.sha, tpa: req.spa}
-		dst := append(net.HardwareAddr(nil), req.sha...)
-		if _, err := r.conn.WriteTo(reply.marshal(), &packet.Addr{HardwareAddr: dst}); err == nil {
+		reply := arp.Packet{Op: arp.Reply, SenderHW: [6]byte(RogueMAC), SenderIP: req.TargetIP,
+			TargetHW: req.SenderHW, TargetIP: req.SenderIP}
+		if _, err := r.conn.WriteTo(reply.Marshal(), &packet.Addr{HardwareAddr: req.SenderHW[:]}); err == nil {
 			r.counted()
 		}
 	}

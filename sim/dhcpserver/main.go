@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -100,13 +99,6 @@ func (s *Server) Status() Status {
 		st.Declined = append(st.Declined, a.String())
 	}
 	return st
-}
-
-// WriteStatus encodes the status as indented JSON.
-func (s *Server) WriteStatus(w io.Writer) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(s.Status())
 }
 
 // writeStatus replaces path atomically so a reader never sees half a file.

@@ -20,18 +20,9 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
+	"github.com/ipvirt/ipvirt/internal/testenv"
 	"github.com/ipvirt/ipvirt/sim/topology"
 )
-
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("needs root (CI=true: not skipping)")
-		}
-		t.Skip("needs root")
-	}
-}
 
 // pair is two network namespaces joined by a veth: "srv" and "cli", each
 // with eth0. Kept tiny; sim/topology is the general tool.
@@ -41,7 +32,7 @@ type pair struct {
 }
 
 func newPair(t *testing.T) *pair {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	sweepStale()
 	p := &pair{srvName: fmt.Sprintf("dsrv%d", os.Getpid()), cliName: fmt.Sprintf("dcli%d", os.Getpid())}
 	srv := namedNS(t, p.srvName)

@@ -189,9 +189,6 @@ func (s *Server) Addr() netip.AddrPort {
 	return s.conn.LocalAddr().(*net.UDPAddr).AddrPort()
 }
 
-// ServerID is the server's option 54.
-func (s *Server) ServerID() netip.Addr { return s.serverID }
-
 // Close stops serving. Safe to call more than once.
 func (s *Server) Close() error {
 	s.closeSockets()
@@ -219,14 +216,6 @@ func (s *Server) NAKNext(n int) {
 	s.mu.Lock()
 	s.nakNext = n
 	s.mu.Unlock()
-}
-
-// SetARPInUse replaces the rogue host's claimed addresses (needs a server
-// started with an Interface and a non-empty ARPInUse).
-func (s *Server) SetARPInUse(addrs []netip.Addr) {
-	if s.arp != nil {
-		s.arp.set(addrs)
-	}
 }
 
 // Counters returns a snapshot of the totals.

@@ -64,7 +64,7 @@ func cBinary(name, srcDir string) (string, error) {
 			return p, nil
 		}
 	}
-	root, err := moduleRoot()
+	root, err := daemonproc.ModuleRoot()
 	if err != nil {
 		return "", fmt.Errorf("scenario: %s not found in $IPVIRT_BIN or beside %s, and no source tree to build it: %w", name, os.Args[0], err)
 	}
@@ -77,23 +77,6 @@ func cBinary(name, srcDir string) (string, error) {
 		return "", fmt.Errorf("scenario: build %s: %w\n%s", name, err, msg)
 	}
 	return filepath.Join(out, name), nil
-}
-
-func moduleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", fmt.Errorf("no go.mod above the working directory")
-		}
-		dir = parent
-	}
 }
 
 // install copies src to dir/name, so that a client runs under the program

@@ -24,6 +24,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/ipvirt/ipvirt/internal/pool"
 )
 
 // Prefix starts every namespace this package creates; the creating pid
@@ -173,9 +175,7 @@ func nthAddr(lan netip.Prefix, num int) (netip.Addr, error) {
 	if !lan.Addr().Is4() || num <= 0 || num >= 1<<(32-lan.Bits())-1 {
 		return netip.Addr{}, fmt.Errorf("host number %d does not fit %s", num, lan)
 	}
-	b := lan.Masked().Addr().As4()
-	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]) + uint32(num)
-	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), nil
+	return pool.FromV4(pool.V4(lan.Masked().Addr()) + uint32(num)), nil
 }
 
 // Host returns a host by name; "lan" is the namespace of the bridges.

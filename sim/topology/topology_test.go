@@ -10,18 +10,9 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netns"
-)
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("needs root (network namespaces), and CI=true forbids skipping")
-	}
-	t.Skip("needs root: network namespaces")
-}
+	"github.com/ipvirt/ipvirt/internal/testenv"
+)
 
 func TestNthAddr(t *testing.T) {
 	lan := netip.MustParsePrefix("10.77.0.0/24")
@@ -45,7 +36,7 @@ func TestNthAddr(t *testing.T) {
 // A host on the LAN reaches another over real veths and the bridge; the
 // second adapter is on the second LAN; Close leaves no namespace behind.
 func TestBuildConnectClose(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	n, err := Build(Spec{
 		LANs: []netip.Prefix{netip.MustParsePrefix("10.78.0.0/24"), netip.MustParsePrefix("10.78.1.0/24")},
 		Hosts: []HostSpec{
@@ -110,7 +101,7 @@ func TestBuildConnectClose(t *testing.T) {
 // A namespace named for a process that no longer runs is removed; one of a
 // live process (this one) is not.
 func TestCleanupStale(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	dead := Prefix + "999999999-1-lan" // no such pid
 	h, err := newHost("x", dead)
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"golang.org/x/sys/unix"
 
+	"github.com/ipvirt/ipvirt/internal/testenv"
 	"github.com/ipvirt/ipvirt/sim/topology"
 )
 
@@ -75,9 +76,7 @@ func newLAN(t *testing.T) *lan {
 }
 
 func TestCaptureOnLAN(t *testing.T) {
-	if os.Geteuid() != 0 {
-		needPrivilege(t, "not running as root")
-	}
+	testenv.RequireRoot(t)
 	l := newLAN(t)
 	c, err := Start(func(fn func() error) error { return l.net.Do("lan", fn) })
 	if err != nil {

@@ -3,7 +3,6 @@ package dhcp
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -13,70 +12,21 @@ import (
 
 	"github.com/mdlayher/packet"
 	"golang.org/x/sys/unix"
+
+	"github.com/ipvirt/ipvirt/internal/arp"
 )
-
-// arpPacket is an Ethernet/IPv4 ARP payload (RFC 826).
-type arpPacket struct {
-	op       uint16
-	sha, tha net.HardwareAddr
-	spa, tpa netip.Addr
-}
-
-const (
-	arpRequest = 1
-	arpReply   = 2
-	arpLen     = 28
-)
-
-// parseARP decodes an ARP payload from the wire (untrusted).
-func parseARP(b []byte) (arpPacket, bool) {
-	if len(b) < arpLen || binary.BigEndian.Uint16(b[0:2]) != 1 || binary.BigEndian.Uint16(b[2:4]) != unix.ETH_P_IP ||
-		b[4] != 6 || b[5] != 4 {
-		return arpPacket{}, false
-	}
-	op := binary.BigEndian.Uint16(b[6:8])
-	if op != arpRequest && op != arpReply {
-		return arpPacket{}, false
-	}
-	return arpPacket{
-		op:  op,
-		sha: append(net.HardwareAddr(nil), b[8:14]...),
-		spa: netip.AddrFrom4([4]byte(b[14:18])),
-		tha: append(net.HardwareAddr(nil), b[18:24]...),
-		tpa: netip.AddrFrom4([4]byte(b[24:28])),
-	}, true
-}
-
-func (p arpPacket) marshal() []byte {
-	b := make([]byte, arpLen)
-	binary.BigEndian.PutUint16(b[0:2], 1)
-	binary.BigEndian.PutUint16(b[2:4], unix.ETH_P_IP)
-	b[4], b[5] = 6, 4
-	binary.BigEndian.PutUint16(b[6:8], p.op)
-	copy(b[8:14], p.sha)
-	if p.spa.Is4() {
-		s := p.spa.As4()
-		copy(b[14:18], s[:])
-	}
-	copy(b[18:24], p.tha)
-	if p.tpa.Is4() {
-		t := p.tpa.As4()
-		copy(b[24:28], t[:])
-	}
-	return b
-}
 
 // conflicts reports whether p, seen while probing for ip, shows another
 // host using or claiming ip (RFC 5227 2.1.1). Our own MAC is not another
 // host: every VIP of this adapter answers ARP with it.
-func (p arpPacket) conflicts(ip netip.Addr, ours net.HardwareAddr) bool {
-	if bytes.Equal(p.sha, ours) {
+func conflicts(p arp.Packet, ip netip.Addr, ours net.HardwareAddr) bool {
+	if bytes.Equal(p.SenderHW[:], ours) {
 		return false
 	}
-	if p.spa == ip {
+	if p.SenderIP == ip {
 		return true
 	}
-	return p.op == arpRequest && p.spa.IsUnspecified() && p.tpa == ip // a simultaneous probe
+	return p.Op == arp.Request && p.SenderIP.IsUnspecified() && p.TargetIP == ip // a simultaneous probe
 }
 
 // arpProber runs RFC 5227 probes on the adapter.
@@ -115,13 +65,13 @@ func (p *arpProber) readLoop() {
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
-		a, ok := parseARP(buf[:n])
-		if !ok {
+		a, err := arp.Parse(buf[:n])
+		if err != nil {
 			continue
 		}
 		p.mu.Lock()
 		for ip, waiters := range p.probing {
-			if a.conflicts(ip, p.mac) {
+			if conflicts(a, ip, p.mac) {
 				for _, w := range waiters {
 					select {
 					case w <- struct{}{}:
@@ -158,7 +108,7 @@ func (p *arpProber) probe(ctx context.Context, ip netip.Addr, wait time.Duration
 		p.mu.Unlock()
 	}()
 
-	probe := arpPacket{op: arpRequest, sha: p.mac, spa: netip.IPv4Unspecified(), tha: make(net.HardwareAddr, 6), tpa: ip}
+	probe := arp.Packet{Op: arp.Request, SenderHW: [6]byte(p.mac), SenderIP: netip.IPv4Unspecified(), TargetIP: ip}
 	const probes = 3 // RFC 5227 PROBE_NUM
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
@@ -167,7 +117,7 @@ func (p *arpProber) probe(ctx context.Context, ip netip.Addr, wait time.Duration
 	sent := 0
 	for {
 		if sent < probes {
-			if _, err := p.conn.WriteTo(probe.marshal(), &packet.Addr{HardwareAddr: broadcastMAC}); err != nil {
+			if _, err := p.conn.WriteTo(probe.Marshal(), &packet.Addr{HardwareAddr: broadcastMAC}); err != nil {
 				return false, fmt.Errorf("dhcp: arp probe %s: %w", ip, err)
 			}
 			sent++
@@ -187,8 +137,8 @@ func (p *arpProber) probe(ctx context.Context, ip netip.Addr, wait time.Duration
 // announce sends one gratuitous ARP for ip (RFC 5227 2.3) so neighbours
 // drop stale cache entries from the address's previous holder.
 func (p *arpProber) announce(ip netip.Addr) {
-	a := arpPacket{op: arpRequest, sha: p.mac, spa: ip, tha: make(net.HardwareAddr, 6), tpa: ip}
-	_, _ = p.conn.WriteTo(a.marshal(), &packet.Addr{HardwareAddr: broadcastMAC})
+	a := arp.Packet{Op: arp.Request, SenderHW: [6]byte(p.mac), SenderIP: ip, TargetIP: ip}
+	_, _ = p.conn.WriteTo(a.Marshal(), &packet.Addr{HardwareAddr: broadcastMAC})
 }
 
 func (p *arpProber) close() error {

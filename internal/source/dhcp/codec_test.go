@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
+
+	"github.com/ipvirt/ipvirt/internal/arp"
 )
 
 func TestStateRoundTrip(t *testing.T) {
@@ -180,27 +182,26 @@ func TestFrameRoundTrip(t *testing.T) {
 
 func TestARPConflict(t *testing.T) {
 	ours := net.HardwareAddr{2, 0, 0, 0, 0, 1}
-	other := net.HardwareAddr{2, 0, 0, 0, 0, 2}
+	other := [6]byte{2, 0, 0, 0, 0, 2}
 	ip := netip.MustParseAddr("10.0.0.9")
 	zero := netip.IPv4Unspecified()
 	for _, tc := range []struct {
 		name string
-		p    arpPacket
+		p    arp.Packet
 		want bool
 	}{
-		{"reply from the owner", arpPacket{op: arpReply, sha: other, spa: ip, tpa: zero}, true},
-		{"owner asks someone", arpPacket{op: arpRequest, sha: other, spa: ip, tpa: netip.MustParseAddr("10.0.0.1")}, true},
-		{"simultaneous probe", arpPacket{op: arpRequest, sha: other, spa: zero, tpa: ip}, true},
-		{"our own VIP answering", arpPacket{op: arpReply, sha: ours, spa: ip}, false},
-		{"someone asking for it", arpPacket{op: arpRequest, sha: other, spa: netip.MustParseAddr("10.0.0.1"), tpa: ip}, false},
-		{"unrelated", arpPacket{op: arpReply, sha: other, spa: netip.MustParseAddr("10.0.0.3")}, false},
+		{"reply from the owner", arp.Packet{Op: arp.Reply, SenderHW: other, SenderIP: ip, TargetIP: zero}, true},
+		{"owner asks someone", arp.Packet{Op: arp.Request, SenderHW: other, SenderIP: ip, TargetIP: netip.MustParseAddr("10.0.0.1")}, true},
+		{"simultaneous probe", arp.Packet{Op: arp.Request, SenderHW: other, SenderIP: zero, TargetIP: ip}, true},
+		{"our own VIP answering", arp.Packet{Op: arp.Reply, SenderHW: [6]byte(ours), SenderIP: ip}, false},
+		{"someone asking for it", arp.Packet{Op: arp.Request, SenderHW: other, SenderIP: netip.MustParseAddr("10.0.0.1"), TargetIP: ip}, false},
+		{"unrelated", arp.Packet{Op: arp.Reply, SenderHW: other, SenderIP: netip.MustParseAddr("10.0.0.3")}, false},
 	} {
-		tc.p.tha = make(net.HardwareAddr, 6)
-		p, ok := parseARP(tc.p.marshal())
-		if !ok {
-			t.Fatalf("%s: marshal/parse failed", tc.name)
+		p, err := arp.Parse(tc.p.Marshal())
+		if err != nil {
+			t.Fatalf("%s: marshal/parse: %v", tc.name, err)
 		}
-		if got := p.conflicts(ip, ours); got != tc.want {
+		if got := conflicts(p, ip, ours); got != tc.want {
 			t.Errorf("%s: conflict %v, want %v", tc.name, got, tc.want)
 		}
 	}

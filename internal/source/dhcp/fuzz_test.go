@@ -82,18 +82,3 @@ func FuzzParseUDP4(f *testing.F) {
 		}
 	})
 }
-
-func FuzzParseARP(f *testing.F) {
-	f.Add(arpPacket{op: arpReply, sha: net.HardwareAddr{2, 0, 0, 0, 0, 2}, tha: make(net.HardwareAddr, 6),
-		spa: netip.MustParseAddr("10.0.0.9"), tpa: netip.IPv4Unspecified()}.marshal())
-	f.Fuzz(func(t *testing.T, b []byte) {
-		p, ok := parseARP(b)
-		if !ok {
-			return
-		}
-		if !bytes.Equal(p.marshal(), b[:arpLen]) {
-			t.Fatalf("re-encoding differs")
-		}
-		_ = p.conflicts(netip.MustParseAddr("10.0.0.9"), net.HardwareAddr{2, 0, 0, 0, 0, 1})
-	})
-}

@@ -15,16 +15,6 @@ import (
 	"github.com/ipvirt/ipvirt/sim/dhcpserver"
 )
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("needs root (CI=true: not skipping)")
-		}
-		t.Skip("needs root")
-	}
-}
-
 // recorder is the manager's side of source.Events, for assertions.
 type recorder struct {
 	mu      sync.Mutex

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ipvirt/ipvirt/internal/lease"
+	"github.com/ipvirt/ipvirt/internal/testenv"
 )
 
 // Interop with the DHCP servers people run, from Debian's packages:
@@ -192,7 +193,7 @@ func TestInterop(t *testing.T) {
 	for _, rs := range realServers {
 		t.Run(rs.name, func(t *testing.T) {
 			t.Parallel()
-			requireRoot(t)
+			testenv.RequireRoot(t)
 			if _, err := exec.LookPath(rs.binary); err != nil {
 				if os.Getenv("CI") == "true" {
 					t.Fatalf("%s not installed (CI=true: not skipping)", rs.binary)

@@ -18,6 +18,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/ipvirt/ipvirt/internal/lease"
+	"github.com/ipvirt/ipvirt/internal/testenv"
 	"github.com/ipvirt/ipvirt/sim/topology"
 )
 
@@ -47,7 +48,7 @@ const labPrefix = "ipvt"
 
 func newLab(t *testing.T) *lab {
 	t.Helper()
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	sweepStaleNamespaces()
 	l := &lab{t: t, id: fmt.Sprintf("%s%d-%d", labPrefix, os.Getpid(), labSeq.Add(1))}
 	hub, err := newHost(l.id + "-hub")

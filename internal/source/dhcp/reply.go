@@ -4,11 +4,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"math/bits"
 	"net/netip"
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
+
+	"github.com/ipvirt/ipvirt/internal/pool"
 )
 
 // grant is what an OFFER or ACK grants, checked. Servers are untrusted
@@ -76,9 +77,7 @@ func parseGrant(m *dhcpv4.DHCPv4, adapter netip.Prefix) (grant, error) {
 
 	bitsLen := 32
 	if raw := m.Options.Get(dhcpv4.OptionSubnetMask); len(raw) == 4 {
-		mask := binary.BigEndian.Uint32(raw)
-		ones := bits.LeadingZeros32(^mask)
-		if mask<<ones == 0 && ones > 0 { // contiguous
+		if ones, ok := pool.MaskBits(netip.AddrFrom4([4]byte(raw))); ok && ones > 0 {
 			bitsLen = ones
 		}
 	} else if adapter.IsValid() && adapter.Contains(yi) {

@@ -1,0 +1,271 @@
+package daemon_test
+
+// The set-up every test of this package shares: a config, a state
+// directory and a real ipvirtd process (sim/daemonproc), sessions to ask
+// it from, and ipvirtd --check on a config file.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ipvirt/ipvirt/backend/api"
+	"github.com/ipvirt/ipvirt/backend/client"
+	"github.com/ipvirt/ipvirt/sim/daemonproc"
+	"github.com/ipvirt/ipvirt/sim/loginsession"
+)
+
+// env is one test's daemon and session kind.
+type env struct {
+	t    *testing.T
+	kind loginsession.Kind
+	d    *daemonproc.Daemon
+	ctl  string
+}
+
+func sessionKind() (loginsession.Kind, string) {
+	if ok, _ := loginsession.Available(loginsession.Audit); ok {
+		return loginsession.Audit, "audit"
+	}
+	return loginsession.POSIX, "posix"
+}
+
+// daemonConfig prefixes body with what every test daemon runs with: the
+// session identity of this machine, and grace and scan intervals short
+// enough for releases to happen within a test.
+func daemonConfig(body string) string {
+	_, identity := sessionKind()
+	return fmt.Sprintf("session_identity: %s\ngrace: 1s\nscan_interval: 100ms\n", identity) + body
+}
+
+// staticConfig is a static source on loopback, with a default pool unless
+// extra has one of its own.
+func staticConfig(extra string) string {
+	body := "adapter: lo\nsource: static\n"
+	if !strings.Contains(extra, "static_pool") {
+		body += "static_pool: {start: 127.77.0.10, end: 127.77.0.250, subnet_mask: 255.255.255.0}\n"
+	}
+	return body + extra
+}
+
+// newEnv starts ipvirtd with a loopback static pool and the given extra
+// config.
+func newEnv(t *testing.T, extra string) *env {
+	t.Helper()
+	return newEnvBody(t, staticConfig(extra))
+}
+
+// newEnvBody starts ipvirtd, in a state directory of its own, on
+// daemonConfig(body); it is killed at the end of the test, and its log
+// shown if the test failed.
+func newEnvBody(t *testing.T, body string) *env {
+	t.Helper()
+	kind, _ := sessionKind()
+	d, err := daemonproc.New(t.TempDir(), daemonConfig(body), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		d.Stop(syscall.SIGKILL)
+		if t.Failed() {
+			t.Logf("ipvirtd log:\n%s", d.Logs())
+		}
+	})
+	ctl, err := daemonproc.Binary("ipvirtctl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &env{t: t, kind: kind, d: d, ctl: ctl}
+}
+
+// start starts the stopped daemon again, on the same state directory.
+func (e *env) start() {
+	e.t.Helper()
+	if err := e.d.Start(context.Background()); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// restart stops the daemon with sig and starts it again.
+func (e *env) restart(sig syscall.Signal) {
+	e.t.Helper()
+	e.d.Stop(sig)
+	e.start()
+}
+
+// client dials the daemon; the connection is closed with the test.
+func (e *env) client() *client.Client {
+	e.t.Helper()
+	c, err := e.d.Client()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// dial opens a raw connection to the daemon's socket that gives up after
+// timeout; it is closed with the test at the latest.
+func (e *env) dial(timeout time.Duration) net.Conn {
+	e.t.Helper()
+	c, err := net.Dial("unix", e.d.Socket)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(timeout))
+	e.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// ctlCmd is an ipvirtctl command line against this daemon.
+func (e *env) ctlCmd(args ...string) *exec.Cmd {
+	return exec.Command(e.ctl, append([]string{"--socket", e.d.Socket}, args...)...)
+}
+
+// session opens a login session for uid that ends with the test.
+func (e *env) session(uid uint32) *loginsession.Session {
+	e.t.Helper()
+	s, err := loginsession.Start(context.Background(), e.kind, uid)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// whoami runs `ipvirtctl -o json whoami` inside the session, as a real
+// process of it, and returns the daemon's answer.
+func (e *env) whoami(s *loginsession.Session) (api.WhoamiReport, error) {
+	out := filepath.Join(e.t.TempDir(), "whoami.json")
+	pid, err := s.Run("/bin/sh", "-c", `exec "$1" --socket "$2" -o json whoami > "$3" 2>&1`, "sh", e.ctl, e.d.Socket, out)
+	if err != nil {
+		return api.WhoamiReport{}, err
+	}
+	s.Reap(pid)
+	b, err := os.ReadFile(out)
+	if err != nil {
+		return api.WhoamiReport{}, err
+	}
+	var r api.WhoamiReport
+	if err := json.Unmarshal(b, &r); err != nil {
+		return r, fmt.Errorf("whoami said %q: %w", b, err)
+	}
+	return r, nil
+}
+
+func (e *env) mustVIP(s *loginsession.Session) string {
+	e.t.Helper()
+	r, err := e.whoami(s)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if r.Result != "vip" {
+		e.t.Fatalf("session %d got %s (%s), want a VIP", s.ID, r.Result, r.Reason)
+	}
+	return r.VIP
+}
+
+// sessionVIP is the VIP `sessions` lists for session id, "" if none: what
+// the daemon holds for a session none of whose processes has asked.
+func (e *env) sessionVIP(id uint32) string {
+	e.t.Helper()
+	c, err := e.d.Client()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer c.Close()
+	rows, err := c.Sessions()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for _, r := range rows {
+		if r.ID == id && r.VIP != "" {
+			return r.VIP
+		}
+	}
+	return ""
+}
+
+func (e *env) leases() int {
+	e.t.Helper()
+	v, err := e.d.Metric("ipvirt_leases_active")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return int(v)
+}
+
+// eventually polls cond for up to 20 s: releases happen on the daemon's
+// scan ticks, and a loaded CI machine may be slow.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// checkConfig writes body to a config file and runs `ipvirtd --check` on
+// it, behind the command line in wrap when given (e.g. `ip netns exec`),
+// and returns its output and exit status.
+func checkConfig(t *testing.T, body string, wrap ...string) (string, int) {
+	t.Helper()
+	bin, err := daemonproc.Binary("ipvirtd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "ipvirt.yaml")
+	if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	argv := append(append([]string(nil), wrap...), bin, "--check", "--config", path)
+	return run(t, exec.Command(argv[0], argv[1:]...))
+}
+
+// run runs cmd and returns its combined output and exit status; a command
+// that could not run at all fails the test.
+func run(t *testing.T, cmd *exec.Cmd) (string, int) {
+	t.Helper()
+	out, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return string(out), ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return string(out), 0
+}
+
+// cBinary finds a C artifact of `make build` (IPVIRT_BIN, which make test
+// sets, else bin/ of the checkout); `go test` alone has not built them.
+func cBinary(t *testing.T, name string) string {
+	t.Helper()
+	dir := os.Getenv(daemonproc.BinEnv)
+	if dir == "" {
+		dir = filepath.Join("..", "..", "bin")
+	}
+	p, err := filepath.Abs(filepath.Join(dir, name))
+	if err == nil {
+		_, err = os.Stat(p)
+	}
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("%s: %v (make build makes it)", name, err)
+		}
+		t.Skipf("needs %s from make build (make test builds it): %v", name, err)
+	}
+	return p
+}
