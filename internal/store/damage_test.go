@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/ipvirt/ipvirt/internal/testenv"
 )
 
 // filled makes a store holding n leases, closed, and returns its directory.
@@ -197,12 +199,7 @@ func FuzzOpen(f *testing.F) {
 // grant failed. Healthy follows the last commit: an error while the disk is
 // full, nil again after a commit succeeds.
 func TestFullDiskUnhealthy(t *testing.T) {
-	if os.Getuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("needs root to mount a small tmpfs, and CI=true makes that required")
-		}
-		t.Skip("needs root to mount a small tmpfs")
-	}
+	testenv.RequireRoot(t) // mounts a small tmpfs
 	dir := t.TempDir()
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=256k", "ipvirt-test", dir).CombinedOutput(); err != nil {
 		t.Fatalf("mount tmpfs: %v: %s", err, out)
