@@ -2,6 +2,8 @@ package preload
 
 import (
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -260,5 +262,50 @@ func TestPending(t *testing.T) {
 				t.Errorf("took %v", res.elapsed)
 			}
 		})
+	}
+}
+
+// A program that closes its descriptors and opens a data file, which then
+// takes descriptor 2, used to get the library's warning written into that
+// file. The line now goes to fd 2 only when fd 2 is the file it was at load.
+func TestWarningNeverLandsInProgramData(t *testing.T) {
+	requireTool(t, python3, "python3")
+	build(t)
+	data := filepath.Join(t.TempDir(), "data.bin")
+	script := `import os, socket, sys
+os.closerange(0, 1024)
+os.open("/dev/null", os.O_RDONLY)            # fd 0
+os.open("/dev/null", os.O_WRONLY)            # fd 1
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o600)
+assert fd == 2, fd
+s = socket.socket()
+try:
+    s.connect(("192.0.2.1", 9))
+except OSError:
+    pass
+os.write(fd, b"DATA")
+`
+	env := []string{"LD_PRELOAD=" + libPath, "IPVIRT_SOCKET=" + filepath.Join(t.TempDir(), "absent.sock"), "IPVIRT_TIMEOUT_MS=50"}
+	res := runPlain(t, env, python3, "-c", script, data)
+	if res.code != 0 {
+		t.Fatalf("probe exit %d: %s", res.code, res.stderr)
+	}
+	got, err := os.ReadFile(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != "DATA" {
+		t.Fatalf("the program's data file holds %q, want only %q", got, "DATA")
+	}
+	// The same program with its standard error left alone still warns.
+	res = runPlain(t, env, python3, "-c", `import socket
+s = socket.socket()
+try:
+    s.connect(("192.0.2.1", 9))
+except OSError:
+    pass
+`)
+	if lines := res.ipvirtLines(); len(lines) != 1 {
+		t.Fatalf("with fd 2 untouched: exit %d, stderr %q, stdout %q, want one ipvirt: line", res.code, res.stderr, res.stdout)
 	}
 }

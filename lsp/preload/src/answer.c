@@ -20,6 +20,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -108,6 +109,32 @@ static void configure(void)
 	g_quiet = q && *q && strcmp(q, "0") != 0;
 }
 
+/* What fd 2 was when the library was loaded. A program may close its
+ * standard error and open a data file that takes descriptor 2; the
+ * library's line then goes nowhere rather than into the program's data. */
+static dev_t g_stderr_dev;
+static ino_t g_stderr_ino;
+static int g_stderr_ok;
+
+void ipv_note_stderr(void)
+{
+	struct stat st;
+	int saved = errno;
+	if (fstat(STDERR_FILENO, &st) == 0) {
+		g_stderr_dev = st.st_dev;
+		g_stderr_ino = st.st_ino;
+		g_stderr_ok = 1;
+	}
+	errno = saved;
+}
+
+/* stderr_is_original reports whether fd 2 is still the file it was at load. */
+static int stderr_is_original(void)
+{
+	struct stat st;
+	return g_stderr_ok && fstat(STDERR_FILENO, &st) == 0 && st.st_dev == g_stderr_dev && st.st_ino == g_stderr_ino;
+}
+
 /* write_stderr writes without raising SIGPIPE when stderr is a closed pipe:
  * SIGPIPE is blocked around the write and a SIGPIPE the write caused is
  * consumed before the old mask returns. */
@@ -136,7 +163,10 @@ static void say(const char *line, size_t n)
 {
 	if (g_quiet || atomic_exchange(&g_said, 1))
 		return;
-	write_stderr(line, n);
+	int saved = errno;
+	if (stderr_is_original())
+		write_stderr(line, n);
+	errno = saved;
 }
 
 /* intern returns the published copy of a: an existing equal one, or a new

@@ -75,6 +75,7 @@ static void resolve(void)
 __attribute__((constructor)) static void ipvirt_init(void)
 {
 	resolve();
+	ipv_note_stderr();
 }
 
 #define REAL(var)                                                             \

@@ -59,6 +59,8 @@ IPV_HIDDEN int ipv_real_connect(int fd, const struct sockaddr *sa, socklen_t len
 
 /* Monotonic clock in milliseconds (CLOCK_MONOTONIC, vDSO: no syscall). */
 IPV_HIDDEN uint64_t ipv_mono_ms(void);
+/* ipv_note_stderr remembers which file fd 2 is, at load. */
+IPV_HIDDEN void ipv_note_stderr(void);
 
 /* Small async-signal-safe string building, for messages. */
 struct ipv_buf {
