@@ -39,10 +39,6 @@ const (
 	// storm asks the user database (possibly LDAP) once per user rather
 	// than once per process.
 	userCacheTTL = 30 * time.Second
-	// httpHeaderTimeout drops an HTTP client that connects and does not
-	// send its request headers, so that idle connections cannot pile up; a
-	// scraper sends them at once.
-	httpHeaderTimeout = 5 * time.Second
 	// httpShutdownTimeout is how long a stop waits for HTTP requests in
 	// flight: they are short reads of the daemon's state, and a restart,
 	// which must be invisible to sessions, should not wait on a stalled
@@ -229,7 +225,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 			d.unix.Close()
 			return fmt.Errorf("http: listen %s: %w", cfg.HTTP, err)
 		}
-		hs = &http.Server{Handler: server.HTTPHandler(d, d.metrics), ReadHeaderTimeout: httpHeaderTimeout}
+		hs = server.NewHTTP(d, d.metrics)
+		hl = server.ListenHTTP(hl, d.metrics, d.log)
 		go func() {
 			if err := hs.Serve(hl); !errors.Is(err, http.ErrServerClosed) {
 				errc <- fmt.Errorf("http: %w", err)

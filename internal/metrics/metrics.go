@@ -30,6 +30,10 @@ type Metrics struct {
 	// RequestDuration times every request on the control socket, by
 	// operation: ipvirt_request_duration_seconds.
 	RequestDuration *prometheus.HistogramVec
+	// ConnsRefused counts connections turned away at a connection cap
+	// (one uid's share, or the daemon's), on the socket and over HTTP:
+	// ipvirt_connections_refused_total.
+	ConnsRefused *prometheus.CounterVec
 }
 
 // New builds the registry: the state collector, request timings and the Go
@@ -44,8 +48,12 @@ func New(st State, store CommitStats) *Metrics {
 			// From a cached answer (microseconds) to a DHCP exchange (seconds).
 			Buckets: prometheus.ExponentialBuckets(5e-6, 4, 12),
 		}, []string{"op"}),
+		ConnsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ipvirt_connections_refused_total",
+			Help: "Connections closed at once because the caller's uid, or the daemon, held the most it may, by listener: socket or http.",
+		}, []string{"listener"}),
 	}
-	reg.MustRegister(m.RequestDuration, &collector{st: st, store: store},
+	reg.MustRegister(m.RequestDuration, m.ConnsRefused, &collector{st: st, store: store},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

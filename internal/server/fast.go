@@ -111,25 +111,27 @@ func (f *fastPath) accept() (int, error) {
 
 func (f *fastPath) refuse(fd int) { unix.Close(fd) }
 
+func (f *fastPath) peerUID(fd int) (uint32, error) { return peerUID(fd) }
+
 // serve lets first answer what it can on this thread and closes the
 // connection here if the client then hangs up; any other connection goes to
 // a goroutine.
-func (f *fastPath) serve(fd int) {
+func (f *fastPath) serve(fd int, uid uint32) {
 	caller, pending, answered := f.first(fd)
 	if answered && f.closedAfterAnswer(fd) {
 		unix.Close(fd)
-		f.s.freeSlot()
+		f.s.slots.free(uid)
 		return
 	}
 	file := os.NewFile(uintptr(fd), "ipvirt-client")
 	c, err := net.FileConn(file) // dups fd
 	file.Close()
 	if err != nil {
-		f.s.freeSlot()
+		f.s.slots.free(uid)
 		f.s.Log.Error("hand-off of a client connection", "err", err)
 		return
 	}
-	f.s.goServe(c.(*net.UnixConn), caller, pending)
+	f.s.goServe(c.(*net.UnixConn), uid, caller, pending)
 }
 
 // first serves the connection's first request if this thread can: a bare

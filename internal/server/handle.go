@@ -14,14 +14,19 @@ import (
 // handle serves c's requests until it hangs up, goes idle or fails;
 // caller and pending are as for goServe.
 func (s *Unix) handle(c *net.UnixConn, caller *identity.Caller, pending *wire.Frame) {
-	for {
+	end := time.Now().Add(connLifetime)
+	for time.Now().Before(end) {
 		var f wire.Frame
 		var err error
 		announced := pending != nil
 		if announced {
 			f, pending = *pending, nil
 		} else {
-			c.SetReadDeadline(time.Now().Add(idleTimeout))
+			deadline := time.Now().Add(idleTimeout)
+			if deadline.After(end) {
+				deadline = end
+			}
+			c.SetReadDeadline(deadline)
 			f, err = wire.ReadFrame(c, wire.MaxRequestPayload)
 		}
 		if err != nil {

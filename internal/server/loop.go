@@ -2,6 +2,7 @@ package server
 
 import (
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/ipvirt/ipvirt/backend/wire"
@@ -18,12 +19,14 @@ type listener[C any] interface {
 	// returns errAgain, a *stopped, or any other error for an accept that
 	// failed and is worth a pause before the next.
 	accept() (C, error)
+	// peerUID is the uid of the process that connected, from the kernel.
+	peerUID(C) (uint32, error)
 	// refuse closes a connection over the cap.
 	refuse(C)
-	// serve serves a connection that holds a slot, and sees that the slot
-	// is given back once the connection is closed. It must not block on
-	// the client for long: the loop waits for it.
-	serve(C)
+	// serve serves a connection that holds a slot for uid, and sees that
+	// the slot is given back once the connection is closed. It must not
+	// block on the client for long: the loop waits for it.
+	serve(c C, uid uint32)
 }
 
 // errAgain from accept: no client after all (another wake-up took it, or
@@ -54,29 +57,89 @@ func acceptLoop[C any](s *Unix, l listener[C]) error {
 			}
 			continue
 		}
-		if !s.takeSlot() {
+		uid, err := l.peerUID(c)
+		if err != nil || !s.slots.take(uid) {
 			// Closing makes the client fail open at once instead of
 			// waiting out its timeout.
 			l.refuse(c)
+			if err == nil {
+				s.refused(uid)
+			}
 			continue
 		}
-		l.serve(c)
+		l.serve(c, uid)
 	}
 }
 
-// takeSlot claims one of the maxConns places for a new connection, or
-// reports false when none is free.
-func (s *Unix) takeSlot() bool {
-	select {
-	case s.slots <- struct{}{}:
-		return true
-	default:
+// refused notes a connection turned away at a cap: counted always, logged
+// at most once per refusedLogEvery, so that a flood does not flood the log.
+func (s *Unix) refused(uid uint32) {
+	if s.Metrics != nil {
+		s.Metrics.ConnsRefused.WithLabelValues("socket").Inc()
+	}
+	now := time.Now()
+	if last := s.lastRefusedLog.Load(); last != 0 && now.Sub(time.Unix(0, last)) < refusedLogEvery {
+		return
+	}
+	s.lastRefusedLog.Store(now.UnixNano())
+	s.Log.Warn("connection refused: connection cap reached", "uid", uid,
+		"per_uid_cap", maxConnsPerUID, "cap", maxConns, "open", s.slots.inUse())
+}
+
+// slots counts open connections, in all and by the connecting uid, so that
+// no one user can take the places everyone else needs: the socket is open to
+// every user, and each connection is a descriptor and, past the accept
+// thread, a goroutine.
+type slots struct {
+	// limit, perUID and rootReserve are the caps (maxConns,
+	// maxConnsPerUID and rootReserve unless a test sets its own).
+	limit, perUID, rootReserve int
+
+	mu    sync.Mutex
+	total int
+	byUID map[uint32]int
+}
+
+func newSlots() slots {
+	return slots{limit: maxConns, perUID: maxConnsPerUID, rootReserve: rootReserve}
+}
+
+// take claims a place for a connection from uid, or reports false when uid
+// has perUID open or the daemon limit. Root has rootReserve places of its
+// own beyond limit and no per-uid cap: an administrator's ipvirtctl works
+// while the socket is flooded.
+func (sl *slots) take(uid uint32) bool {
+	sl.mu.Lock()
+	defer sl.mu.Unlock()
+	switch {
+	case uid == 0 && sl.total >= sl.limit+sl.rootReserve:
+		return false
+	case uid != 0 && (sl.total >= sl.limit || sl.byUID[uid] >= sl.perUID):
 		return false
 	}
+	if sl.byUID == nil {
+		sl.byUID = map[uint32]int{}
+	}
+	sl.total++
+	sl.byUID[uid]++
+	return true
 }
 
-// freeSlot gives back the place of a connection that is done.
-func (s *Unix) freeSlot() { <-s.slots }
+// free gives back the place of a connection from uid that is done.
+func (sl *slots) free(uid uint32) {
+	sl.mu.Lock()
+	defer sl.mu.Unlock()
+	sl.total--
+	if sl.byUID[uid]--; sl.byUID[uid] <= 0 {
+		delete(sl.byUID, uid)
+	}
+}
+
+func (sl *slots) inUse() int {
+	sl.mu.Lock()
+	defer sl.mu.Unlock()
+	return sl.total
+}
 
 // acceptsPending: a QUERY from a client that understands PENDING.
 func acceptsPending(t wire.Type, flags uint16) bool {

@@ -25,6 +25,10 @@ type scripted struct {
 	served, refused []int
 }
 
+// peerUID: connection n comes from uid n/100 (100-199 from uid 1, 0-99
+// from root).
+func (l *scripted) peerUID(c int) (uint32, error) { return uint32(c / 100), nil }
+
 func (l *scripted) accept() (int, error) {
 	st := l.steps[0]
 	l.steps = l.steps[1:]
@@ -34,29 +38,55 @@ func (l *scripted) accept() (int, error) {
 	return st.(int), nil
 }
 
-func (l *scripted) refuse(c int) { l.refused = append(l.refused, c) }
-func (l *scripted) serve(c int)  { l.served = append(l.served, c) }
+func (l *scripted) refuse(c int)          { l.refused = append(l.refused, c) }
+func (l *scripted) serve(c int, _ uint32) { l.served = append(l.served, c) }
 
 // TestAcceptLoop: the loop both paths share retries at once on errAgain,
 // pauses after a failed accept, refuses a connection over the cap, and
 // returns what stops it.
 func TestAcceptLoop(t *testing.T) {
-	s := &Unix{Log: slog.New(slog.DiscardHandler), slots: make(chan struct{}, 1)}
+	s := &Unix{Log: slog.New(slog.DiscardHandler), slots: slots{limit: 1, perUID: 1}}
 	fatal := errors.New("fatal")
-	l := &scripted{steps: []any{errAgain, 1, errors.New("EMFILE"), 2, &stopped{fatal}}}
+	l := &scripted{steps: []any{errAgain, 101, errors.New("EMFILE"), 102, &stopped{fatal}}}
 	start := time.Now()
 	if err := acceptLoop[int](s, l); err != fatal {
 		t.Fatalf("loop returned %v, want %v", err, fatal)
 	}
-	if !reflect.DeepEqual(l.served, []int{1}) || !reflect.DeepEqual(l.refused, []int{2}) {
-		t.Fatalf("served %v, refused %v; want [1], [2] (one slot)", l.served, l.refused)
+	if !reflect.DeepEqual(l.served, []int{101}) || !reflect.DeepEqual(l.refused, []int{102}) {
+		t.Fatalf("served %v, refused %v; want [101], [102] (one slot)", l.served, l.refused)
 	}
 	if d := time.Since(start); d < acceptBackoff {
 		t.Fatalf("failed accept retried after %v, want a pause of %v", d, acceptBackoff)
 	}
-	s.freeSlot()
+	s.slots.free(1)
 	if err := acceptLoop[int](s, &scripted{steps: []any{&stopped{}}}); err != nil {
 		t.Fatalf("closed loop returned %v", err)
+	}
+}
+
+// TestConnectionCaps: one uid cannot take more than its share, others
+// still get places, and root has places of its own when the rest are taken.
+func TestConnectionCaps(t *testing.T) {
+	s := &Unix{Log: slog.New(slog.DiscardHandler), slots: slots{limit: 4, perUID: 2, rootReserve: 1}}
+	// uid 1 tries three, uid 2 two, uid 3 one (the cap of 4 is then full),
+	// root one (its reserve) and one more.
+	l := &scripted{steps: []any{101, 102, 103, 201, 202, 301, 1, 2, &stopped{}}}
+	if err := acceptLoop[int](s, l); err != nil {
+		t.Fatal(err)
+	}
+	if want := []int{101, 102, 201, 202, 1}; !reflect.DeepEqual(l.served, want) {
+		t.Fatalf("served %v, want %v", l.served, want)
+	}
+	if want := []int{103, 301, 2}; !reflect.DeepEqual(l.refused, want) {
+		t.Fatalf("refused %v, want %v", l.refused, want)
+	}
+	s.slots.free(0)
+	if s.slots.take(3) {
+		t.Fatal("root's reserved place went to another uid")
+	}
+	s.slots.free(1)
+	if !s.slots.take(3) {
+		t.Fatal("a place given back was not free again")
 	}
 }
 

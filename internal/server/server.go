@@ -12,9 +12,11 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ipvirt/ipvirt/backend/api"
+	"golang.org/x/sys/unix"
 
 	"github.com/ipvirt/ipvirt/backend/wire"
 	"github.com/ipvirt/ipvirt/internal/alloc"
@@ -53,6 +55,20 @@ const (
 	// the library holds its connection for one round trip, so honest load
 	// stays far below the cap.
 	maxConns = 8192
+	// maxConnsPerUID caps one uid's share of maxConns, so that one user
+	// cannot take every place: a connection is held for one round trip,
+	// or for a DHCP lease_wait when the answer is PENDING, so a user would
+	// need this many programs starting within one lease wait to meet it.
+	maxConnsPerUID = 256
+	// rootReserve places beyond maxConns are root's alone: ipvirtctl
+	// works while the socket is flooded.
+	rootReserve = 64
+	// connLifetime bounds a connection's life whatever it sends: a
+	// request does not extend it, so a client cannot hold a place forever
+	// by asking every idleTimeout.
+	connLifetime = 2 * time.Minute
+	// refusedLogEvery spaces the log lines about refused connections.
+	refusedLogEvery = 10 * time.Second
 	// fastWait is how long the accept thread waits for a new connection's
 	// first request, and then for the client to hang up after its answer,
 	// before handing the connection to a goroutine. The library sends its
@@ -106,12 +122,13 @@ type Unix struct {
 	// follows right behind.
 	SlowSource bool
 
-	ln    *net.UnixListener
-	slots chan struct{}
-	wg    sync.WaitGroup
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
-	fast  *fastPath
+	ln             *net.UnixListener
+	slots          slots
+	lastRefusedLog atomic.Int64 // unix nanoseconds
+	wg             sync.WaitGroup
+	mu             sync.Mutex
+	conns          map[net.Conn]struct{}
+	fast           *fastPath
 }
 
 // Listen binds the socket at path, mode 0666: anyone may ask, since the
@@ -155,7 +172,7 @@ func (s *Unix) open(ln *net.UnixListener) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.ln = ln
-	s.slots = make(chan struct{}, maxConns)
+	s.slots = newSlots()
 	s.conns = map[net.Conn]struct{}{}
 }
 
@@ -181,15 +198,37 @@ func (l netListener) accept() (*net.UnixConn, error) {
 
 func (netListener) refuse(c *net.UnixConn) { c.Close() }
 
-func (l netListener) serve(c *net.UnixConn) { l.s.goServe(c, nil, nil) }
+func (netListener) peerUID(c *net.UnixConn) (uint32, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var uid uint32
+	var credErr error
+	if err := raw.Control(func(fd uintptr) { uid, credErr = peerUID(int(fd)) }); err != nil {
+		return 0, err
+	}
+	return uid, credErr
+}
+
+func (l netListener) serve(c *net.UnixConn, uid uint32) { l.s.goServe(c, uid, nil, nil) }
+
+// peerUID is the uid of the process at the other end of a Unix socket.
+func peerUID(fd int) (uint32, error) {
+	cred, err := unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED)
+	if err != nil {
+		return 0, err
+	}
+	return cred.Uid, nil
+}
 
 // goServe serves c from a goroutine; caller is its identity when known,
 // pending a QUERY already read and answered PENDING. The caller of goServe
-// holds a slot for c, which the goroutine gives back.
-func (s *Unix) goServe(c *net.UnixConn, caller *identity.Caller, pending *wire.Frame) {
+// holds a slot for c from uid, which the goroutine gives back.
+func (s *Unix) goServe(c *net.UnixConn, uid uint32, caller *identity.Caller, pending *wire.Frame) {
 	s.track(c, true)
 	s.wg.Go(func() {
-		defer func() { s.freeSlot(); s.track(c, false); c.Close() }()
+		defer func() { s.slots.free(uid); s.track(c, false); c.Close() }()
 		s.handle(c, caller, pending)
 	})
 }

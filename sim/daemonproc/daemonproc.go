@@ -251,6 +251,17 @@ func (d *Daemon) Stop(sig syscall.Signal) error {
 	return d.exitErr()
 }
 
+// PID is the running daemon's process id (nice and a Wrap exec it, so it
+// is the daemon's own), 0 when it is not running.
+func (d *Daemon) PID() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cmd == nil || d.cmd.Process == nil {
+		return 0
+	}
+	return d.cmd.Process.Pid
+}
+
 // Client dials the daemon.
 func (d *Daemon) Client() (*client.Client, error) { return client.Dial(d.Socket, 5*time.Second) }
 
