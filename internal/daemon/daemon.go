@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -97,10 +98,14 @@ type Daemon struct {
 	kernel    *kernel // nil: preload only
 	kernelErr error   // why the configured kernel interceptor is not running
 
-	events     eventsRelay
-	mu         sync.Mutex // guards cfg and reloadedAt
-	cfg        config.Config
-	reloadedAt time.Time
+	events eventsRelay
+	// ln is the control socket, claimed in New; adapterLock is held
+	// while the daemon manages the adapter's VIPs (nil on loopback).
+	ln          *net.UnixListener
+	adapterLock *os.File
+	mu          sync.Mutex // guards cfg and reloadedAt
+	cfg         config.Config
+	reloadedAt  time.Time
 }
 
 // New checks the configuration at path against the host, opens the store and
@@ -116,18 +121,37 @@ func open(path string, log *slog.Logger, scanner alloc.Scanner) (*Daemon, error)
 	if err != nil {
 		return nil, err
 	}
-	st, err := store.Open(cfg.StateDir)
+	// Claim the socket and the adapter before anything else: a second
+	// daemon started by mistake must fail here, having changed no address,
+	// map or pin of the one that runs.
+	ln, err := server.Listen(cfg.Socket)
 	if err != nil {
 		return nil, err
 	}
-	d := &Daemon{path: path, log: log, adapter: a, store: st, cfg: cfg, started: time.Now(),
+	fail := func(err error, closers ...io.Closer) (*Daemon, error) {
+		for _, c := range closers {
+			c.Close()
+		}
+		ln.Close()
+		return nil, err
+	}
+	var adapterLock *os.File
+	if (adapter.Installer{Adapter: a}).Needed() {
+		if adapterLock, err = adapter.Lock(a); err != nil {
+			return fail(err)
+		}
+	}
+	st, err := store.Open(cfg.StateDir)
+	if err != nil {
+		return fail(err, adapterLock)
+	}
+	d := &Daemon{path: path, log: log, adapter: a, store: st, cfg: cfg, started: time.Now(), ln: ln, adapterLock: adapterLock,
 		users: identity.NewUsers(userCacheTTL), resolver: identity.NewResolver(cfg.SessionIdentity), scanner: scanner}
 	if d.scanner == nil {
 		d.scanner = d.resolver
 	}
 	if err := d.build(); err != nil {
-		st.Close()
-		return nil, err
+		return fail(err, st, adapterLock)
 	}
 	return d, nil
 }
@@ -209,10 +233,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.mu.Lock()
 	cfg := d.cfg
 	d.mu.Unlock()
-	ln, err := server.Listen(cfg.Socket)
-	if err != nil {
-		return err
-	}
+	ln := d.ln
 	d.unix = &server.Unix{Backend: d, Resolver: d.resolver, Metrics: d.metrics, Log: d.log, PendingWait: pendingWait(cfg),
 		SlowSource: cfg.Source == dhcp.Name}
 	errc := make(chan error, 2)
