@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/common/expfmt"
 
+	"github.com/ipvirt/ipvirt/sim/dbclient/goclient"
 	"github.com/ipvirt/ipvirt/sim/dbserver"
 	"github.com/ipvirt/ipvirt/sim/dhcpserver"
 	"github.com/ipvirt/ipvirt/sim/scenario"
@@ -52,7 +53,7 @@ func Main(args []string) int {
 	case "run":
 		return run(args[1:])
 	case "client":
-		return scenario.ClientMain(args[1:])
+		return goclient.Main(args[1:])
 	case "db-server":
 		return dbServer(args[1:])
 	case "dhcp-server", "dhcpserver":
