@@ -3,13 +3,18 @@ package scenario
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
+	"go.yaml.in/yaml/v3"
+
 	"github.com/ipvirt/ipvirt/sim/daemonproc"
+	"github.com/ipvirt/ipvirt/sim/scenario/strictyaml"
 )
 
 // check evaluates the phase's expectations, client by client then phase-wide.
@@ -106,7 +111,7 @@ func (r *runner) check(ctx context.Context, p *Phase, env *PhaseEnv) []Outcome {
 	for _, q := range []struct {
 		name  string
 		q     float64
-		limit Duration
+		limit strictyaml.Duration
 	}{{"p50", 0.50, x.ConnectP50Below}, {"p99", 0.99, x.ConnectP99Below}} {
 		if q.limit > 0 {
 			v := percentile(lat, q.q)
@@ -229,7 +234,7 @@ func (r *runner) dhcpOutcome(ctx context.Context, d DHCPExpect) Outcome {
 		}
 		n, found := st.counter(d.Counter)
 		if !found {
-			return Outcome{What: what, Got: fmt.Sprintf("no counter %q (have leases, %s)", d.Counter, strings.ToLower(strings.Join(sortedKeys(st.Counters), ", ")))}
+			return Outcome{What: what, Got: fmt.Sprintf("no counter %q (have leases, %s)", d.Counter, strings.ToLower(strings.Join(slices.Sorted(maps.Keys(st.Counters)), ", ")))}
 		}
 		v += n
 	}
@@ -262,4 +267,37 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+var (
+	regMu  sync.Mutex
+	checks = map[string]Check{}
+)
+
+// Check is an extra expectation block of a phase, `expect: {NAME: ...}`,
+// registered by a plug-in (the wire checks, for instance).
+type Check interface {
+	// Validate checks the block when the file is loaded; errors should name
+	// the line (spec.Line) and the bad key or value.
+	Validate(spec *yaml.Node) error
+	// Begin runs once the phase's daemon is up and before any session or
+	// client starts (start a packet capture here). The returned end runs
+	// after the phase's timeline is over and every client has reported, with
+	// env.Clients and env.Report filled; its outcomes are printed PASS/FAIL
+	// with the phase's own. An error from Begin fails the run.
+	Begin(ctx context.Context, env *PhaseEnv, spec *yaml.Node) (end func(ctx context.Context) []Outcome, err error)
+}
+
+// RegisterCheck makes `expect: {name: ...}` run c in every phase that has it.
+func RegisterCheck(name string, c Check) {
+	regMu.Lock()
+	defer regMu.Unlock()
+	checks[name] = c
+}
+
+func lookupCheck(name string) (Check, bool) {
+	regMu.Lock()
+	defer regMu.Unlock()
+	c, ok := checks[name]
+	return c, ok
 }

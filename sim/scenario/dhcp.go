@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ipvirt/ipvirt/sim/daemonproc"
+	"github.com/ipvirt/ipvirt/sim/scenario/topo"
 )
 
 // dhcpProc is a synthetic DHCP server running as `ipvirt-sim dhcp-server`
@@ -28,7 +29,7 @@ type dhcpProc struct {
 }
 
 func (r *runner) startDHCP(ctx context.Context) error {
-	placer, placed := r.topo.(DHCPPlacer)
+	placer, placed := r.topo.(topo.DHCPPlacer)
 	for i := range r.f.DHCPServers {
 		spec := &r.f.DHCPServers[i]
 		knobs := string(spec.knobs)
@@ -189,7 +190,7 @@ func (r *runner) dhcpDaemonKeys(cfg map[string]any) {
 	if len(r.dhcp) == 0 {
 		return
 	}
-	if _, placed := r.topo.(DHCPPlacer); placed {
+	if _, placed := r.topo.(topo.DHCPPlacer); placed {
 		return
 	}
 	if src, ok := cfg["source"]; ok && src != "dhcp" {

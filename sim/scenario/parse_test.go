@@ -4,6 +4,8 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/ipvirt/ipvirt/sim/scenario/topo"
 )
 
 const minimal = `
@@ -25,8 +27,8 @@ func TestParseDefaults(t *testing.T) {
 	if p.Interceptor != "preload" || p.Sessions[0].Count != 1 || p.Sessions[0].Run[0].Program != "db-client" || p.Sessions[0].Run[0].Kind != "c" {
 		t.Fatalf("defaults not applied: %+v", p)
 	}
-	if k, _ := f.topologyKind(); k != "loopback" {
-		t.Fatalf("topology %q", k)
+	if top, err := topo.New(&f.Topology); err != nil || top.Adapter() != "lo" {
+		t.Fatalf("topology %v, %v: want loopback", top, err)
 	}
 }
 

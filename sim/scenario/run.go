@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -19,6 +20,7 @@ import (
 	"github.com/ipvirt/ipvirt/sim/daemonproc"
 	"github.com/ipvirt/ipvirt/sim/dbserver"
 	"github.com/ipvirt/ipvirt/sim/loginsession"
+	"github.com/ipvirt/ipvirt/sim/scenario/topo"
 )
 
 // Options configure a run.
@@ -70,7 +72,7 @@ type Outcome struct {
 
 // PhaseEnv is what a registered check sees of a phase.
 type PhaseEnv struct {
-	Topology Topology
+	Topology topo.Topology
 	Daemon   *daemonproc.Daemon
 	// Filled in before a check's end runs:
 	Clients []*ClientResult
@@ -97,7 +99,7 @@ func Run(ctx context.Context, f *File, opts Options) (res *Result, err error) {
 	res = &Result{Name: f.Name}
 	defer func() { res.Took = time.Since(start) }()
 
-	topo, err := f.buildTopology()
+	topo, err := topo.New(&f.Topology)
 	if err != nil {
 		return res, err
 	}
@@ -175,9 +177,9 @@ func Run(ctx context.Context, f *File, opts Options) (res *Result, err error) {
 }
 
 // missing says what the scenario needs that this run does not have.
-func (f *File) missing(t Topology) string {
+func (f *File) missing(t topo.Topology) string {
 	root := os.Geteuid() == 0
-	if n, ok := t.(NeedsRoot); ok && !root {
+	if n, ok := t.(topo.NeedsRoot); ok && !root {
 		return n.NeedsRoot()
 	}
 	for _, r := range f.Requires {
@@ -225,7 +227,7 @@ func sessionKind() loginsession.Kind {
 type runner struct {
 	f    *File
 	opts Options
-	topo Topology
+	topo topo.Topology
 	bins Binaries
 	work string
 	kind loginsession.Kind
@@ -334,7 +336,7 @@ func (r *runner) phase(ctx context.Context, i int) (*PhaseResult, error) {
 		end  func(context.Context) []Outcome
 	}
 	var ends []pending
-	for _, name := range sortedKeys(p.Expect.Extra) {
+	for _, name := range slices.Sorted(maps.Keys(p.Expect.Extra)) {
 		c, _ := lookupCheck(name)
 		spec := p.Expect.Extra[name]
 		end, err := c.Begin(ctx, env, &spec)

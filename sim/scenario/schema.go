@@ -3,18 +3,16 @@
 // server, phase after phase, each phase with the outcome it must show.
 //
 // The format is documented in scenarios/README.md. It is designed to grow:
-// topologies are plug-ins (RegisterTopology), so are extra expectation
+// topologies are plug-ins (topo.Register), so are extra expectation
 // blocks (RegisterCheck); the daemon section is ipvirtd's own YAML, passed
 // through, so new daemon keys need no simulator change.
 package scenario
 
 import (
-	"fmt"
-	"time"
-
 	"go.yaml.in/yaml/v3"
 
 	"github.com/ipvirt/ipvirt/sim/dhcpserver"
+	"github.com/ipvirt/ipvirt/sim/scenario/strictyaml"
 )
 
 // File is one scenario file.
@@ -55,7 +53,7 @@ type DHCPServer struct {
 // validates itself (unknown knobs are errors there too).
 func (d *DHCPServer) UnmarshalYAML(n *yaml.Node) error {
 	if n.Kind != yaml.MappingNode {
-		return lineErr(n.Line, "dhcp_servers: want a mapping such as {name: dhcp0, range_start: ...}")
+		return strictyaml.Errorf(n.Line, "dhcp_servers: want a mapping such as {name: dhcp0, range_start: ...}")
 	}
 	d.line = n.Line
 	knobs := &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map"}
@@ -75,7 +73,7 @@ func (d *DHCPServer) UnmarshalYAML(n *yaml.Node) error {
 	}
 	b, err := yaml.Marshal(knobs)
 	if err != nil {
-		return lineErr(n.Line, "dhcp_servers: %v", err)
+		return strictyaml.Errorf(n.Line, "dhcp_servers: %v", err)
 	}
 	if len(knobs.Content) == 0 {
 		b = nil
@@ -89,7 +87,7 @@ func (d *DHCPServer) UnmarshalYAML(n *yaml.Node) error {
 	}
 	cfg, err := dhcpserver.ParseConfig(check)
 	if err != nil {
-		return lineErr(n.Line, "dhcp_servers %s: %v", d.Name, err)
+		return strictyaml.Errorf(n.Line, "dhcp_servers %s: %v", d.Name, err)
 	}
 	d.Config = cfg
 	return nil
@@ -124,15 +122,15 @@ type Phase struct {
 	Steps []Step `yaml:"steps"`
 	// Duration makes the phase last at least this long from its start
 	// before the expectations are checked (renewals, expiries).
-	Duration Duration    `yaml:"duration"`
-	Expect   PhaseExpect `yaml:"expect"`
+	Duration strictyaml.Duration `yaml:"duration"`
+	Expect   PhaseExpect         `yaml:"expect"`
 
 	line int
 }
 
 func (p *Phase) UnmarshalYAML(n *yaml.Node) error {
 	type plain Phase
-	if err := DecodeStrict(n, (*plain)(p)); err != nil {
+	if err := strictyaml.Decode(n, (*plain)(p)); err != nil {
 		return err
 	}
 	p.line = n.Line
@@ -155,7 +153,7 @@ type SessionGroup struct {
 	NoSession bool `yaml:"no_session"`
 	// At starts the group this long after the phase started; without it
 	// groups start one after the other as soon as the previous is done.
-	At *Duration `yaml:"at"`
+	At *strictyaml.Duration `yaml:"at"`
 	// Together starts the group's sessions and clients all at once (a logon
 	// storm) instead of one by one.
 	Together bool     `yaml:"together"`
@@ -166,7 +164,7 @@ type SessionGroup struct {
 
 func (g *SessionGroup) UnmarshalYAML(n *yaml.Node) error {
 	type plain SessionGroup
-	if err := DecodeStrict(n, (*plain)(g)); err != nil {
+	if err := strictyaml.Decode(n, (*plain)(g)); err != nil {
 		return err
 	}
 	g.line = n.Line
@@ -198,7 +196,7 @@ type Client struct {
 
 func (c *Client) UnmarshalYAML(n *yaml.Node) error {
 	type plain Client
-	if err := DecodeStrict(n, (*plain)(c)); err != nil {
+	if err := strictyaml.Decode(n, (*plain)(c)); err != nil {
 		return err
 	}
 	c.line = n.Line
@@ -221,8 +219,8 @@ type ClientExpect struct {
 type Step struct {
 	// At is the offset from the phase's start; steps run in file order,
 	// each waiting for its time.
-	At Duration `yaml:"at"`
-	Do string   `yaml:"do"`
+	At strictyaml.Duration `yaml:"at"`
+	Do string              `yaml:"do"`
 	// Target names the DHCP server (dhcp-offline, dhcp-online) or the
 	// session group (logoff) the step acts on.
 	Target string `yaml:"target"`
@@ -231,14 +229,14 @@ type Step struct {
 	// Metric is what wait-metric waits for.
 	Metric *MetricExpect `yaml:"metric"`
 	// Timeout bounds wait-metric (default 30s).
-	Timeout Duration `yaml:"timeout"`
+	Timeout strictyaml.Duration `yaml:"timeout"`
 
 	line int
 }
 
 func (s *Step) UnmarshalYAML(n *yaml.Node) error {
 	type plain Step
-	if err := DecodeStrict(n, (*plain)(s)); err != nil {
+	if err := strictyaml.Decode(n, (*plain)(s)); err != nil {
 		return err
 	}
 	s.line = n.Line
@@ -274,8 +272,8 @@ type PhaseExpect struct {
 	// ConnectP50Below and ConnectP99Below bound the median and 99th
 	// percentile of the clients' connect() time (the
 	// ipvirt_sim_connect_seconds histogram's data).
-	ConnectP50Below Duration `yaml:"connect_p50_below"`
-	ConnectP99Below Duration `yaml:"connect_p99_below"`
+	ConnectP50Below strictyaml.Duration `yaml:"connect_p50_below"`
+	ConnectP99Below strictyaml.Duration `yaml:"connect_p99_below"`
 	// DaemonError makes the phase a start-up check: ipvirtd must refuse
 	// this phase's config, its error containing this text; no session runs.
 	DaemonError string `yaml:"daemon_error"`
@@ -305,29 +303,4 @@ type DHCPExpect struct {
 	Equals  *float64 `yaml:"equals"`
 	Min     *float64 `yaml:"min"`
 	Max     *float64 `yaml:"max"`
-}
-
-// Duration is a time.Duration written as "250ms", "2s".
-type Duration time.Duration
-
-func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
-	v, err := time.ParseDuration(n.Value)
-	if err != nil || v < 0 {
-		return lineErr(n.Line, "bad duration %q (want e.g. 250ms, 2s)", n.Value)
-	}
-	*d = Duration(v)
-	return nil
-}
-
-// lineError is a validation error with the line of the file it is about;
-// Load prints it as FILE:LINE: message.
-type lineError struct {
-	line int
-	msg  string
-}
-
-func (e *lineError) Error() string { return fmt.Sprintf("line %d: %s", e.line, e.msg) }
-
-func lineErr(line int, format string, args ...any) error {
-	return &lineError{line: line, msg: fmt.Sprintf(format, args...)}
 }

@@ -13,6 +13,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/ipvirt/ipvirt/sim/scenario/strictyaml"
 	"github.com/ipvirt/ipvirt/sim/wirecheck"
 )
 
@@ -48,18 +49,18 @@ func init() { RegisterCheck("wire", wireCheck{}) }
 
 func (wireCheck) Validate(spec *yaml.Node) error {
 	var s wireSpec
-	if err := decodeStrict(spec, &s); err != nil {
+	if err := strictyaml.Decode(spec, &s); err != nil {
 		return err
 	}
 	if !s.SYNFromVIP && !s.DHCPClientIDs && !s.ARPFromSession && !s.QuietAfterRelease {
-		return lineErr(spec.Line, "wire: no check enabled (syn_from_vip, dhcp_client_ids, arp_from_session, quiet_after_release)")
+		return strictyaml.Errorf(spec.Line, "wire: no check enabled (syn_from_vip, dhcp_client_ids, arp_from_session, quiet_after_release)")
 	}
 	return nil
 }
 
 func (wireCheck) Begin(_ context.Context, env *PhaseEnv, spec *yaml.Node) (func(context.Context) []Outcome, error) {
 	var s wireSpec
-	if err := decodeStrict(spec, &s); err != nil {
+	if err := strictyaml.Decode(spec, &s); err != nil {
 		return nil, err
 	}
 	lan, ok := env.Topology.(LANCapturer)

@@ -10,6 +10,7 @@ import (
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
 
+	"github.com/ipvirt/ipvirt/sim/scenario/topo"
 	"github.com/ipvirt/ipvirt/sim/wirecheck"
 )
 
@@ -19,7 +20,7 @@ var (
 	srvMAC   = net.HardwareAddr{2, 0, 0, 0, 0, 3}
 )
 
-type fixedTopo struct{ loopback }
+type fixedTopo struct{ topo.Topology }
 
 func (fixedTopo) ServerAddr() netip.Addr { return netip.MustParseAddr("10.77.0.3") }
 
