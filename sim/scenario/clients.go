@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ipvirt/ipvirt/sim/loginsession"
+	"github.com/ipvirt/ipvirt/sim/scenario/check"
 )
 
 // defaultUID is the first login uid given to sessions whose group names
@@ -95,33 +96,8 @@ func outsideAnySession(kind loginsession.Kind) error {
 
 var resultSeq atomic.Int64
 
-// ClientResult is one client process and what it reported.
-type ClientResult struct {
-	Session     *liveSession
-	Spec        *Client
-	Program     string // path it ran as
-	Interceptor string
-	Source      netip.AddrPort // invalid when it never connected
-	Verdict     string         // accepted, refused, denied, bind-failed, error
-	Errno       string
-	Connect     time.Duration
-	VIP         netip.Addr // what ipvirtctl reports for its holder
-	// Stderr is what the client wrote there by the time it reported, such
-	// as the preload library's one line when it could not ask the daemon.
-	Stderr string
-}
-
-// why is the client's stderr, for a failed expectation: "" or " [...]".
-func (c *ClientResult) why() string {
-	if c.Stderr == "" {
-		return ""
-	}
-	line, _, _ := strings.Cut(c.Stderr, "\n")
-	return " [" + line + "]"
-}
-
 // runClient starts one client in its session and waits for its result.
-func (r *runner) runClient(ctx context.Context, ph *phaseRun, s *liveSession, spec *Client) (*ClientResult, error) {
+func (r *runner) runClient(ctx context.Context, ph *phaseRun, s *liveSession, spec *Client) (*check.ClientResult, error) {
 	p, paths := ph.p, ph.paths
 	out := filepath.Join(r.work, fmt.Sprintf("result-%d", resultSeq.Add(1)))
 	args := []string{"--out", out}
@@ -169,7 +145,8 @@ func (r *runner) runClient(ctx context.Context, ph *phaseRun, s *liveSession, sp
 	if err != nil {
 		return nil, fmt.Errorf("start %s in %s: %w", spec.Program, s.label, err)
 	}
-	res := &ClientResult{Session: s, Spec: spec, Program: prog, Interceptor: p.Interceptor}
+	res := &check.ClientResult{Group: s.group.Name, Session: s.label, Key: s.key, UID: s.uid,
+		Expect: &spec.Expect, Name: spec.Program, Program: prog, Interceptor: p.Interceptor}
 	line, err := waitResult(ctx, out, pid)
 	if b, rerr := os.ReadFile(errPath); rerr == nil {
 		res.Stderr = strings.TrimSpace(string(b))
@@ -177,7 +154,7 @@ func (r *runner) runClient(ctx context.Context, ph *phaseRun, s *liveSession, sp
 	if err != nil {
 		return nil, fmt.Errorf("%s in %s: %w (stderr: %q)", spec.Program, s.label, err, res.Stderr)
 	}
-	return res, res.parse(line)
+	return res, parseResult(res, line)
 }
 
 // waitResult waits for the client's result file (written atomically).
@@ -201,8 +178,8 @@ func waitResult(ctx context.Context, path string, pid int) (string, error) {
 	return "", fmt.Errorf("no result from client pid %d after 20s", pid)
 }
 
-// parse reads "source=A:P verdict=V connect_ns=N errno=E".
-func (c *ClientResult) parse(line string) error {
+// parseResult reads the client's "source=A:P verdict=V connect_ns=N errno=E" into c.
+func parseResult(c *check.ClientResult, line string) error {
 	for _, f := range strings.Fields(line) {
 		k, v, _ := strings.Cut(f, "=")
 		switch k {
@@ -281,25 +258,7 @@ func (r *runner) resolveBind(spec string) (netip.Addr, error) {
 	return a, fmt.Errorf("bind %q: no such session", spec)
 }
 
-// SessionRow is the part of `ipvirtctl sessions -o json` the checks use.
-type SessionRow struct {
-	Session  string `json:"session"`
-	User     string `json:"user"`
-	State    string `json:"state"`
-	VIP      string `json:"vip"`
-	ClientID string `json:"client_id"`
-	// Since is when the lease was granted (for DHCP: when the REQUEST the
-	// server ACKed was sent).
-	Since    time.Time `json:"since"`
-	Programs []struct {
-		Program  string `json:"program"`
-		VIP      string `json:"vip"`
-		State    string `json:"state"`
-		ClientID string `json:"client_id"`
-	} `json:"programs"`
-}
-
-type report []SessionRow
+type report []check.SessionRow
 
 // sessionsReport runs the real `ipvirtctl sessions -o json`, the report an
 // administrator reads, so the scenario checks it rather than internals.
@@ -354,9 +313,9 @@ func (r *runner) waitAllocated(ctx context.Context, key string, limit time.Durat
 
 // vipOf is the VIP the report gives c's holder: its program's in
 // per-program mode, else its session's.
-func (rep report) vipOf(c *ClientResult) netip.Addr {
+func (rep report) vipOf(c *check.ClientResult) netip.Addr {
 	for _, row := range rep {
-		if row.Session != c.Session.key {
+		if row.Session != c.Key {
 			continue
 		}
 		for _, p := range row.Programs {

@@ -9,11 +9,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/ipvirt/ipvirt/sim/daemonproc"
+	"github.com/ipvirt/ipvirt/sim/scenario/check"
 	"github.com/ipvirt/ipvirt/sim/scenario/topo"
 )
 
@@ -84,7 +84,8 @@ func (r *runner) startDHCP(ctx context.Context) error {
 	return nil
 }
 
-// dhcpStatus is the part of sim/dhcpserver's status file the checks use.
+// dhcpStatus is the part of sim/dhcpserver's status file the runner and
+// the dhcp check use.
 type dhcpStatus struct {
 	Seq      uint64         `json:"seq"`
 	Listen   string         `json:"listen"`
@@ -149,18 +150,15 @@ func (p *dhcpProc) Status(ctx context.Context) (*dhcpStatus, error) {
 	return p.waitStatus(ctx, seq)
 }
 
-// counter returns a counter by its name in any case (renewals, Renewals),
-// or "leases" for the number of leases held.
-func (st *dhcpStatus) counter(name string) (int, bool) {
-	if strings.EqualFold(name, "leases") {
-		return len(st.Leases), true
+func (p *dhcpProc) Name() string { return p.spec.Name }
+
+// Counters is for the dhcp check (check.DHCPServer).
+func (p *dhcpProc) Counters(ctx context.Context) (map[string]int, int, error) {
+	st, err := p.Status(ctx)
+	if err != nil {
+		return nil, 0, err
 	}
-	for k, v := range st.Counters {
-		if strings.EqualFold(k, name) || strings.EqualFold(k, strings.ReplaceAll(name, "_", "")) {
-			return v, true
-		}
-	}
-	return 0, false
+	return st.Counters, len(st.Leases), nil
 }
 
 func (p *dhcpProc) stop() {
@@ -172,6 +170,14 @@ func (p *dhcpProc) stop() {
 		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 		<-p.done
 	}
+}
+
+func (r *runner) dhcpServers() []check.DHCPServer {
+	var out []check.DHCPServer
+	for _, p := range r.dhcp {
+		out = append(out, p)
+	}
+	return out
 }
 
 func (r *runner) dhcpByName(name string) *dhcpProc {

@@ -2,6 +2,7 @@ package scenario
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/ipvirt/ipvirt/sim/scenario/check"
 	"github.com/ipvirt/ipvirt/sim/scenario/strictyaml"
 	"github.com/ipvirt/ipvirt/sim/scenario/topo"
 )
@@ -61,11 +63,6 @@ func Parse(b []byte) (*File, error) {
 	return &f, nil
 }
 
-var (
-	sourceValues  = []string{"", "vip", "mip", "none"}
-	verdictValues = []string{"", "accepted", "refused", "denied", "bind-failed"}
-)
-
 func (f *File) validate() error {
 	if f.Name == "" {
 		return errors.New("name: missing (every scenario has a name)")
@@ -78,7 +75,7 @@ func (f *File) validate() error {
 	if _, err := topo.New(&f.Topology); err != nil {
 		return err
 	}
-	servers := map[string]bool{}
+	var servers []string
 	for i := range f.DHCPServers {
 		d := &f.DHCPServers[i]
 		if d.Name == "" {
@@ -87,10 +84,10 @@ func (f *File) validate() error {
 		if d.Host == "" {
 			d.Host = d.Name
 		}
-		if servers[d.Name] {
+		if slices.Contains(servers, d.Name) {
 			return strictyaml.Errorf(d.line, "dhcp_servers: name %q used twice", d.Name)
 		}
-		servers[d.Name] = true
+		servers = append(servers, d.Name)
 	}
 	if len(f.Phases) == 0 {
 		return errors.New("phases: a scenario needs at least one phase")
@@ -103,7 +100,7 @@ func (f *File) validate() error {
 	return nil
 }
 
-func (p *Phase) validate(i int, servers map[string]bool) error {
+func (p *Phase) validate(i int, servers []string) error {
 	where := fmt.Sprintf("phases[%d] (%s)", i, p.Name)
 	if p.Name == "" {
 		return strictyaml.Errorf(p.line, "phases[%d]: name missing", i)
@@ -185,7 +182,7 @@ func (p *Phase) validate(i int, servers map[string]bool) error {
 		last = s.At
 		switch s.Do {
 		case "dhcp-offline", "dhcp-online":
-			if !servers[s.Target] {
+			if !slices.Contains(servers, s.Target) {
 				return strictyaml.Errorf(s.line, "%s: target %q: no such DHCP server (dhcp_servers)", sw, s.Target)
 			}
 		case "logoff":
@@ -196,7 +193,7 @@ func (p *Phase) validate(i int, servers map[string]bool) error {
 			if s.Metric == nil {
 				return strictyaml.Errorf(s.line, "%s: wait-metric needs metric: {name, equals|min|max}", sw)
 			}
-			if err := s.Metric.validate(s.line, sw); err != nil {
+			if err := s.Metric.Validate(s.line, sw); err != nil {
 				return err
 			}
 		}
@@ -204,32 +201,26 @@ func (p *Phase) validate(i int, servers map[string]bool) error {
 			return strictyaml.Errorf(s.line, "%s: daemon: only reload-daemon and restart-daemon take config changes", sw)
 		}
 	}
-	for _, m := range p.Expect.Metrics {
-		if err := m.validate(p.line, where+" expect.metrics"); err != nil {
+	// Blocks in file order, so that the report lists outcomes as written.
+	keys := slices.SortedFunc(maps.Keys(p.Expect.Blocks), func(a, b string) int {
+		na, nb := p.Expect.Blocks[a], p.Expect.Blocks[b]
+		return cmp.Or(cmp.Compare(na.Line, nb.Line), cmp.Compare(na.Column, nb.Column))
+	})
+	p.Expect.Checks = nil
+	for _, key := range keys {
+		spec := p.Expect.Blocks[key]
+		parse, ok := check.Lookup(key)
+		if !ok {
+			known := append(check.Keys(), "daemon_error")
+			slices.Sort(known)
+			return strictyaml.Errorf(spec.Line, "%s: expect: unknown key %q (known: %s)", where, key, strings.Join(known, ", "))
+		}
+		c, err := parse(&spec, check.Site{Phase: where, Line: p.line, Key: key, DHCPServers: servers})
+		if err != nil {
 			return err
 		}
-	}
-	for _, d := range p.Expect.DHCP {
-		if !servers[d.Server] && d.Server != "all" {
-			return strictyaml.Errorf(p.line, "%s: expect.dhcp: server %q: no such DHCP server (dhcp_servers)", where, d.Server)
-		}
-		if d.Counter == "" || (d.Equals == nil && d.Min == nil && d.Max == nil) {
-			return strictyaml.Errorf(p.line, "%s: expect.dhcp: each needs a counter and equals, min or max", where)
-		}
-	}
-	for _, name := range slices.Sorted(maps.Keys(p.Expect.Extra)) {
-		c, ok := lookupCheck(name)
-		if !ok {
-			known := []string{"accepted", "refused", "denied", "distinct_sources", "sources_match_report", "connect_p50_below", "connect_p99_below", "metrics", "dhcp"}
-			regMu.Lock()
-			known = append(known, slices.Sorted(maps.Keys(checks))...)
-			regMu.Unlock()
-			node := p.Expect.Extra[name]
-			return strictyaml.Errorf(node.Line, "%s: expect: unknown key %q (known: %s)", where, name, strings.Join(known, ", "))
-		}
-		spec := p.Expect.Extra[name]
-		if err := c.Validate(&spec); err != nil {
-			return fmt.Errorf("%s: expect.%s: %w", where, name, err)
+		if c != nil {
+			p.Expect.Checks = append(p.Expect.Checks, Expectation{Key: key, Check: c})
 		}
 	}
 	return nil
@@ -249,11 +240,8 @@ func (c *Client) validate(cw string) error {
 	default:
 		return strictyaml.Errorf(c.line, "%s: kind %q: want c or go", cw, c.Kind)
 	}
-	if !oneOf(c.Expect.Source, sourceValues) {
-		return strictyaml.Errorf(c.line, "%s: expect.source %q: want vip, mip or none", cw, c.Expect.Source)
-	}
-	if !oneOf(c.Expect.Verdict, verdictValues) {
-		return strictyaml.Errorf(c.line, "%s: expect.verdict %q: want accepted, refused, denied or bind-failed", cw, c.Expect.Verdict)
+	if err := c.Expect.Validate(); err != nil {
+		return strictyaml.Errorf(c.line, "%s: %v", cw, err)
 	}
 	if c.Bind != "" {
 		if _, _, err := parseBind(c.Bind); err != nil {
@@ -266,20 +254,4 @@ func (c *Client) validate(cw string) error {
 		}
 	}
 	return nil
-}
-
-func (m *MetricExpect) validate(line int, where string) error {
-	if m.Name == "" || (m.Equals == nil && m.Min == nil && m.Max == nil) {
-		return strictyaml.Errorf(line, "%s: each metric needs a name and equals, min or max", where)
-	}
-	return nil
-}
-
-func oneOf(v string, set []string) bool {
-	for _, s := range set {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }

@@ -48,11 +48,11 @@ func (r *runner) print(i int, p *Phase, pr *PhaseResult) {
 		if c.Errno != "" {
 			verdict += " (" + c.Errno + ")"
 		}
-		sess := c.Session.label + " " + c.Session.key
-		if c.Session.sess == nil {
-			sess = c.Session.label + " (no session)"
+		sess := c.Session + " " + c.Key
+		if c.Key == "-" {
+			sess = c.Session + " (no session)"
 		}
-		fmt.Fprintf(tw, "   %s\t%d\t%s\t%s\t%s\t%s\n", sess, c.Session.uid, c.Spec.Program, src, verdict, c.Connect.Round(1000))
+		fmt.Fprintf(tw, "   %s\t%d\t%s\t%s\t%s\t%s\n", sess, c.UID, c.Name, src, verdict, c.Connect.Round(1000))
 	}
 	tw.Flush()
 	if n := len(pr.Clients) - len(shown); n > 0 {

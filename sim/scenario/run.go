@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -20,6 +19,7 @@ import (
 	"github.com/ipvirt/ipvirt/sim/daemonproc"
 	"github.com/ipvirt/ipvirt/sim/dbserver"
 	"github.com/ipvirt/ipvirt/sim/loginsession"
+	"github.com/ipvirt/ipvirt/sim/scenario/check"
 	"github.com/ipvirt/ipvirt/sim/scenario/topo"
 )
 
@@ -58,28 +58,9 @@ type PhaseResult struct {
 	Name     string
 	Skipped  string   // why the phase did not run, when it did not
 	Notes    []string // timings worth reporting (a storm's time to the last client)
-	Clients  []*ClientResult
+	Clients  []*check.ClientResult
 	Server   []dbserver.Conn // what the database server saw, in order
-	Outcomes []Outcome
-}
-
-// Outcome is one checked expectation.
-type Outcome struct {
-	OK   bool
-	What string // "accepted = 1"
-	Got  string // what was seen, when it differs or helps
-}
-
-// PhaseEnv is what a registered check sees of a phase.
-type PhaseEnv struct {
-	Topology topo.Topology
-	Daemon   *daemonproc.Daemon
-	// Filled in before a check's end runs:
-	Clients []*ClientResult
-	Report  []SessionRow // `ipvirtctl sessions -o json` at the end of the phase
-	// ReportJSON is that output as ipvirtctl printed it (every field).
-	ReportJSON []byte
-	Server     []dbserver.Conn
+	Outcomes []check.Outcome
 }
 
 // Run replays f. The error is for a run that could not be carried out (the
@@ -302,7 +283,7 @@ func (r *runner) phase(ctx context.Context, i int) (*PhaseResult, error) {
 		return nil, err
 	}
 	if want := p.Expect.DaemonError; want != "" {
-		o := Outcome{What: fmt.Sprintf("ipvirtd refuses to start with %q", want)}
+		o := check.Outcome{What: fmt.Sprintf("ipvirtd refuses to start with %q", want)}
 		switch err := r.applyDaemon(ctx, p, dir, paths); {
 		case err == nil:
 			o.Got = "it started"
@@ -313,7 +294,7 @@ func (r *runner) phase(ctx context.Context, i int) (*PhaseResult, error) {
 			o.Got = err.Error()
 		}
 		r.stopDaemon()
-		pr.Outcomes = []Outcome{o}
+		pr.Outcomes = []check.Outcome{o}
 		r.print(i, p, pr)
 		return pr, nil
 	}
@@ -329,25 +310,18 @@ func (r *runner) phase(ctx context.Context, i int) (*PhaseResult, error) {
 			return pr, fmt.Errorf("the kernel interceptor is not attached: ipvirtctl status says %q", state)
 		}
 	}
-	env := &PhaseEnv{Topology: r.topo, Daemon: r.daemon}
-
-	type pending struct {
-		name string
-		end  func(context.Context) []Outcome
-	}
-	var ends []pending
-	for _, name := range slices.Sorted(maps.Keys(p.Expect.Extra)) {
-		c, _ := lookupCheck(name)
-		spec := p.Expect.Extra[name]
-		end, err := c.Begin(ctx, env, &spec)
+	env := &check.Env{Topology: r.topo, Interceptor: p.Interceptor, Daemon: r.daemon, DHCP: r.dhcpServers()}
+	var ends []func(context.Context) []check.Outcome
+	for _, x := range p.Expect.Checks {
+		end, err := x.Check.Begin(ctx, env)
 		if err != nil {
-			return pr, fmt.Errorf("expect.%s: %w", name, err)
+			return pr, fmt.Errorf("expect.%s: %w", x.Key, err)
 		}
-		ends = append(ends, pending{name, end})
+		ends = append(ends, end)
 	}
 
 	r.srv.Reset()
-	ph := &phaseRun{r: r, p: p, paths: paths, start: time.Now(), vips: map[string]SessionRow{}}
+	ph := &phaseRun{r: r, p: p, paths: paths, start: time.Now(), vips: map[string]check.SessionRow{}}
 	defer func() {
 		r.mu.Lock()
 		live := r.live
@@ -372,9 +346,9 @@ func (r *runner) phase(ctx context.Context, i int) (*PhaseResult, error) {
 	pr.Server = r.srv.Seen()
 	env.Daemon = r.daemon
 	env.Clients, env.Report, env.ReportJSON, env.Server = pr.Clients, report, raw, pr.Server
-	pr.Outcomes = append(ph.stepOutcomes, r.check(ctx, p, env)...)
-	for _, e := range ends {
-		pr.Outcomes = append(pr.Outcomes, e.end(ctx)...)
+	pr.Outcomes = append(ph.stepOutcomes, check.Clients(env)...)
+	for _, end := range ends {
+		pr.Outcomes = append(pr.Outcomes, end(ctx)...)
 	}
 	r.print(i, p, pr)
 	return pr, nil

@@ -3,8 +3,8 @@
 // server, phase after phase, each phase with the outcome it must show.
 //
 // The format is documented in scenarios/README.md. It is designed to grow:
-// topologies are plug-ins (topo.Register), so are extra expectation
-// blocks (RegisterCheck); the daemon section is ipvirtd's own YAML, passed
+// topologies are plug-ins (topo.Register), so is every key of a phase's
+// expect block (check.Register); the daemon section is ipvirtd's own YAML, passed
 // through, so new daemon keys need no simulator change.
 package scenario
 
@@ -12,6 +12,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/ipvirt/ipvirt/sim/dhcpserver"
+	"github.com/ipvirt/ipvirt/sim/scenario/check"
 	"github.com/ipvirt/ipvirt/sim/scenario/strictyaml"
 )
 
@@ -188,8 +189,8 @@ type Client struct {
 	Env []string `yaml:"env"`
 	// Hold keeps an accepted connection open until the phase ends (the
 	// default); false hangs up at once.
-	Hold   *bool        `yaml:"hold"`
-	Expect ClientExpect `yaml:"expect"`
+	Hold   *bool              `yaml:"hold"`
+	Expect check.ClientExpect `yaml:"expect"`
 
 	line int
 }
@@ -201,18 +202,6 @@ func (c *Client) UnmarshalYAML(n *yaml.Node) error {
 	}
 	c.line = n.Line
 	return nil
-}
-
-// ClientExpect is what each client of a Client entry must show.
-type ClientExpect struct {
-	// Source is vip (the VIP ipvirtctl reports for its session or
-	// program), mip (the machine IP) or none (no connection was made).
-	Source string `yaml:"source"`
-	// Verdict is accepted, refused (the server saw a duplicate address),
-	// denied (connect failed with EACCES/EPERM) or bind-failed.
-	Verdict string `yaml:"verdict"`
-	// Errno, when set, is the error name the client must have seen.
-	Errno string `yaml:"errno"`
 }
 
 // Step is something done at a time in a phase (see stepActions).
@@ -227,7 +216,7 @@ type Step struct {
 	// Daemon changes the config before reload-daemon / restart-daemon.
 	Daemon map[string]any `yaml:"daemon"`
 	// Metric is what wait-metric waits for.
-	Metric *MetricExpect `yaml:"metric"`
+	Metric *check.Metric `yaml:"metric"`
 	// Timeout bounds wait-metric (default 30s).
 	Timeout strictyaml.Duration `yaml:"timeout"`
 
@@ -257,50 +246,20 @@ var stepActions = map[string]string{
 	"sleep":          "nothing: the timeline just reaches `at`",
 }
 
-// PhaseExpect are the phase-wide expectations; nil fields are not checked.
+// PhaseExpect are the phase-wide expectations.
 type PhaseExpect struct {
-	// Accepted and Refused count what the database server decided.
-	Accepted *int `yaml:"accepted"`
-	Refused  *int `yaml:"refused"`
-	// Denied counts clients whose connect() failed with EACCES or EPERM.
-	Denied *int `yaml:"denied"`
-	// DistinctSources counts distinct source addresses the server saw.
-	DistinctSources *int `yaml:"distinct_sources"`
-	// SourcesMatchReport: every virtualized client left from exactly the
-	// VIP `ipvirtctl sessions` reports for it, and no VIP is reported twice.
-	SourcesMatchReport bool `yaml:"sources_match_report"`
-	// ConnectP50Below and ConnectP99Below bound the median and 99th
-	// percentile of the clients' connect() time (the
-	// ipvirt_sim_connect_seconds histogram's data).
-	ConnectP50Below strictyaml.Duration `yaml:"connect_p50_below"`
-	ConnectP99Below strictyaml.Duration `yaml:"connect_p99_below"`
 	// DaemonError makes the phase a start-up check: ipvirtd must refuse
 	// this phase's config, its error containing this text; no session runs.
 	DaemonError string `yaml:"daemon_error"`
-	// Metrics are ipvirtd metric values at the end of the phase.
-	Metrics []MetricExpect `yaml:"metrics"`
-	// DHCP are synthetic DHCP server counters at the end of the phase.
-	DHCP []DHCPExpect `yaml:"dhcp"`
-	// Extra holds registered check blocks (see RegisterCheck).
-	Extra map[string]yaml.Node `yaml:",inline"`
+	// Blocks are the other keys, each a check registered with
+	// sim/scenario/check (accepted, metrics, wire, ...).
+	Blocks map[string]yaml.Node `yaml:",inline"`
+	// Checks are the Blocks as their checks parsed them, in file order.
+	Checks []Expectation `yaml:"-"`
 }
 
-// MetricExpect checks the sum of an ipvirtd metric's matching samples.
-type MetricExpect struct {
-	Name   string            `yaml:"name"`
-	Labels map[string]string `yaml:"labels"`
-	Equals *float64          `yaml:"equals"`
-	Min    *float64          `yaml:"min"`
-	Max    *float64          `yaml:"max"`
-}
-
-// DHCPExpect checks a counter of a synthetic DHCP server (server "all":
-// the sum over every server): leases (held now) or one of sim/dhcpserver's counters (discovers, offers, requests,
-// acks, renewals, naks, releases, declines, drops, ignored, no_free, ...).
-type DHCPExpect struct {
-	Server  string   `yaml:"server"`
-	Counter string   `yaml:"counter"`
-	Equals  *float64 `yaml:"equals"`
-	Min     *float64 `yaml:"min"`
-	Max     *float64 `yaml:"max"`
+// Expectation is one block of a phase's expect, parsed.
+type Expectation struct {
+	Key   string
+	Check check.Check
 }

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/ipvirt/ipvirt/sim/scenario/check"
 )
 
 // phaseRun is one phase in progress: its clock, the clients that reported,
@@ -19,10 +21,10 @@ type phaseRun struct {
 	start time.Time
 
 	mu           sync.Mutex
-	clients      []*ClientResult
-	vips         map[string]SessionRow // by session key
+	clients      []*check.ClientResult
+	vips         map[string]check.SessionRow // by session key
 	notes        []string
-	stepOutcomes []Outcome
+	stepOutcomes []check.Outcome
 }
 
 // timeline runs the phase: session groups in file order (a group with `at`
@@ -72,7 +74,7 @@ func (ph *phaseRun) timeline(ctx context.Context) error {
 			ph.r.opts.Log.Debug("step", "at", time.Duration(s.At), "do", s.Do, "target", s.Target)
 			err := ph.r.step(ctx, ph, s)
 			what := fmt.Sprintf("step at %v: %s %s", time.Duration(s.At), s.Do, s.Target)
-			o := Outcome{OK: err == nil, What: what}
+			o := check.Outcome{OK: err == nil, What: what}
 			if err != nil {
 				o.Got = err.Error()
 			}
@@ -189,9 +191,9 @@ func (ph *phaseRun) remember(rep report) {
 	}
 }
 
-func (ph *phaseRun) vipOf(c *ClientResult) (a netip.Addr) {
+func (ph *phaseRun) vipOf(c *check.ClientResult) (a netip.Addr) {
 	ph.mu.Lock()
-	row, ok := ph.vips[c.Session.key]
+	row, ok := ph.vips[c.Key]
 	ph.mu.Unlock()
 	if !ok {
 		return a
@@ -253,9 +255,9 @@ func (r *runner) step(ctx context.Context, ph *phaseRun, s *Step) error {
 			timeout = 30 * time.Second
 		}
 		deadline := time.Now().Add(timeout)
-		var last Outcome
+		var last check.Outcome
 		for {
-			last = metricOutcome(r.daemon, *s.Metric)
+			last = s.Metric.Read(r.daemon)
 			if last.OK {
 				return nil
 			}
