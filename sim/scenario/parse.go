@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net/netip"
 	"os"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -29,7 +31,6 @@ func Load(path string) (*File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s", withPath(path, err))
 	}
-	f.path = path
 	return f, nil
 }
 
@@ -164,8 +165,8 @@ func (p *Phase) validate(i int, servers []string) error {
 	}
 	for j := range p.Sessions {
 		for k, c := range p.Sessions[j].Run {
-			if _, ref, _ := parseBind(c.Bind); ref != nil && !groups[ref.group] {
-				return strictyaml.Errorf(c.line, "%s sessions[%d] run[%d]: bind %q: no session group %q in this phase", where, j, k, c.Bind, ref.group)
+			if _, ref, _ := ParseBind(c.Bind); ref != nil && !groups[ref.Group] {
+				return strictyaml.Errorf(c.line, "%s sessions[%d] run[%d]: bind %q: no session group %q in this phase", where, j, k, c.Bind, ref.Group)
 			}
 		}
 	}
@@ -244,7 +245,7 @@ func (c *Client) validate(cw string) error {
 		return strictyaml.Errorf(c.line, "%s: %v", cw, err)
 	}
 	if c.Bind != "" {
-		if _, _, err := parseBind(c.Bind); err != nil {
+		if _, _, err := ParseBind(c.Bind); err != nil {
 			return strictyaml.Errorf(c.line, "%s: bind: %v", cw, err)
 		}
 	}
@@ -254,4 +255,31 @@ func (c *Client) validate(cw string) error {
 		}
 	}
 	return nil
+}
+
+// BindRef is a client's `bind: "vip of GROUP[N]"`: the VIP of session
+// Index (from 1) of session group Group in the same phase.
+type BindRef struct {
+	Group string
+	Index int
+}
+
+// ParseBind reads a client's `bind:`, a literal address or a BindRef.
+func ParseBind(s string) (netip.Addr, *BindRef, error) {
+	if a, err := netip.ParseAddr(s); err == nil {
+		return a, nil, nil
+	}
+	rest, ok := strings.CutPrefix(s, "vip of ")
+	if !ok {
+		return netip.Addr{}, nil, fmt.Errorf("%q: want an address or \"vip of GROUP[N]\"", s)
+	}
+	ref := &BindRef{Group: rest, Index: 1}
+	if g, n, ok := strings.Cut(rest, "["); ok {
+		i, err := strconv.Atoi(strings.TrimSuffix(n, "]"))
+		if err != nil || i < 1 || !strings.HasSuffix(n, "]") {
+			return netip.Addr{}, nil, fmt.Errorf("%q: bad session number", s)
+		}
+		ref.Group, ref.Index = g, i
+	}
+	return netip.Addr{}, ref, nil
 }

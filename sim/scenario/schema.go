@@ -1,11 +1,13 @@
-// Package scenario replays scenario files: a topology, a real ipvirtd, real
-// login sessions running unmodified clients, and the simulated database
-// server, phase after phase, each phase with the outcome it must show.
+// Package scenario is the scenario file format: a topology, synthetic DHCP
+// servers, ipvirtd's config, and phases of login sessions running clients,
+// each phase with the outcome it must show. Load and Parse read a file
+// strictly (an unknown key or a bad value is an error naming its line);
+// sim/scenario/runner replays it.
 //
 // The format is documented in scenarios/README.md. It is designed to grow:
 // topologies are plug-ins (topo.Register), so is every key of a phase's
-// expect block (check.Register); the daemon section is ipvirtd's own YAML, passed
-// through, so new daemon keys need no simulator change.
+// expect block (check.Register); the daemon section is ipvirtd's own YAML,
+// passed through, so new daemon keys need no simulator change.
 package scenario
 
 import (
@@ -34,8 +36,6 @@ type File struct {
 	// state_dir, socket and http are filled in by the simulator).
 	Daemon map[string]any `yaml:"daemon"`
 	Phases []Phase        `yaml:"phases"`
-
-	path string
 }
 
 // DHCPServer is one synthetic DHCP server: a name, the topology host it
@@ -45,9 +45,13 @@ type DHCPServer struct {
 	Name   string
 	Host   string
 	Config dhcpserver.Config
-	line   int
-	knobs  []byte // the knobs as written, handed to the server
-	placed bool   // the scenario set interface or listen itself
+	// Knobs are the knobs as written, handed to the server.
+	Knobs []byte
+	// Placed is set when the scenario sets interface or listen itself;
+	// otherwise the runner places the server on its topology host.
+	Placed bool
+
+	line int
 }
 
 // UnmarshalYAML splits name and host from the knobs, which sim/dhcpserver
@@ -66,7 +70,7 @@ func (d *DHCPServer) UnmarshalYAML(n *yaml.Node) error {
 		case "host":
 			d.Host = v.Value
 		case "interface", "listen":
-			d.placed = true
+			d.Placed = true
 			knobs.Content = append(knobs.Content, k, v)
 		default:
 			knobs.Content = append(knobs.Content, k, v)
@@ -79,14 +83,14 @@ func (d *DHCPServer) UnmarshalYAML(n *yaml.Node) error {
 	if len(knobs.Content) == 0 {
 		b = nil
 	}
-	d.knobs = b
+	d.Knobs = b
 	// The runner adds interface and listen from the topology; validate as
 	// if it had (knobs such as arp_in_use need an interface).
-	check := b
-	if !d.placed {
-		check = append(append([]byte(nil), b...), "\ninterface: eth0\n"...)
+	probe := b
+	if !d.Placed {
+		probe = append(append([]byte(nil), b...), "\ninterface: eth0\n"...)
 	}
-	cfg, err := dhcpserver.ParseConfig(check)
+	cfg, err := dhcpserver.ParseConfig(probe)
 	if err != nil {
 		return strictyaml.Errorf(n.Line, "dhcp_servers %s: %v", d.Name, err)
 	}

@@ -1,4 +1,4 @@
-package scenario
+package runner
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ipvirt/ipvirt/sim/scenario"
 	"github.com/ipvirt/ipvirt/sim/scenario/check"
 )
 
@@ -15,8 +16,8 @@ import (
 // and the VIPs ipvirtctl reported for sessions along the way (a session
 // that logs off mid-phase is gone from the final report).
 type phaseRun struct {
-	r     *runner
-	p     *Phase
+	r     *fileRun
+	p     *scenario.Phase
 	paths map[string]string
 	start time.Time
 
@@ -202,7 +203,7 @@ func (ph *phaseRun) vipOf(c *check.ClientResult) (a netip.Addr) {
 }
 
 // step does one timed thing to the system.
-func (r *runner) step(ctx context.Context, ph *phaseRun, s *Step) error {
+func (r *fileRun) step(ctx context.Context, ph *phaseRun, s *scenario.Step) error {
 	switch s.Do {
 	case "kill-daemon":
 		if err := r.daemon.Signal(syscall.SIGKILL); err != nil {
@@ -278,7 +279,7 @@ func (r *runner) step(ctx context.Context, ph *phaseRun, s *Step) error {
 
 // lastGrant is the latest grant time `ipvirtctl sessions` reports for the
 // sessions with the given keys, and how many of them hold a lease.
-func lastGrant(r *runner, keys []string) (last time.Time, n int) {
+func lastGrant(r *fileRun, keys []string) (last time.Time, n int) {
 	rep, _, err := r.sessionsReport()
 	if err != nil {
 		return last, 0

@@ -1,4 +1,9 @@
-package scenario
+// Package runner replays a scenario file: it brings its topology up, starts
+// the database server and the DHCP servers, then runs each phase's daemon,
+// sessions, clients and timed steps, and judges the phase by its checks.
+// It runs the real ipvirtd and ipvirtctl, and clients in real login
+// sessions, and stops everything it started before it returns.
+package runner
 
 import (
 	"context"
@@ -19,6 +24,7 @@ import (
 	"github.com/ipvirt/ipvirt/sim/daemonproc"
 	"github.com/ipvirt/ipvirt/sim/dbserver"
 	"github.com/ipvirt/ipvirt/sim/loginsession"
+	"github.com/ipvirt/ipvirt/sim/scenario"
 	"github.com/ipvirt/ipvirt/sim/scenario/check"
 	"github.com/ipvirt/ipvirt/sim/scenario/topo"
 )
@@ -66,7 +72,7 @@ type PhaseResult struct {
 // Run replays f. The error is for a run that could not be carried out (the
 // daemon did not start, the run was interrupted); failed expectations are
 // in the Result. Everything it started is stopped before it returns.
-func Run(ctx context.Context, f *File, opts Options) (res *Result, err error) {
+func Run(ctx context.Context, f *scenario.File, opts Options) (res *Result, err error) {
 	if opts.Out == nil {
 		opts.Out = os.Stdout
 	}
@@ -80,18 +86,18 @@ func Run(ctx context.Context, f *File, opts Options) (res *Result, err error) {
 	res = &Result{Name: f.Name}
 	defer func() { res.Took = time.Since(start) }()
 
-	topo, err := topo.New(&f.Topology)
+	top, err := topo.New(&f.Topology)
 	if err != nil {
 		return res, err
 	}
-	if why := f.missing(topo); why != "" {
+	if why := missing(f, top); why != "" {
 		if os.Getenv("CI") == "true" {
 			return res, fmt.Errorf("scenario %s: %s (CI=true: not skipping)", f.Name, why)
 		}
 		res.Skipped = why
 		return res, nil
 	}
-	bins, err := FindBinaries()
+	bins, err := findBinaries()
 	if err != nil {
 		return res, err
 	}
@@ -106,7 +112,7 @@ func Run(ctx context.Context, f *File, opts Options) (res *Result, err error) {
 	}
 	os.Chmod(work, 0o755) // clients in other users' sessions read their binaries here
 
-	r := &runner{f: f, opts: opts, topo: topo, bins: bins, work: work, kind: sessionKind()}
+	r := &fileRun{f: f, opts: opts, topo: top, bins: bins, work: work, kind: sessionKind()}
 	// Teardown runs on every return and on a panic, in reverse order of
 	// what was started: sessions (per phase), daemon, DHCP, server, network.
 	defer func() {
@@ -116,14 +122,14 @@ func Run(ctx context.Context, f *File, opts Options) (res *Result, err error) {
 		}
 		r.teardown()
 	}()
-	if err := topo.Up(ctx); err != nil {
+	if err := top.Up(ctx); err != nil {
 		return res, fmt.Errorf("scenario %s: topology: %w", f.Name, err)
 	}
 	r.topoUp = true
 	reg := prometheus.WrapRegistererWith(prometheus.Labels{"scenario": f.Name}, opts.Metrics.Registry)
-	err = topo.Do("server", func() error {
+	err = top.Do("server", func() error {
 		var err error
-		r.srv, err = dbserver.Listen(net.JoinHostPort(topo.ServerAddr().String(), "0"), reg)
+		r.srv, err = dbserver.Listen(net.JoinHostPort(top.ServerAddr().String(), "0"), reg)
 		return err
 	})
 	if err != nil {
@@ -138,7 +144,7 @@ func Run(ctx context.Context, f *File, opts Options) (res *Result, err error) {
 		if err := ctx.Err(); err != nil {
 			return res, fmt.Errorf("scenario %s: interrupted: %w", f.Name, err)
 		}
-		if why := f.Phases[i].missing(); why != "" {
+		if why := phaseMissing(&f.Phases[i]); why != "" {
 			if os.Getenv("CI") == "true" {
 				return res, fmt.Errorf("scenario %s, phase %q: %s (CI=true: not skipping)", f.Name, f.Phases[i].Name, why)
 			}
@@ -158,7 +164,7 @@ func Run(ctx context.Context, f *File, opts Options) (res *Result, err error) {
 }
 
 // missing says what the scenario needs that this run does not have.
-func (f *File) missing(t topo.Topology) string {
+func missing(f *scenario.File, t topo.Topology) string {
 	root := os.Geteuid() == 0
 	if n, ok := t.(topo.NeedsRoot); ok && !root {
 		return n.NeedsRoot()
@@ -182,8 +188,8 @@ func firstLineWith(text, want string) string {
 	return text
 }
 
-// missing says what a phase needs that this run does not have.
-func (p *Phase) missing() string {
+// phaseMissing says what a phase needs that this run does not have.
+func phaseMissing(p *scenario.Phase) string {
 	if os.Geteuid() == 0 {
 		return ""
 	}
@@ -205,11 +211,11 @@ func sessionKind() loginsession.Kind {
 	return loginsession.POSIX
 }
 
-type runner struct {
-	f    *File
+type fileRun struct {
+	f    *scenario.File
 	opts Options
 	topo topo.Topology
-	bins Binaries
+	bins binaries
 	work string
 	kind loginsession.Kind
 
@@ -223,7 +229,7 @@ type runner struct {
 	live []*liveSession
 }
 
-func (r *runner) teardown() {
+func (r *fileRun) teardown() {
 	r.mu.Lock()
 	live := r.live
 	r.live = nil
@@ -246,7 +252,7 @@ func (r *runner) teardown() {
 	}
 }
 
-func (r *runner) stopDaemon() {
+func (r *fileRun) stopDaemon() {
 	if r.daemon == nil {
 		return
 	}
@@ -269,7 +275,7 @@ func closeSessions(live []*liveSession) {
 	}
 }
 
-func (r *runner) phase(ctx context.Context, i int) (*PhaseResult, error) {
+func (r *fileRun) phase(ctx context.Context, i int) (*PhaseResult, error) {
 	p := &r.f.Phases[i]
 	pr := &PhaseResult{Name: p.Name}
 	dir := filepath.Join(r.work, fmt.Sprintf("phase%d", i+1))
@@ -356,7 +362,7 @@ func (r *runner) phase(ctx context.Context, i int) (*PhaseResult, error) {
 
 // applyDaemon gives the daemon this phase's config the way the phase says:
 // a fresh daemon, a restart on the same state, or a reload.
-func (r *runner) applyDaemon(ctx context.Context, p *Phase, dir string, paths map[string]string) error {
+func (r *fileRun) applyDaemon(ctx context.Context, p *scenario.Phase, dir string, paths map[string]string) error {
 	cfg, err := r.daemonConfig(p, paths)
 	if err != nil {
 		return err
@@ -396,7 +402,7 @@ func (r *runner) applyDaemon(ctx context.Context, p *Phase, dir string, paths ma
 	return r.startDaemon(ctx)
 }
 
-func (r *runner) startDaemon(ctx context.Context) error {
+func (r *fileRun) startDaemon(ctx context.Context) error {
 	if err := r.daemon.Start(ctx); err != nil {
 		return fmt.Errorf("ipvirtd did not start: %w", err)
 	}
@@ -406,7 +412,7 @@ func (r *runner) startDaemon(ctx context.Context) error {
 // reload rewrites the config, sends SIGHUP and waits until the daemon says
 // it reloaded (STATUS's reloaded_at moves); a rejected file is an error
 // carrying the daemon's log.
-func (r *runner) reload(ctx context.Context, body string) error {
+func (r *fileRun) reload(ctx context.Context, body string) error {
 	before, err := r.reloadedAt()
 	if err != nil {
 		return err
@@ -431,7 +437,7 @@ func (r *runner) reload(ctx context.Context, body string) error {
 	return fmt.Errorf("ipvirtd did not reload within 15s (config rejected?)\n%s", tail(r.daemon.Logs(), 20))
 }
 
-func (r *runner) reloadedAt() (time.Time, error) {
+func (r *fileRun) reloadedAt() (time.Time, error) {
 	c, err := r.daemon.Client()
 	if err != nil {
 		return time.Time{}, err

@@ -1,4 +1,4 @@
-package scenario
+package runner
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ipvirt/ipvirt/sim/daemonproc"
+	"github.com/ipvirt/ipvirt/sim/scenario"
 	"github.com/ipvirt/ipvirt/sim/scenario/check"
 	"github.com/ipvirt/ipvirt/sim/scenario/topo"
 )
@@ -20,7 +21,7 @@ import (
 // dhcpProc is a synthetic DHCP server running as `ipvirt-sim dhcp-server`
 // on its topology host, so that it lives in that host's namespace.
 type dhcpProc struct {
-	spec   *DHCPServer
+	spec   *scenario.DHCPServer
 	cmd    *exec.Cmd
 	status string // the JSON status file the server writes
 	Listen netip.AddrPort
@@ -28,12 +29,12 @@ type dhcpProc struct {
 	done   chan struct{}
 }
 
-func (r *runner) startDHCP(ctx context.Context) error {
+func (r *fileRun) startDHCP(ctx context.Context) error {
 	placer, placed := r.topo.(topo.DHCPPlacer)
 	for i := range r.f.DHCPServers {
 		spec := &r.f.DHCPServers[i]
-		knobs := string(spec.knobs)
-		if !spec.placed {
+		knobs := string(spec.Knobs)
+		if !spec.Placed {
 			iface, listen := "", "127.0.0.1:0"
 			if placed {
 				var err error
@@ -172,7 +173,7 @@ func (p *dhcpProc) stop() {
 	}
 }
 
-func (r *runner) dhcpServers() []check.DHCPServer {
+func (r *fileRun) dhcpServers() []check.DHCPServer {
 	var out []check.DHCPServer
 	for _, p := range r.dhcp {
 		out = append(out, p)
@@ -180,7 +181,7 @@ func (r *runner) dhcpServers() []check.DHCPServer {
 	return out
 }
 
-func (r *runner) dhcpByName(name string) *dhcpProc {
+func (r *fileRun) dhcpByName(name string) *dhcpProc {
 	for _, p := range r.dhcp {
 		if p.spec.Name == name {
 			return p
@@ -192,7 +193,7 @@ func (r *runner) dhcpByName(name string) *dhcpProc {
 // dhcpDaemonKeys points ipvirtd at the first DHCP server in relay mode when
 // the topology has no broadcast domain for it (loopback), unless the
 // scenario says where the server is itself.
-func (r *runner) dhcpDaemonKeys(cfg map[string]any) {
+func (r *fileRun) dhcpDaemonKeys(cfg map[string]any) {
 	if len(r.dhcp) == 0 {
 		return
 	}

@@ -1,4 +1,4 @@
-package scenario
+package runner
 
 import (
 	"context"
@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ipvirt/ipvirt/sim/loginsession"
+	"github.com/ipvirt/ipvirt/sim/scenario"
 	"github.com/ipvirt/ipvirt/sim/scenario/check"
 )
 
@@ -24,7 +25,7 @@ const defaultUID = 1001
 
 // liveSession is one started session of a group.
 type liveSession struct {
-	group *SessionGroup
+	group *scenario.SessionGroup
 	index int
 	label string                // "alice#2"
 	sess  *loginsession.Session // nil for a no-session group
@@ -46,7 +47,7 @@ func (s *liveSession) close() error {
 
 // startSession starts session i of group gi (or, for a no-session group,
 // just a record: its clients are started directly by the simulator).
-func (r *runner) startSession(ctx context.Context, p *Phase, gi, i int) (*liveSession, error) {
+func (r *fileRun) startSession(ctx context.Context, p *scenario.Phase, gi, i int) (*liveSession, error) {
 	g := &p.Sessions[gi]
 	s := &liveSession{group: g, index: i, label: g.Name, uid: r.uidOf(p, gi, i)}
 	if g.Count > 1 {
@@ -97,7 +98,7 @@ func outsideAnySession(kind loginsession.Kind) error {
 var resultSeq atomic.Int64
 
 // runClient starts one client in its session and waits for its result.
-func (r *runner) runClient(ctx context.Context, ph *phaseRun, s *liveSession, spec *Client) (*check.ClientResult, error) {
+func (r *fileRun) runClient(ctx context.Context, ph *phaseRun, s *liveSession, spec *scenario.Client) (*check.ClientResult, error) {
 	p, paths := ph.p, ph.paths
 	out := filepath.Join(r.work, fmt.Sprintf("result-%d", resultSeq.Add(1)))
 	args := []string{"--out", out}
@@ -208,33 +209,8 @@ func parseResult(c *check.ClientResult, line string) error {
 	return nil
 }
 
-// parseBind reads a literal address or "vip of GROUP[N]" (N from 1).
-func parseBind(s string) (netip.Addr, *bindRef, error) {
-	if a, err := netip.ParseAddr(s); err == nil {
-		return a, nil, nil
-	}
-	rest, ok := strings.CutPrefix(s, "vip of ")
-	if !ok {
-		return netip.Addr{}, nil, fmt.Errorf("%q: want an address or \"vip of GROUP[N]\"", s)
-	}
-	ref := &bindRef{group: rest, index: 1}
-	if g, n, ok := strings.Cut(rest, "["); ok {
-		i, err := strconv.Atoi(strings.TrimSuffix(n, "]"))
-		if err != nil || i < 1 || !strings.HasSuffix(n, "]") {
-			return netip.Addr{}, nil, fmt.Errorf("%q: bad session number", s)
-		}
-		ref.group, ref.index = g, i
-	}
-	return netip.Addr{}, ref, nil
-}
-
-type bindRef struct {
-	group string
-	index int
-}
-
-func (r *runner) resolveBind(spec string) (netip.Addr, error) {
-	a, ref, err := parseBind(spec)
+func (r *fileRun) resolveBind(spec string) (netip.Addr, error) {
+	a, ref, err := scenario.ParseBind(spec)
 	if err != nil || ref == nil {
 		return a, err
 	}
@@ -246,7 +222,7 @@ func (r *runner) resolveBind(spec string) (netip.Addr, error) {
 	live := append([]*liveSession(nil), r.live...)
 	r.mu.Unlock()
 	for _, s := range live {
-		if s.group.Name == ref.group && s.index == ref.index-1 {
+		if s.group.Name == ref.Group && s.index == ref.Index-1 {
 			for _, row := range rows {
 				if row.Session == s.key && row.VIP != "" {
 					return netip.ParseAddr(row.VIP)
@@ -262,7 +238,7 @@ type report []check.SessionRow
 
 // sessionsReport runs the real `ipvirtctl sessions -o json`, the report an
 // administrator reads, so the scenario checks it rather than internals.
-func (r *runner) sessionsReport() (report, []byte, error) {
+func (r *fileRun) sessionsReport() (report, []byte, error) {
 	cmd := exec.Command(r.bins.IPVirtctl, "--socket", r.daemon.Socket, "sessions", "-o", "json")
 	out, err := cmd.Output()
 	if err != nil {
@@ -280,7 +256,7 @@ func (r *runner) sessionsReport() (report, []byte, error) {
 }
 
 // interceptorState is the interceptor row of `ipvirtctl status`.
-func (r *runner) interceptorState() (string, error) {
+func (r *fileRun) interceptorState() (string, error) {
 	out, err := exec.Command(r.bins.IPVirtctl, "--socket", r.daemon.Socket, "status", "-o", "json").Output()
 	if err != nil {
 		return "", fmt.Errorf("ipvirtctl status: %w", err)
@@ -297,7 +273,7 @@ func (r *runner) interceptorState() (string, error) {
 // waitAllocated waits until ipvirtctl reports a VIP for session key, at
 // most limit; it gives up silently (the client's expectation then tells
 // what happened: a session the daemon never virtualizes has no VIP).
-func (r *runner) waitAllocated(ctx context.Context, key string, limit time.Duration) {
+func (r *fileRun) waitAllocated(ctx context.Context, key string, limit time.Duration) {
 	deadline := time.Now().Add(limit)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
 		if rep, _, err := r.sessionsReport(); err == nil {
