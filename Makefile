@@ -42,8 +42,8 @@ generate: deps
 test: build
 	@./scripts/check-tracked.sh
 	$(GO) vet ./...
-	IPVIRT_BIN=$(BIN) $(GO) test -count=1 -p 2 -timeout 20m $$($(GO) list ./... | grep -v '/sim/scenario$$')
-	IPVIRT_BIN=$(BIN) $(GO) test -count=1 -timeout 20m ./sim/scenario/
+	IPVIRT_BIN=$(BIN) $(GO) test -count=1 -p 2 -timeout 20m $$($(GO) list ./... | grep -v '/sim/scenario/runner$$')
+	IPVIRT_BIN=$(BIN) $(GO) test -count=1 -timeout 20m ./sim/scenario/runner/
 
 demo: build
 	@$(BIN)/ipvirt-sim run scenarios/duplicate-ip.yaml

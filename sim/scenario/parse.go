@@ -2,14 +2,23 @@ package scenario
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
+	"net/netip"
 	"os"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/ipvirt/ipvirt/sim/scenario/check"
+	"github.com/ipvirt/ipvirt/sim/scenario/strictyaml"
+	"github.com/ipvirt/ipvirt/sim/scenario/topo"
 )
 
 // Load reads and validates a scenario file. Errors read FILE:LINE: what.
@@ -22,7 +31,6 @@ func Load(path string) (*File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s", withPath(path, err))
 	}
-	f.path = path
 	return f, nil
 }
 
@@ -56,11 +64,6 @@ func Parse(b []byte) (*File, error) {
 	return &f, nil
 }
 
-var (
-	sourceValues  = []string{"", "vip", "mip", "none"}
-	verdictValues = []string{"", "accepted", "refused", "denied", "bind-failed"}
-)
-
 func (f *File) validate() error {
 	if f.Name == "" {
 		return errors.New("name: missing (every scenario has a name)")
@@ -70,10 +73,10 @@ func (f *File) validate() error {
 			return fmt.Errorf("requires: unknown requirement %q (known: root)", r)
 		}
 	}
-	if _, err := f.buildTopology(); err != nil {
+	if _, err := topo.New(&f.Topology); err != nil {
 		return err
 	}
-	servers := map[string]bool{}
+	var servers []string
 	for i := range f.DHCPServers {
 		d := &f.DHCPServers[i]
 		if d.Name == "" {
@@ -82,10 +85,10 @@ func (f *File) validate() error {
 		if d.Host == "" {
 			d.Host = d.Name
 		}
-		if servers[d.Name] {
-			return lineErr(d.line, "dhcp_servers: name %q used twice", d.Name)
+		if slices.Contains(servers, d.Name) {
+			return strictyaml.Errorf(d.line, "dhcp_servers: name %q used twice", d.Name)
 		}
-		servers[d.Name] = true
+		servers = append(servers, d.Name)
 	}
 	if len(f.Phases) == 0 {
 		return errors.New("phases: a scenario needs at least one phase")
@@ -98,21 +101,21 @@ func (f *File) validate() error {
 	return nil
 }
 
-func (p *Phase) validate(i int, servers map[string]bool) error {
+func (p *Phase) validate(i int, servers []string) error {
 	where := fmt.Sprintf("phases[%d] (%s)", i, p.Name)
 	if p.Name == "" {
-		return lineErr(p.line, "phases[%d]: name missing", i)
+		return strictyaml.Errorf(p.line, "phases[%d]: name missing", i)
 	}
 	switch p.Interceptor {
 	case "":
 		p.Interceptor = "preload"
 	case "preload", "bpf", "none":
 	default:
-		return lineErr(p.line, "%s: interceptor %q: want preload, bpf or none", where, p.Interceptor)
+		return strictyaml.Errorf(p.line, "%s: interceptor %q: want preload, bpf or none", where, p.Interceptor)
 	}
 	for _, r := range p.Requires {
 		if r != "root" {
-			return lineErr(p.line, "%s: requires: unknown requirement %q (known: root)", where, r)
+			return strictyaml.Errorf(p.line, "%s: requires: unknown requirement %q (known: root)", where, r)
 		}
 	}
 	switch p.Restart {
@@ -121,14 +124,14 @@ func (p *Phase) validate(i int, servers map[string]bool) error {
 	case "fresh":
 	case "restart", "reload":
 		if i == 0 {
-			return lineErr(p.line, "%s: restart %q: the first phase always starts a fresh daemon", where, p.Restart)
+			return strictyaml.Errorf(p.line, "%s: restart %q: the first phase always starts a fresh daemon", where, p.Restart)
 		}
 	default:
-		return lineErr(p.line, "%s: restart %q: want fresh, restart or reload", where, p.Restart)
+		return strictyaml.Errorf(p.line, "%s: restart %q: want fresh, restart or reload", where, p.Restart)
 	}
 	if len(p.Sessions) == 0 {
 		if p.Expect.DaemonError == "" {
-			return lineErr(p.line, "%s: sessions: none", where)
+			return strictyaml.Errorf(p.line, "%s: sessions: none", where)
 		}
 	}
 	groups := map[string]bool{}
@@ -136,23 +139,23 @@ func (p *Phase) validate(i int, servers map[string]bool) error {
 		g := &p.Sessions[j]
 		gw := fmt.Sprintf("%s sessions[%d]", where, j)
 		if g.Name == "" {
-			return lineErr(g.line, "%s: name missing", gw)
+			return strictyaml.Errorf(g.line, "%s: name missing", gw)
 		}
 		if groups[g.Name] {
-			return lineErr(g.line, "%s: name %q used twice in the phase", gw, g.Name)
+			return strictyaml.Errorf(g.line, "%s: name %q used twice in the phase", gw, g.Name)
 		}
 		groups[g.Name] = true
 		if g.Count == 0 {
 			g.Count = 1
 		}
 		if g.Count < 0 || g.Count > 10000 {
-			return lineErr(g.line, "%s: count %d out of range 1..10000", gw, g.Count)
+			return strictyaml.Errorf(g.line, "%s: count %d out of range 1..10000", gw, g.Count)
 		}
 		if g.NoSession && (g.Admin || g.UID != nil) {
-			return lineErr(g.line, "%s: no_session: a process in no session has no user; drop uid/admin", gw)
+			return strictyaml.Errorf(g.line, "%s: no_session: a process in no session has no user; drop uid/admin", gw)
 		}
 		if len(g.Run) == 0 {
-			return lineErr(g.line, "%s: run: no clients", gw)
+			return strictyaml.Errorf(g.line, "%s: run: no clients", gw)
 		}
 		for k := range g.Run {
 			if err := g.Run[k].validate(fmt.Sprintf("%s run[%d]", gw, k)); err != nil {
@@ -162,69 +165,63 @@ func (p *Phase) validate(i int, servers map[string]bool) error {
 	}
 	for j := range p.Sessions {
 		for k, c := range p.Sessions[j].Run {
-			if _, ref, _ := parseBind(c.Bind); ref != nil && !groups[ref.group] {
-				return lineErr(c.line, "%s sessions[%d] run[%d]: bind %q: no session group %q in this phase", where, j, k, c.Bind, ref.group)
+			if _, ref, _ := ParseBind(c.Bind); ref != nil && !groups[ref.Group] {
+				return strictyaml.Errorf(c.line, "%s sessions[%d] run[%d]: bind %q: no session group %q in this phase", where, j, k, c.Bind, ref.Group)
 			}
 		}
 	}
-	var last Duration
+	var last strictyaml.Duration
 	for j := range p.Steps {
 		s := &p.Steps[j]
 		sw := fmt.Sprintf("%s steps[%d]", where, j)
 		if _, ok := stepActions[s.Do]; !ok {
-			return lineErr(s.line, "%s: do %q: want one of %s", sw, s.Do, strings.Join(sortedKeys(stepActions), ", "))
+			return strictyaml.Errorf(s.line, "%s: do %q: want one of %s", sw, s.Do, strings.Join(slices.Sorted(maps.Keys(stepActions)), ", "))
 		}
 		if s.At < last {
-			return lineErr(s.line, "%s: at %v is before the previous step's %v (steps run in order)", sw, s.At, last)
+			return strictyaml.Errorf(s.line, "%s: at %v is before the previous step's %v (steps run in order)", sw, s.At, last)
 		}
 		last = s.At
 		switch s.Do {
 		case "dhcp-offline", "dhcp-online":
-			if !servers[s.Target] {
-				return lineErr(s.line, "%s: target %q: no such DHCP server (dhcp_servers)", sw, s.Target)
+			if !slices.Contains(servers, s.Target) {
+				return strictyaml.Errorf(s.line, "%s: target %q: no such DHCP server (dhcp_servers)", sw, s.Target)
 			}
 		case "logoff":
 			if !groups[s.Target] {
-				return lineErr(s.line, "%s: target %q: no such session group in this phase", sw, s.Target)
+				return strictyaml.Errorf(s.line, "%s: target %q: no such session group in this phase", sw, s.Target)
 			}
 		case "wait-metric":
 			if s.Metric == nil {
-				return lineErr(s.line, "%s: wait-metric needs metric: {name, equals|min|max}", sw)
+				return strictyaml.Errorf(s.line, "%s: wait-metric needs metric: {name, equals|min|max}", sw)
 			}
-			if err := s.Metric.validate(s.line, sw); err != nil {
+			if err := s.Metric.Validate(s.line, sw); err != nil {
 				return err
 			}
 		}
 		if s.Daemon != nil && s.Do != "reload-daemon" && s.Do != "restart-daemon" {
-			return lineErr(s.line, "%s: daemon: only reload-daemon and restart-daemon take config changes", sw)
+			return strictyaml.Errorf(s.line, "%s: daemon: only reload-daemon and restart-daemon take config changes", sw)
 		}
 	}
-	for _, m := range p.Expect.Metrics {
-		if err := m.validate(p.line, where+" expect.metrics"); err != nil {
+	// Blocks in file order, so that the report lists outcomes as written.
+	keys := slices.SortedFunc(maps.Keys(p.Expect.Blocks), func(a, b string) int {
+		na, nb := p.Expect.Blocks[a], p.Expect.Blocks[b]
+		return cmp.Or(cmp.Compare(na.Line, nb.Line), cmp.Compare(na.Column, nb.Column))
+	})
+	p.Expect.Checks = nil
+	for _, key := range keys {
+		spec := p.Expect.Blocks[key]
+		parse, ok := check.Lookup(key)
+		if !ok {
+			known := append(check.Keys(), "daemon_error")
+			slices.Sort(known)
+			return strictyaml.Errorf(spec.Line, "%s: expect: unknown key %q (known: %s)", where, key, strings.Join(known, ", "))
+		}
+		c, err := parse(&spec, check.Site{Phase: where, Line: p.line, Key: key, DHCPServers: servers})
+		if err != nil {
 			return err
 		}
-	}
-	for _, d := range p.Expect.DHCP {
-		if !servers[d.Server] && d.Server != "all" {
-			return lineErr(p.line, "%s: expect.dhcp: server %q: no such DHCP server (dhcp_servers)", where, d.Server)
-		}
-		if d.Counter == "" || (d.Equals == nil && d.Min == nil && d.Max == nil) {
-			return lineErr(p.line, "%s: expect.dhcp: each needs a counter and equals, min or max", where)
-		}
-	}
-	for _, name := range sortedKeys(p.Expect.Extra) {
-		c, ok := lookupCheck(name)
-		if !ok {
-			known := []string{"accepted", "refused", "denied", "distinct_sources", "sources_match_report", "connect_p50_below", "connect_p99_below", "metrics", "dhcp"}
-			regMu.Lock()
-			known = append(known, sortedKeys(checks)...)
-			regMu.Unlock()
-			node := p.Expect.Extra[name]
-			return lineErr(node.Line, "%s: expect: unknown key %q (known: %s)", where, name, strings.Join(known, ", "))
-		}
-		spec := p.Expect.Extra[name]
-		if err := c.Validate(&spec); err != nil {
-			return fmt.Errorf("%s: expect.%s: %w", where, name, err)
+		if c != nil {
+			p.Expect.Checks = append(p.Expect.Checks, Expectation{Key: key, Check: c})
 		}
 	}
 	return nil
@@ -235,46 +232,54 @@ func (c *Client) validate(cw string) error {
 		c.Program = "db-client"
 	}
 	if strings.ContainsAny(c.Program, "/ \t") || c.Program == "." || c.Program == ".." {
-		return lineErr(c.line, "%s: program %q: a plain name, no slashes or spaces", cw, c.Program)
+		return strictyaml.Errorf(c.line, "%s: program %q: a plain name, no slashes or spaces", cw, c.Program)
 	}
 	switch c.Kind {
 	case "":
 		c.Kind = "c"
 	case "c", "go":
 	default:
-		return lineErr(c.line, "%s: kind %q: want c or go", cw, c.Kind)
+		return strictyaml.Errorf(c.line, "%s: kind %q: want c or go", cw, c.Kind)
 	}
-	if !oneOf(c.Expect.Source, sourceValues) {
-		return lineErr(c.line, "%s: expect.source %q: want vip, mip or none", cw, c.Expect.Source)
-	}
-	if !oneOf(c.Expect.Verdict, verdictValues) {
-		return lineErr(c.line, "%s: expect.verdict %q: want accepted, refused, denied or bind-failed", cw, c.Expect.Verdict)
+	if err := c.Expect.Validate(); err != nil {
+		return strictyaml.Errorf(c.line, "%s: %v", cw, err)
 	}
 	if c.Bind != "" {
-		if _, _, err := parseBind(c.Bind); err != nil {
-			return lineErr(c.line, "%s: bind: %v", cw, err)
+		if _, _, err := ParseBind(c.Bind); err != nil {
+			return strictyaml.Errorf(c.line, "%s: bind: %v", cw, err)
 		}
 	}
 	for _, kv := range c.Env {
 		if name, _, ok := strings.Cut(kv, "="); !ok || name == "" || strings.ContainsAny(name, " \t'\"$;&|") {
-			return lineErr(c.line, "%s: env %q: want NAME=VALUE", cw, kv)
+			return strictyaml.Errorf(c.line, "%s: env %q: want NAME=VALUE", cw, kv)
 		}
 	}
 	return nil
 }
 
-func (m *MetricExpect) validate(line int, where string) error {
-	if m.Name == "" || (m.Equals == nil && m.Min == nil && m.Max == nil) {
-		return lineErr(line, "%s: each metric needs a name and equals, min or max", where)
-	}
-	return nil
+// BindRef is a client's `bind: "vip of GROUP[N]"`: the VIP of session
+// Index (from 1) of session group Group in the same phase.
+type BindRef struct {
+	Group string
+	Index int
 }
 
-func oneOf(v string, set []string) bool {
-	for _, s := range set {
-		if v == s {
-			return true
-		}
+// ParseBind reads a client's `bind:`, a literal address or a BindRef.
+func ParseBind(s string) (netip.Addr, *BindRef, error) {
+	if a, err := netip.ParseAddr(s); err == nil {
+		return a, nil, nil
 	}
-	return false
+	rest, ok := strings.CutPrefix(s, "vip of ")
+	if !ok {
+		return netip.Addr{}, nil, fmt.Errorf("%q: want an address or \"vip of GROUP[N]\"", s)
+	}
+	ref := &BindRef{Group: rest, Index: 1}
+	if g, n, ok := strings.Cut(rest, "["); ok {
+		i, err := strconv.Atoi(strings.TrimSuffix(n, "]"))
+		if err != nil || i < 1 || !strings.HasSuffix(n, "]") {
+			return netip.Addr{}, nil, fmt.Errorf("%q: bad session number", s)
+		}
+		ref.Group, ref.Index = g, i
+	}
+	return netip.Addr{}, ref, nil
 }

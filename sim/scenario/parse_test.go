@@ -2,8 +2,11 @@ package scenario
 
 import (
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/ipvirt/ipvirt/sim/scenario/topo"
 )
 
 const minimal = `
@@ -25,8 +28,8 @@ func TestParseDefaults(t *testing.T) {
 	if p.Interceptor != "preload" || p.Sessions[0].Count != 1 || p.Sessions[0].Run[0].Program != "db-client" || p.Sessions[0].Run[0].Kind != "c" {
 		t.Fatalf("defaults not applied: %+v", p)
 	}
-	if k, _ := f.topologyKind(); k != "loopback" {
-		t.Fatalf("topology %q", k)
+	if top, err := topo.New(&f.Topology); err != nil || top.Adapter() != "lo" {
+		t.Fatalf("topology %v, %v: want loopback", top, err)
 	}
 }
 
@@ -82,28 +85,16 @@ func TestParseBind(t *testing.T) {
 		{"vip of alice[3]", "", "alice", 3},
 	}
 	for _, tt := range tests {
-		a, ref, err := parseBind(tt.in)
+		a, ref, err := ParseBind(tt.in)
 		if err != nil {
 			t.Fatalf("%q: %v", tt.in, err)
 		}
 		if tt.addr != "" && a.String() != tt.addr {
 			t.Errorf("%q: addr %s", tt.in, a)
 		}
-		if tt.group != "" && (ref == nil || ref.group != tt.group || ref.index != tt.index) {
+		if tt.group != "" && (ref == nil || ref.Group != tt.group || ref.Index != tt.index) {
 			t.Errorf("%q: ref %+v", tt.in, ref)
 		}
-	}
-}
-
-func TestMerge(t *testing.T) {
-	base := map[string]any{"mode": "per-session", "static_pool": map[string]any{"start": "a", "end": "b"}}
-	got := merge(merge(map[string]any{}, base), map[string]any{"static_pool": map[string]any{"end": "c"}, "grace": "1s"})
-	pool := got["static_pool"].(map[string]any)
-	if pool["start"] != "a" || pool["end"] != "c" || got["grace"] != "1s" || got["mode"] != "per-session" {
-		t.Fatalf("merge: %v", got)
-	}
-	if base["static_pool"].(map[string]any)["end"] != "b" {
-		t.Fatal("merge changed its input")
 	}
 }
 
@@ -112,7 +103,7 @@ func TestMerge(t *testing.T) {
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(minimal))
 	for _, name := range []string{"duplicate-ip.yaml", "admin-excluded.yaml", "exhausted.yaml"} {
-		if b, err := os.ReadFile(scenarioPath(name)); err == nil {
+		if b, err := os.ReadFile(filepath.Join("..", "..", "scenarios", name)); err == nil {
 			f.Add(b)
 		}
 	}

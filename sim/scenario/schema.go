@@ -1,20 +1,21 @@
-// Package scenario replays scenario files: a topology, a real ipvirtd, real
-// login sessions running unmodified clients, and the simulated database
-// server, phase after phase, each phase with the outcome it must show.
+// Package scenario is the scenario file format: a topology, synthetic DHCP
+// servers, ipvirtd's config, and phases of login sessions running clients,
+// each phase with the outcome it must show. Load and Parse read a file
+// strictly (an unknown key or a bad value is an error naming its line);
+// sim/scenario/runner replays it.
 //
 // The format is documented in scenarios/README.md. It is designed to grow:
-// topologies are plug-ins (RegisterTopology), so are extra expectation
-// blocks (RegisterCheck); the daemon section is ipvirtd's own YAML, passed
-// through, so new daemon keys need no simulator change.
+// topologies are plug-ins (topo.Register), so is every key of a phase's
+// expect block (check.Register); the daemon section is ipvirtd's own YAML,
+// passed through, so new daemon keys need no simulator change.
 package scenario
 
 import (
-	"fmt"
-	"time"
-
 	"go.yaml.in/yaml/v3"
 
 	"github.com/ipvirt/ipvirt/sim/dhcpserver"
+	"github.com/ipvirt/ipvirt/sim/scenario/check"
+	"github.com/ipvirt/ipvirt/sim/scenario/strictyaml"
 )
 
 // File is one scenario file.
@@ -35,8 +36,6 @@ type File struct {
 	// state_dir, socket and http are filled in by the simulator).
 	Daemon map[string]any `yaml:"daemon"`
 	Phases []Phase        `yaml:"phases"`
-
-	path string
 }
 
 // DHCPServer is one synthetic DHCP server: a name, the topology host it
@@ -46,16 +45,20 @@ type DHCPServer struct {
 	Name   string
 	Host   string
 	Config dhcpserver.Config
-	line   int
-	knobs  []byte // the knobs as written, handed to the server
-	placed bool   // the scenario set interface or listen itself
+	// Knobs are the knobs as written, handed to the server.
+	Knobs []byte
+	// Placed is set when the scenario sets interface or listen itself;
+	// otherwise the runner places the server on its topology host.
+	Placed bool
+
+	line int
 }
 
 // UnmarshalYAML splits name and host from the knobs, which sim/dhcpserver
 // validates itself (unknown knobs are errors there too).
 func (d *DHCPServer) UnmarshalYAML(n *yaml.Node) error {
 	if n.Kind != yaml.MappingNode {
-		return lineErr(n.Line, "dhcp_servers: want a mapping such as {name: dhcp0, range_start: ...}")
+		return strictyaml.Errorf(n.Line, "dhcp_servers: want a mapping such as {name: dhcp0, range_start: ...}")
 	}
 	d.line = n.Line
 	knobs := &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map"}
@@ -67,7 +70,7 @@ func (d *DHCPServer) UnmarshalYAML(n *yaml.Node) error {
 		case "host":
 			d.Host = v.Value
 		case "interface", "listen":
-			d.placed = true
+			d.Placed = true
 			knobs.Content = append(knobs.Content, k, v)
 		default:
 			knobs.Content = append(knobs.Content, k, v)
@@ -75,21 +78,21 @@ func (d *DHCPServer) UnmarshalYAML(n *yaml.Node) error {
 	}
 	b, err := yaml.Marshal(knobs)
 	if err != nil {
-		return lineErr(n.Line, "dhcp_servers: %v", err)
+		return strictyaml.Errorf(n.Line, "dhcp_servers: %v", err)
 	}
 	if len(knobs.Content) == 0 {
 		b = nil
 	}
-	d.knobs = b
+	d.Knobs = b
 	// The runner adds interface and listen from the topology; validate as
 	// if it had (knobs such as arp_in_use need an interface).
-	check := b
-	if !d.placed {
-		check = append(append([]byte(nil), b...), "\ninterface: eth0\n"...)
+	probe := b
+	if !d.Placed {
+		probe = append(append([]byte(nil), b...), "\ninterface: eth0\n"...)
 	}
-	cfg, err := dhcpserver.ParseConfig(check)
+	cfg, err := dhcpserver.ParseConfig(probe)
 	if err != nil {
-		return lineErr(n.Line, "dhcp_servers %s: %v", d.Name, err)
+		return strictyaml.Errorf(n.Line, "dhcp_servers %s: %v", d.Name, err)
 	}
 	d.Config = cfg
 	return nil
@@ -124,15 +127,15 @@ type Phase struct {
 	Steps []Step `yaml:"steps"`
 	// Duration makes the phase last at least this long from its start
 	// before the expectations are checked (renewals, expiries).
-	Duration Duration    `yaml:"duration"`
-	Expect   PhaseExpect `yaml:"expect"`
+	Duration strictyaml.Duration `yaml:"duration"`
+	Expect   PhaseExpect         `yaml:"expect"`
 
 	line int
 }
 
 func (p *Phase) UnmarshalYAML(n *yaml.Node) error {
 	type plain Phase
-	if err := DecodeStrict(n, (*plain)(p)); err != nil {
+	if err := strictyaml.Decode(n, (*plain)(p)); err != nil {
 		return err
 	}
 	p.line = n.Line
@@ -155,7 +158,7 @@ type SessionGroup struct {
 	NoSession bool `yaml:"no_session"`
 	// At starts the group this long after the phase started; without it
 	// groups start one after the other as soon as the previous is done.
-	At *Duration `yaml:"at"`
+	At *strictyaml.Duration `yaml:"at"`
 	// Together starts the group's sessions and clients all at once (a logon
 	// storm) instead of one by one.
 	Together bool     `yaml:"together"`
@@ -166,7 +169,7 @@ type SessionGroup struct {
 
 func (g *SessionGroup) UnmarshalYAML(n *yaml.Node) error {
 	type plain SessionGroup
-	if err := DecodeStrict(n, (*plain)(g)); err != nil {
+	if err := strictyaml.Decode(n, (*plain)(g)); err != nil {
 		return err
 	}
 	g.line = n.Line
@@ -190,55 +193,43 @@ type Client struct {
 	Env []string `yaml:"env"`
 	// Hold keeps an accepted connection open until the phase ends (the
 	// default); false hangs up at once.
-	Hold   *bool        `yaml:"hold"`
-	Expect ClientExpect `yaml:"expect"`
+	Hold   *bool              `yaml:"hold"`
+	Expect check.ClientExpect `yaml:"expect"`
 
 	line int
 }
 
 func (c *Client) UnmarshalYAML(n *yaml.Node) error {
 	type plain Client
-	if err := DecodeStrict(n, (*plain)(c)); err != nil {
+	if err := strictyaml.Decode(n, (*plain)(c)); err != nil {
 		return err
 	}
 	c.line = n.Line
 	return nil
 }
 
-// ClientExpect is what each client of a Client entry must show.
-type ClientExpect struct {
-	// Source is vip (the VIP ipvirtctl reports for its session or
-	// program), mip (the machine IP) or none (no connection was made).
-	Source string `yaml:"source"`
-	// Verdict is accepted, refused (the server saw a duplicate address),
-	// denied (connect failed with EACCES/EPERM) or bind-failed.
-	Verdict string `yaml:"verdict"`
-	// Errno, when set, is the error name the client must have seen.
-	Errno string `yaml:"errno"`
-}
-
 // Step is something done at a time in a phase (see stepActions).
 type Step struct {
 	// At is the offset from the phase's start; steps run in file order,
 	// each waiting for its time.
-	At Duration `yaml:"at"`
-	Do string   `yaml:"do"`
+	At strictyaml.Duration `yaml:"at"`
+	Do string              `yaml:"do"`
 	// Target names the DHCP server (dhcp-offline, dhcp-online) or the
 	// session group (logoff) the step acts on.
 	Target string `yaml:"target"`
 	// Daemon changes the config before reload-daemon / restart-daemon.
 	Daemon map[string]any `yaml:"daemon"`
 	// Metric is what wait-metric waits for.
-	Metric *MetricExpect `yaml:"metric"`
+	Metric *check.Metric `yaml:"metric"`
 	// Timeout bounds wait-metric (default 30s).
-	Timeout Duration `yaml:"timeout"`
+	Timeout strictyaml.Duration `yaml:"timeout"`
 
 	line int
 }
 
 func (s *Step) UnmarshalYAML(n *yaml.Node) error {
 	type plain Step
-	if err := DecodeStrict(n, (*plain)(s)); err != nil {
+	if err := strictyaml.Decode(n, (*plain)(s)); err != nil {
 		return err
 	}
 	s.line = n.Line
@@ -259,75 +250,20 @@ var stepActions = map[string]string{
 	"sleep":          "nothing: the timeline just reaches `at`",
 }
 
-// PhaseExpect are the phase-wide expectations; nil fields are not checked.
+// PhaseExpect are the phase-wide expectations.
 type PhaseExpect struct {
-	// Accepted and Refused count what the database server decided.
-	Accepted *int `yaml:"accepted"`
-	Refused  *int `yaml:"refused"`
-	// Denied counts clients whose connect() failed with EACCES or EPERM.
-	Denied *int `yaml:"denied"`
-	// DistinctSources counts distinct source addresses the server saw.
-	DistinctSources *int `yaml:"distinct_sources"`
-	// SourcesMatchReport: every virtualized client left from exactly the
-	// VIP `ipvirtctl sessions` reports for it, and no VIP is reported twice.
-	SourcesMatchReport bool `yaml:"sources_match_report"`
-	// ConnectP50Below and ConnectP99Below bound the median and 99th
-	// percentile of the clients' connect() time (the
-	// ipvirt_sim_connect_seconds histogram's data).
-	ConnectP50Below Duration `yaml:"connect_p50_below"`
-	ConnectP99Below Duration `yaml:"connect_p99_below"`
 	// DaemonError makes the phase a start-up check: ipvirtd must refuse
 	// this phase's config, its error containing this text; no session runs.
 	DaemonError string `yaml:"daemon_error"`
-	// Metrics are ipvirtd metric values at the end of the phase.
-	Metrics []MetricExpect `yaml:"metrics"`
-	// DHCP are synthetic DHCP server counters at the end of the phase.
-	DHCP []DHCPExpect `yaml:"dhcp"`
-	// Extra holds registered check blocks (see RegisterCheck).
-	Extra map[string]yaml.Node `yaml:",inline"`
+	// Blocks are the other keys, each a check registered with
+	// sim/scenario/check (accepted, metrics, wire, ...).
+	Blocks map[string]yaml.Node `yaml:",inline"`
+	// Checks are the Blocks as their checks parsed them, in file order.
+	Checks []Expectation `yaml:"-"`
 }
 
-// MetricExpect checks the sum of an ipvirtd metric's matching samples.
-type MetricExpect struct {
-	Name   string            `yaml:"name"`
-	Labels map[string]string `yaml:"labels"`
-	Equals *float64          `yaml:"equals"`
-	Min    *float64          `yaml:"min"`
-	Max    *float64          `yaml:"max"`
-}
-
-// DHCPExpect checks a counter of a synthetic DHCP server (server "all":
-// the sum over every server): leases (held now) or one of sim/dhcpserver's counters (discovers, offers, requests,
-// acks, renewals, naks, releases, declines, drops, ignored, no_free, ...).
-type DHCPExpect struct {
-	Server  string   `yaml:"server"`
-	Counter string   `yaml:"counter"`
-	Equals  *float64 `yaml:"equals"`
-	Min     *float64 `yaml:"min"`
-	Max     *float64 `yaml:"max"`
-}
-
-// Duration is a time.Duration written as "250ms", "2s".
-type Duration time.Duration
-
-func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
-	v, err := time.ParseDuration(n.Value)
-	if err != nil || v < 0 {
-		return lineErr(n.Line, "bad duration %q (want e.g. 250ms, 2s)", n.Value)
-	}
-	*d = Duration(v)
-	return nil
-}
-
-// lineError is a validation error with the line of the file it is about;
-// Load prints it as FILE:LINE: message.
-type lineError struct {
-	line int
-	msg  string
-}
-
-func (e *lineError) Error() string { return fmt.Sprintf("line %d: %s", e.line, e.msg) }
-
-func lineErr(line int, format string, args ...any) error {
-	return &lineError{line: line, msg: fmt.Sprintf(format, args...)}
+// Expectation is one block of a phase's expect, parsed.
+type Expectation struct {
+	Key   string
+	Check check.Check
 }

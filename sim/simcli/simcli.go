@@ -20,9 +20,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/common/expfmt"
 
+	"github.com/ipvirt/ipvirt/sim/dbclient/goclient"
 	"github.com/ipvirt/ipvirt/sim/dbserver"
 	"github.com/ipvirt/ipvirt/sim/dhcpserver"
 	"github.com/ipvirt/ipvirt/sim/scenario"
+	"github.com/ipvirt/ipvirt/sim/scenario/runner"
 )
 
 const usage = `usage: ipvirt-sim COMMAND [ARGS]
@@ -52,7 +54,7 @@ func Main(args []string) int {
 	case "run":
 		return run(args[1:])
 	case "client":
-		return scenario.ClientMain(args[1:])
+		return goclient.Main(args[1:])
 	case "db-server":
 		return dbServer(args[1:])
 	case "dhcp-server", "dhcpserver":
@@ -98,9 +100,9 @@ func run(args []string) int {
 	if *verbose {
 		level = slog.LevelDebug
 	}
-	opts := scenario.Options{
+	opts := runner.Options{
 		Log:     slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
-		Metrics: scenario.NewMetrics(),
+		Metrics: runner.NewMetrics(),
 		Keep:    *keep,
 	}
 	if *listen != "" {
@@ -123,7 +125,7 @@ func run(args []string) int {
 			summary = append(summary, "ERROR "+path)
 			continue
 		}
-		res, err := scenario.Run(ctx, f, opts)
+		res, err := runner.Run(ctx, f, opts)
 		if err != nil && ctx.Err() != nil {
 			// Run has stopped everything it started on its way out.
 			fmt.Fprintln(os.Stderr, "\nipvirt-sim: interrupted; sessions, daemon, DHCP servers and namespaces are cleaned up")
@@ -140,7 +142,7 @@ func run(args []string) int {
 		if res.Failed() > 0 && status == 0 {
 			status = 1
 		}
-		summary = append(summary, scenario.Summary(res))
+		summary = append(summary, runner.Summary(res))
 	}
 	fmt.Println()
 	for _, s := range summary {

@@ -1,4 +1,4 @@
-package scenario
+package runner
 
 import (
 	"context"
@@ -7,22 +7,25 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/ipvirt/ipvirt/sim/scenario"
+	"github.com/ipvirt/ipvirt/sim/scenario/check"
 )
 
 // phaseRun is one phase in progress: its clock, the clients that reported,
 // and the VIPs ipvirtctl reported for sessions along the way (a session
 // that logs off mid-phase is gone from the final report).
 type phaseRun struct {
-	r     *runner
-	p     *Phase
+	r     *fileRun
+	p     *scenario.Phase
 	paths map[string]string
 	start time.Time
 
 	mu           sync.Mutex
-	clients      []*ClientResult
-	vips         map[string]SessionRow // by session key
+	clients      []*check.ClientResult
+	vips         map[string]check.SessionRow // by session key
 	notes        []string
-	stepOutcomes []Outcome
+	stepOutcomes []check.Outcome
 }
 
 // timeline runs the phase: session groups in file order (a group with `at`
@@ -72,7 +75,7 @@ func (ph *phaseRun) timeline(ctx context.Context) error {
 			ph.r.opts.Log.Debug("step", "at", time.Duration(s.At), "do", s.Do, "target", s.Target)
 			err := ph.r.step(ctx, ph, s)
 			what := fmt.Sprintf("step at %v: %s %s", time.Duration(s.At), s.Do, s.Target)
-			o := Outcome{OK: err == nil, What: what}
+			o := check.Outcome{OK: err == nil, What: what}
 			if err != nil {
 				o.Got = err.Error()
 			}
@@ -189,9 +192,9 @@ func (ph *phaseRun) remember(rep report) {
 	}
 }
 
-func (ph *phaseRun) vipOf(c *ClientResult) (a netip.Addr) {
+func (ph *phaseRun) vipOf(c *check.ClientResult) (a netip.Addr) {
 	ph.mu.Lock()
-	row, ok := ph.vips[c.Session.key]
+	row, ok := ph.vips[c.Key]
 	ph.mu.Unlock()
 	if !ok {
 		return a
@@ -200,7 +203,7 @@ func (ph *phaseRun) vipOf(c *ClientResult) (a netip.Addr) {
 }
 
 // step does one timed thing to the system.
-func (r *runner) step(ctx context.Context, ph *phaseRun, s *Step) error {
+func (r *fileRun) step(ctx context.Context, ph *phaseRun, s *scenario.Step) error {
 	switch s.Do {
 	case "kill-daemon":
 		if err := r.daemon.Signal(syscall.SIGKILL); err != nil {
@@ -253,9 +256,9 @@ func (r *runner) step(ctx context.Context, ph *phaseRun, s *Step) error {
 			timeout = 30 * time.Second
 		}
 		deadline := time.Now().Add(timeout)
-		var last Outcome
+		var last check.Outcome
 		for {
-			last = metricOutcome(r.daemon, *s.Metric)
+			last = s.Metric.Read(r.daemon)
 			if last.OK {
 				return nil
 			}
@@ -276,7 +279,7 @@ func (r *runner) step(ctx context.Context, ph *phaseRun, s *Step) error {
 
 // lastGrant is the latest grant time `ipvirtctl sessions` reports for the
 // sessions with the given keys, and how many of them hold a lease.
-func lastGrant(r *runner, keys []string) (last time.Time, n int) {
+func lastGrant(r *fileRun, keys []string) (last time.Time, n int) {
 	rep, _, err := r.sessionsReport()
 	if err != nil {
 		return last, 0

@@ -1,12 +1,14 @@
-package scenario
+package runner
 
 import (
 	"fmt"
 	"strings"
 	"text/tabwriter"
+
+	"github.com/ipvirt/ipvirt/sim/scenario"
 )
 
-func (r *runner) header() {
+func (r *fileRun) header() {
 	w := r.opts.Out
 	fmt.Fprintf(w, "\n== %s\n", r.f.Name)
 	if d := strings.TrimSpace(r.f.Description); d != "" {
@@ -21,7 +23,7 @@ func (r *runner) header() {
 	fmt.Fprintf(w, "   sessions: %s; machine IP %s; database server %s\n", kind, r.topo.MachineIP(), r.srv.Addr())
 }
 
-func (r *runner) print(i int, p *Phase, pr *PhaseResult) {
+func (r *fileRun) print(i int, p *scenario.Phase, pr *PhaseResult) {
 	w := r.opts.Out
 	fmt.Fprintf(w, "\n-- phase %d/%d: %s  [interceptor: %s]\n", i+1, len(r.f.Phases), p.Name, p.Interceptor)
 	for _, line := range wrap(p.Says, 76) {
@@ -48,11 +50,11 @@ func (r *runner) print(i int, p *Phase, pr *PhaseResult) {
 		if c.Errno != "" {
 			verdict += " (" + c.Errno + ")"
 		}
-		sess := c.Session.label + " " + c.Session.key
-		if c.Session.sess == nil {
-			sess = c.Session.label + " (no session)"
+		sess := c.Session + " " + c.Key
+		if c.Key == "-" {
+			sess = c.Session + " (no session)"
 		}
-		fmt.Fprintf(tw, "   %s\t%d\t%s\t%s\t%s\t%s\n", sess, c.Session.uid, c.Spec.Program, src, verdict, c.Connect.Round(1000))
+		fmt.Fprintf(tw, "   %s\t%d\t%s\t%s\t%s\t%s\n", sess, c.UID, c.Name, src, verdict, c.Connect.Round(1000))
 	}
 	tw.Flush()
 	if n := len(pr.Clients) - len(shown); n > 0 {

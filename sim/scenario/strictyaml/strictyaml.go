@@ -1,27 +1,59 @@
-package scenario
+// Package strictyaml decodes the blocks of a scenario file strictly: a key
+// the target has no field for, or a bad value, is an error that names its
+// line, so a typo never silently drops an expectation. The schema, the
+// topologies and the checks all decode their blocks with it.
+package strictyaml
 
 import (
 	"fmt"
+	"maps"
 	"reflect"
-	"sort"
+	"slices"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 )
 
-// DecodeStrict decodes n into v like n.Decode, but first rejects keys that
-// v has no field for, naming the key, its line and the keys that exist.
+// Decode decodes n into v like n.Decode, but first rejects keys that v has
+// no field for, naming the key, its line and the keys that exist.
 // yaml.Node.Decode has no KnownFields switch, and re-encoding the node to
-// use a Decoder would lose the line numbers of the scenario file; plug-ins
-// (topologies, checks) decode their blocks with it.
-func DecodeStrict(n *yaml.Node, v any) error {
-	if err := checkKeys(n, reflect.TypeOf(v), ""); err != nil {
+// use a Decoder would lose the line numbers of the scenario file.
+func Decode(n *yaml.Node, v any) error { return DecodeAt(n, v, "") }
+
+// DecodeAt is Decode for a block found at path in the file (expect.metrics):
+// an unknown key's error names where it is below that path.
+func DecodeAt(n *yaml.Node, v any, path string) error {
+	if err := checkKeys(n, reflect.TypeOf(v), path); err != nil {
 		return err
 	}
 	return n.Decode(v)
 }
 
-func decodeStrict(n *yaml.Node, v any) error { return DecodeStrict(n, v) }
+// Errorf is an error about a line of the file, "line N: message"; a
+// scenario's Load prints it as FILE:N: message.
+func Errorf(line int, format string, args ...any) error {
+	return &lineError{line: line, msg: fmt.Sprintf(format, args...)}
+}
+
+type lineError struct {
+	line int
+	msg  string
+}
+
+func (e *lineError) Error() string { return fmt.Sprintf("line %d: %s", e.line, e.msg) }
+
+// Duration is a time.Duration written as "250ms", "2s".
+type Duration time.Duration
+
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil || v < 0 {
+		return Errorf(n.Line, "bad duration %q (want e.g. 250ms, 2s)", n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
 
 var (
 	nodeType        = reflect.TypeOf(yaml.Node{})
@@ -57,7 +89,7 @@ func checkKeys(n *yaml.Node, t reflect.Type, path string) error {
 				if open {
 					continue
 				}
-				return fmt.Errorf("line %d: %sunknown key %q (known: %s)", k.Line, prefix(path), k.Value, strings.Join(sortedKeys(fields), ", "))
+				return fmt.Errorf("line %d: %sunknown key %q (known: %s)", k.Line, prefix(path), k.Value, strings.Join(slices.Sorted(maps.Keys(fields)), ", "))
 			}
 			if err := checkKeys(val, ft, join(path, k.Value)); err != nil {
 				return err
@@ -118,15 +150,6 @@ func yamlFields(t reflect.Type) (fields map[string]reflect.Type, open bool) {
 		fields[name] = f.Type
 	}
 	return fields, open
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 func join(path, key string) string {

@@ -1,4 +1,4 @@
-package scenario
+package check
 
 import (
 	"net"
@@ -10,6 +10,7 @@ import (
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
 
+	"github.com/ipvirt/ipvirt/sim/scenario/topo"
 	"github.com/ipvirt/ipvirt/sim/wirecheck"
 )
 
@@ -19,7 +20,7 @@ var (
 	srvMAC   = net.HardwareAddr{2, 0, 0, 0, 0, 3}
 )
 
-type fixedTopo struct{ loopback }
+type fixedTopo struct{ topo.Topology }
 
 func (fixedTopo) ServerAddr() netip.Addr { return netip.MustParseAddr("10.77.0.3") }
 
@@ -50,7 +51,7 @@ func arpReply(t *testing.T, mac net.HardwareAddr, sender string) wirecheck.Frame
 // The wire checks pass on what a correct run puts on the wire and fail,
 // naming the packet, on what a broken one would.
 func TestWireChecks(t *testing.T) {
-	client := &ClientResult{Session: &liveSession{label: "user#1"},
+	client := &ClientResult{Session: "user#1",
 		Source: netip.MustParseAddrPort("10.77.0.100:40000"), VIP: netip.MustParseAddr("10.77.0.100")}
 	report := []SessionRow{{Session: "a:1", VIP: "10.77.0.100"}}
 	tests := []struct {
@@ -84,7 +85,7 @@ func TestWireChecks(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			env := &PhaseEnv{Topology: fixedTopo{}, Clients: []*ClientResult{client}, Report: report}
+			env := &Env{Topology: fixedTopo{}, Clients: []*ClientResult{client}, Report: report}
 			w := &wireRun{env: env, frames: tt.frames(t), macs: []net.HardwareAddr{sessMAC}}
 			o := tt.check(w)
 			if o.OK != tt.ok || !strings.Contains(o.Got, tt.want) {

@@ -1,4 +1,4 @@
-package scenario
+package runner
 
 import (
 	"fmt"
@@ -10,28 +10,28 @@ import (
 	"github.com/ipvirt/ipvirt/sim/daemonproc"
 )
 
-// Binaries are the programs a run needs, found once.
-type Binaries struct {
+// binaries are the programs a run needs, found once.
+type binaries struct {
 	IPVirtd, IPVirtctl, Sim string // Go programs
 	Preload, DBClient       string // C: libipvirt.so, ipvirt-dbclient
 }
 
 var (
 	binOnce sync.Once
-	bins    Binaries
+	found   binaries
 	binErr  error
 )
 
-// FindBinaries locates the programs in $IPVIRT_BIN (what `make` builds into
+// findBinaries locates the programs in $IPVIRT_BIN (what `make` builds into
 // bin/), beside the running executable, or builds them into a temporary
 // directory (go build for Go, make for C) so that `go test` works alone.
-func FindBinaries() (Binaries, error) {
-	binOnce.Do(func() { bins, binErr = findBinaries() })
-	return bins, binErr
+func findBinaries() (binaries, error) {
+	binOnce.Do(func() { found, binErr = lookBinaries() })
+	return found, binErr
 }
 
-func findBinaries() (Binaries, error) {
-	var b Binaries
+func lookBinaries() (binaries, error) {
+	var b binaries
 	var err error
 	for _, p := range []struct {
 		dst  *string

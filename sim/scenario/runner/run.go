@@ -1,4 +1,9 @@
-package scenario
+// Package runner replays a scenario file: it brings its topology up, starts
+// the database server and the DHCP servers, then runs each phase's daemon,
+// sessions, clients and timed steps, and judges the phase by its checks.
+// It runs the real ipvirtd and ipvirtctl, and clients in real login
+// sessions, and stops everything it started before it returns.
+package runner
 
 import (
 	"context"
@@ -19,6 +24,9 @@ import (
 	"github.com/ipvirt/ipvirt/sim/daemonproc"
 	"github.com/ipvirt/ipvirt/sim/dbserver"
 	"github.com/ipvirt/ipvirt/sim/loginsession"
+	"github.com/ipvirt/ipvirt/sim/scenario"
+	"github.com/ipvirt/ipvirt/sim/scenario/check"
+	"github.com/ipvirt/ipvirt/sim/scenario/topo"
 )
 
 // Options configure a run.
@@ -56,34 +64,15 @@ type PhaseResult struct {
 	Name     string
 	Skipped  string   // why the phase did not run, when it did not
 	Notes    []string // timings worth reporting (a storm's time to the last client)
-	Clients  []*ClientResult
+	Clients  []*check.ClientResult
 	Server   []dbserver.Conn // what the database server saw, in order
-	Outcomes []Outcome
-}
-
-// Outcome is one checked expectation.
-type Outcome struct {
-	OK   bool
-	What string // "accepted = 1"
-	Got  string // what was seen, when it differs or helps
-}
-
-// PhaseEnv is what a registered check sees of a phase.
-type PhaseEnv struct {
-	Topology Topology
-	Daemon   *daemonproc.Daemon
-	// Filled in before a check's end runs:
-	Clients []*ClientResult
-	Report  []SessionRow // `ipvirtctl sessions -o json` at the end of the phase
-	// ReportJSON is that output as ipvirtctl printed it (every field).
-	ReportJSON []byte
-	Server     []dbserver.Conn
+	Outcomes []check.Outcome
 }
 
 // Run replays f. The error is for a run that could not be carried out (the
 // daemon did not start, the run was interrupted); failed expectations are
 // in the Result. Everything it started is stopped before it returns.
-func Run(ctx context.Context, f *File, opts Options) (res *Result, err error) {
+func Run(ctx context.Context, f *scenario.File, opts Options) (res *Result, err error) {
 	if opts.Out == nil {
 		opts.Out = os.Stdout
 	}
@@ -97,18 +86,18 @@ func Run(ctx context.Context, f *File, opts Options) (res *Result, err error) {
 	res = &Result{Name: f.Name}
 	defer func() { res.Took = time.Since(start) }()
 
-	topo, err := f.buildTopology()
+	top, err := topo.New(&f.Topology)
 	if err != nil {
 		return res, err
 	}
-	if why := f.missing(topo); why != "" {
+	if why := missing(f, top); why != "" {
 		if os.Getenv("CI") == "true" {
 			return res, fmt.Errorf("scenario %s: %s (CI=true: not skipping)", f.Name, why)
 		}
 		res.Skipped = why
 		return res, nil
 	}
-	bins, err := FindBinaries()
+	bins, err := findBinaries()
 	if err != nil {
 		return res, err
 	}
@@ -123,7 +112,7 @@ func Run(ctx context.Context, f *File, opts Options) (res *Result, err error) {
 	}
 	os.Chmod(work, 0o755) // clients in other users' sessions read their binaries here
 
-	r := &runner{f: f, opts: opts, topo: topo, bins: bins, work: work, kind: sessionKind()}
+	r := &fileRun{f: f, opts: opts, topo: top, bins: bins, work: work, kind: sessionKind()}
 	// Teardown runs on every return and on a panic, in reverse order of
 	// what was started: sessions (per phase), daemon, DHCP, server, network.
 	defer func() {
@@ -133,14 +122,14 @@ func Run(ctx context.Context, f *File, opts Options) (res *Result, err error) {
 		}
 		r.teardown()
 	}()
-	if err := topo.Up(ctx); err != nil {
+	if err := top.Up(ctx); err != nil {
 		return res, fmt.Errorf("scenario %s: topology: %w", f.Name, err)
 	}
 	r.topoUp = true
 	reg := prometheus.WrapRegistererWith(prometheus.Labels{"scenario": f.Name}, opts.Metrics.Registry)
-	err = topo.Do("server", func() error {
+	err = top.Do("server", func() error {
 		var err error
-		r.srv, err = dbserver.Listen(net.JoinHostPort(topo.ServerAddr().String(), "0"), reg)
+		r.srv, err = dbserver.Listen(net.JoinHostPort(top.ServerAddr().String(), "0"), reg)
 		return err
 	})
 	if err != nil {
@@ -155,7 +144,7 @@ func Run(ctx context.Context, f *File, opts Options) (res *Result, err error) {
 		if err := ctx.Err(); err != nil {
 			return res, fmt.Errorf("scenario %s: interrupted: %w", f.Name, err)
 		}
-		if why := f.Phases[i].missing(); why != "" {
+		if why := phaseMissing(&f.Phases[i]); why != "" {
 			if os.Getenv("CI") == "true" {
 				return res, fmt.Errorf("scenario %s, phase %q: %s (CI=true: not skipping)", f.Name, f.Phases[i].Name, why)
 			}
@@ -175,9 +164,9 @@ func Run(ctx context.Context, f *File, opts Options) (res *Result, err error) {
 }
 
 // missing says what the scenario needs that this run does not have.
-func (f *File) missing(t Topology) string {
+func missing(f *scenario.File, t topo.Topology) string {
 	root := os.Geteuid() == 0
-	if n, ok := t.(NeedsRoot); ok && !root {
+	if n, ok := t.(topo.NeedsRoot); ok && !root {
 		return n.NeedsRoot()
 	}
 	for _, r := range f.Requires {
@@ -199,8 +188,8 @@ func firstLineWith(text, want string) string {
 	return text
 }
 
-// missing says what a phase needs that this run does not have.
-func (p *Phase) missing() string {
+// phaseMissing says what a phase needs that this run does not have.
+func phaseMissing(p *scenario.Phase) string {
 	if os.Geteuid() == 0 {
 		return ""
 	}
@@ -222,11 +211,11 @@ func sessionKind() loginsession.Kind {
 	return loginsession.POSIX
 }
 
-type runner struct {
-	f    *File
+type fileRun struct {
+	f    *scenario.File
 	opts Options
-	topo Topology
-	bins Binaries
+	topo topo.Topology
+	bins binaries
 	work string
 	kind loginsession.Kind
 
@@ -240,7 +229,7 @@ type runner struct {
 	live []*liveSession
 }
 
-func (r *runner) teardown() {
+func (r *fileRun) teardown() {
 	r.mu.Lock()
 	live := r.live
 	r.live = nil
@@ -263,7 +252,7 @@ func (r *runner) teardown() {
 	}
 }
 
-func (r *runner) stopDaemon() {
+func (r *fileRun) stopDaemon() {
 	if r.daemon == nil {
 		return
 	}
@@ -286,7 +275,7 @@ func closeSessions(live []*liveSession) {
 	}
 }
 
-func (r *runner) phase(ctx context.Context, i int) (*PhaseResult, error) {
+func (r *fileRun) phase(ctx context.Context, i int) (*PhaseResult, error) {
 	p := &r.f.Phases[i]
 	pr := &PhaseResult{Name: p.Name}
 	dir := filepath.Join(r.work, fmt.Sprintf("phase%d", i+1))
@@ -300,7 +289,7 @@ func (r *runner) phase(ctx context.Context, i int) (*PhaseResult, error) {
 		return nil, err
 	}
 	if want := p.Expect.DaemonError; want != "" {
-		o := Outcome{What: fmt.Sprintf("ipvirtd refuses to start with %q", want)}
+		o := check.Outcome{What: fmt.Sprintf("ipvirtd refuses to start with %q", want)}
 		switch err := r.applyDaemon(ctx, p, dir, paths); {
 		case err == nil:
 			o.Got = "it started"
@@ -311,7 +300,7 @@ func (r *runner) phase(ctx context.Context, i int) (*PhaseResult, error) {
 			o.Got = err.Error()
 		}
 		r.stopDaemon()
-		pr.Outcomes = []Outcome{o}
+		pr.Outcomes = []check.Outcome{o}
 		r.print(i, p, pr)
 		return pr, nil
 	}
@@ -327,25 +316,18 @@ func (r *runner) phase(ctx context.Context, i int) (*PhaseResult, error) {
 			return pr, fmt.Errorf("the kernel interceptor is not attached: ipvirtctl status says %q", state)
 		}
 	}
-	env := &PhaseEnv{Topology: r.topo, Daemon: r.daemon}
-
-	type pending struct {
-		name string
-		end  func(context.Context) []Outcome
-	}
-	var ends []pending
-	for _, name := range sortedKeys(p.Expect.Extra) {
-		c, _ := lookupCheck(name)
-		spec := p.Expect.Extra[name]
-		end, err := c.Begin(ctx, env, &spec)
+	env := &check.Env{Topology: r.topo, Interceptor: p.Interceptor, Daemon: r.daemon, DHCP: r.dhcpServers()}
+	var ends []func(context.Context) []check.Outcome
+	for _, x := range p.Expect.Checks {
+		end, err := x.Check.Begin(ctx, env)
 		if err != nil {
-			return pr, fmt.Errorf("expect.%s: %w", name, err)
+			return pr, fmt.Errorf("expect.%s: %w", x.Key, err)
 		}
-		ends = append(ends, pending{name, end})
+		ends = append(ends, end)
 	}
 
 	r.srv.Reset()
-	ph := &phaseRun{r: r, p: p, paths: paths, start: time.Now(), vips: map[string]SessionRow{}}
+	ph := &phaseRun{r: r, p: p, paths: paths, start: time.Now(), vips: map[string]check.SessionRow{}}
 	defer func() {
 		r.mu.Lock()
 		live := r.live
@@ -370,9 +352,9 @@ func (r *runner) phase(ctx context.Context, i int) (*PhaseResult, error) {
 	pr.Server = r.srv.Seen()
 	env.Daemon = r.daemon
 	env.Clients, env.Report, env.ReportJSON, env.Server = pr.Clients, report, raw, pr.Server
-	pr.Outcomes = append(ph.stepOutcomes, r.check(ctx, p, env)...)
-	for _, e := range ends {
-		pr.Outcomes = append(pr.Outcomes, e.end(ctx)...)
+	pr.Outcomes = append(ph.stepOutcomes, check.Clients(env)...)
+	for _, end := range ends {
+		pr.Outcomes = append(pr.Outcomes, end(ctx)...)
 	}
 	r.print(i, p, pr)
 	return pr, nil
@@ -380,7 +362,7 @@ func (r *runner) phase(ctx context.Context, i int) (*PhaseResult, error) {
 
 // applyDaemon gives the daemon this phase's config the way the phase says:
 // a fresh daemon, a restart on the same state, or a reload.
-func (r *runner) applyDaemon(ctx context.Context, p *Phase, dir string, paths map[string]string) error {
+func (r *fileRun) applyDaemon(ctx context.Context, p *scenario.Phase, dir string, paths map[string]string) error {
 	cfg, err := r.daemonConfig(p, paths)
 	if err != nil {
 		return err
@@ -420,7 +402,7 @@ func (r *runner) applyDaemon(ctx context.Context, p *Phase, dir string, paths ma
 	return r.startDaemon(ctx)
 }
 
-func (r *runner) startDaemon(ctx context.Context) error {
+func (r *fileRun) startDaemon(ctx context.Context) error {
 	if err := r.daemon.Start(ctx); err != nil {
 		return fmt.Errorf("ipvirtd did not start: %w", err)
 	}
@@ -430,7 +412,7 @@ func (r *runner) startDaemon(ctx context.Context) error {
 // reload rewrites the config, sends SIGHUP and waits until the daemon says
 // it reloaded (STATUS's reloaded_at moves); a rejected file is an error
 // carrying the daemon's log.
-func (r *runner) reload(ctx context.Context, body string) error {
+func (r *fileRun) reload(ctx context.Context, body string) error {
 	before, err := r.reloadedAt()
 	if err != nil {
 		return err
@@ -455,7 +437,7 @@ func (r *runner) reload(ctx context.Context, body string) error {
 	return fmt.Errorf("ipvirtd did not reload within 15s (config rejected?)\n%s", tail(r.daemon.Logs(), 20))
 }
 
-func (r *runner) reloadedAt() (time.Time, error) {
+func (r *fileRun) reloadedAt() (time.Time, error) {
 	c, err := r.daemon.Client()
 	if err != nil {
 		return time.Time{}, err

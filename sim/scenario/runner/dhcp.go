@@ -1,4 +1,4 @@
-package scenario
+package runner
 
 import (
 	"context"
@@ -9,17 +9,19 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/ipvirt/ipvirt/sim/daemonproc"
+	"github.com/ipvirt/ipvirt/sim/scenario"
+	"github.com/ipvirt/ipvirt/sim/scenario/check"
+	"github.com/ipvirt/ipvirt/sim/scenario/topo"
 )
 
 // dhcpProc is a synthetic DHCP server running as `ipvirt-sim dhcp-server`
 // on its topology host, so that it lives in that host's namespace.
 type dhcpProc struct {
-	spec   *DHCPServer
+	spec   *scenario.DHCPServer
 	cmd    *exec.Cmd
 	status string // the JSON status file the server writes
 	Listen netip.AddrPort
@@ -27,12 +29,12 @@ type dhcpProc struct {
 	done   chan struct{}
 }
 
-func (r *runner) startDHCP(ctx context.Context) error {
-	placer, placed := r.topo.(DHCPPlacer)
+func (r *fileRun) startDHCP(ctx context.Context) error {
+	placer, placed := r.topo.(topo.DHCPPlacer)
 	for i := range r.f.DHCPServers {
 		spec := &r.f.DHCPServers[i]
-		knobs := string(spec.knobs)
-		if !spec.placed {
+		knobs := string(spec.Knobs)
+		if !spec.Placed {
 			iface, listen := "", "127.0.0.1:0"
 			if placed {
 				var err error
@@ -83,7 +85,8 @@ func (r *runner) startDHCP(ctx context.Context) error {
 	return nil
 }
 
-// dhcpStatus is the part of sim/dhcpserver's status file the checks use.
+// dhcpStatus is the part of sim/dhcpserver's status file the runner and
+// the dhcp check use.
 type dhcpStatus struct {
 	Seq      uint64         `json:"seq"`
 	Listen   string         `json:"listen"`
@@ -148,18 +151,15 @@ func (p *dhcpProc) Status(ctx context.Context) (*dhcpStatus, error) {
 	return p.waitStatus(ctx, seq)
 }
 
-// counter returns a counter by its name in any case (renewals, Renewals),
-// or "leases" for the number of leases held.
-func (st *dhcpStatus) counter(name string) (int, bool) {
-	if strings.EqualFold(name, "leases") {
-		return len(st.Leases), true
+func (p *dhcpProc) Name() string { return p.spec.Name }
+
+// Counters is for the dhcp check (check.DHCPServer).
+func (p *dhcpProc) Counters(ctx context.Context) (map[string]int, int, error) {
+	st, err := p.Status(ctx)
+	if err != nil {
+		return nil, 0, err
 	}
-	for k, v := range st.Counters {
-		if strings.EqualFold(k, name) || strings.EqualFold(k, strings.ReplaceAll(name, "_", "")) {
-			return v, true
-		}
-	}
-	return 0, false
+	return st.Counters, len(st.Leases), nil
 }
 
 func (p *dhcpProc) stop() {
@@ -173,7 +173,15 @@ func (p *dhcpProc) stop() {
 	}
 }
 
-func (r *runner) dhcpByName(name string) *dhcpProc {
+func (r *fileRun) dhcpServers() []check.DHCPServer {
+	var out []check.DHCPServer
+	for _, p := range r.dhcp {
+		out = append(out, p)
+	}
+	return out
+}
+
+func (r *fileRun) dhcpByName(name string) *dhcpProc {
 	for _, p := range r.dhcp {
 		if p.spec.Name == name {
 			return p
@@ -185,11 +193,11 @@ func (r *runner) dhcpByName(name string) *dhcpProc {
 // dhcpDaemonKeys points ipvirtd at the first DHCP server in relay mode when
 // the topology has no broadcast domain for it (loopback), unless the
 // scenario says where the server is itself.
-func (r *runner) dhcpDaemonKeys(cfg map[string]any) {
+func (r *fileRun) dhcpDaemonKeys(cfg map[string]any) {
 	if len(r.dhcp) == 0 {
 		return
 	}
-	if _, placed := r.topo.(DHCPPlacer); placed {
+	if _, placed := r.topo.(topo.DHCPPlacer); placed {
 		return
 	}
 	if src, ok := cfg["source"]; ok && src != "dhcp" {

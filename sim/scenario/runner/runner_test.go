@@ -1,4 +1,4 @@
-package scenario
+package runner
 
 import (
 	"bytes"
@@ -8,9 +8,11 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ipvirt/ipvirt/sim/scenario"
 )
 
-func scenarioPath(name string) string { return filepath.Join("..", "..", "scenarios", name) }
+func scenarioPath(name string) string { return filepath.Join("..", "..", "..", "scenarios", name) }
 
 // Every scenario file in scenarios/, and the runner's own in testdata/, is
 // an acceptance test: run it for real (audit sessions as root, POSIX
@@ -28,7 +30,7 @@ func TestScenarioFiles(t *testing.T) {
 	}
 	for _, path := range files {
 		t.Run(filepath.Base(path), func(t *testing.T) {
-			f, err := Load(path)
+			f, err := scenario.Load(path)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -62,7 +64,7 @@ func TestWrongExpectationFails(t *testing.T) {
 	if wrong == string(b) {
 		t.Fatal("fixture changed: no 'accepted: 1' to falsify")
 	}
-	f, err := Parse([]byte(wrong))
+	f, err := scenario.Parse([]byte(wrong))
 	if err != nil {
 		t.Fatal(err)
 	}

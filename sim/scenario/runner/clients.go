@@ -1,4 +1,4 @@
-package scenario
+package runner
 
 import (
 	"context"
@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/ipvirt/ipvirt/sim/loginsession"
+	"github.com/ipvirt/ipvirt/sim/scenario"
+	"github.com/ipvirt/ipvirt/sim/scenario/check"
 )
 
 // defaultUID is the first login uid given to sessions whose group names
@@ -23,7 +25,7 @@ const defaultUID = 1001
 
 // liveSession is one started session of a group.
 type liveSession struct {
-	group *SessionGroup
+	group *scenario.SessionGroup
 	index int
 	label string                // "alice#2"
 	sess  *loginsession.Session // nil for a no-session group
@@ -45,7 +47,7 @@ func (s *liveSession) close() error {
 
 // startSession starts session i of group gi (or, for a no-session group,
 // just a record: its clients are started directly by the simulator).
-func (r *runner) startSession(ctx context.Context, p *Phase, gi, i int) (*liveSession, error) {
+func (r *fileRun) startSession(ctx context.Context, p *scenario.Phase, gi, i int) (*liveSession, error) {
 	g := &p.Sessions[gi]
 	s := &liveSession{group: g, index: i, label: g.Name, uid: r.uidOf(p, gi, i)}
 	if g.Count > 1 {
@@ -95,33 +97,8 @@ func outsideAnySession(kind loginsession.Kind) error {
 
 var resultSeq atomic.Int64
 
-// ClientResult is one client process and what it reported.
-type ClientResult struct {
-	Session     *liveSession
-	Spec        *Client
-	Program     string // path it ran as
-	Interceptor string
-	Source      netip.AddrPort // invalid when it never connected
-	Verdict     string         // accepted, refused, denied, bind-failed, error
-	Errno       string
-	Connect     time.Duration
-	VIP         netip.Addr // what ipvirtctl reports for its holder
-	// Stderr is what the client wrote there by the time it reported, such
-	// as the preload library's one line when it could not ask the daemon.
-	Stderr string
-}
-
-// why is the client's stderr, for a failed expectation: "" or " [...]".
-func (c *ClientResult) why() string {
-	if c.Stderr == "" {
-		return ""
-	}
-	line, _, _ := strings.Cut(c.Stderr, "\n")
-	return " [" + line + "]"
-}
-
 // runClient starts one client in its session and waits for its result.
-func (r *runner) runClient(ctx context.Context, ph *phaseRun, s *liveSession, spec *Client) (*ClientResult, error) {
+func (r *fileRun) runClient(ctx context.Context, ph *phaseRun, s *liveSession, spec *scenario.Client) (*check.ClientResult, error) {
 	p, paths := ph.p, ph.paths
 	out := filepath.Join(r.work, fmt.Sprintf("result-%d", resultSeq.Add(1)))
 	args := []string{"--out", out}
@@ -169,7 +146,8 @@ func (r *runner) runClient(ctx context.Context, ph *phaseRun, s *liveSession, sp
 	if err != nil {
 		return nil, fmt.Errorf("start %s in %s: %w", spec.Program, s.label, err)
 	}
-	res := &ClientResult{Session: s, Spec: spec, Program: prog, Interceptor: p.Interceptor}
+	res := &check.ClientResult{Group: s.group.Name, Session: s.label, Key: s.key, UID: s.uid,
+		Expect: &spec.Expect, Name: spec.Program, Program: prog, Interceptor: p.Interceptor}
 	line, err := waitResult(ctx, out, pid)
 	if b, rerr := os.ReadFile(errPath); rerr == nil {
 		res.Stderr = strings.TrimSpace(string(b))
@@ -177,7 +155,7 @@ func (r *runner) runClient(ctx context.Context, ph *phaseRun, s *liveSession, sp
 	if err != nil {
 		return nil, fmt.Errorf("%s in %s: %w (stderr: %q)", spec.Program, s.label, err, res.Stderr)
 	}
-	return res, res.parse(line)
+	return res, parseResult(res, line)
 }
 
 // waitResult waits for the client's result file (written atomically).
@@ -201,8 +179,8 @@ func waitResult(ctx context.Context, path string, pid int) (string, error) {
 	return "", fmt.Errorf("no result from client pid %d after 20s", pid)
 }
 
-// parse reads "source=A:P verdict=V connect_ns=N errno=E".
-func (c *ClientResult) parse(line string) error {
+// parseResult reads the client's "source=A:P verdict=V connect_ns=N errno=E" into c.
+func parseResult(c *check.ClientResult, line string) error {
 	for _, f := range strings.Fields(line) {
 		k, v, _ := strings.Cut(f, "=")
 		switch k {
@@ -231,33 +209,8 @@ func (c *ClientResult) parse(line string) error {
 	return nil
 }
 
-// parseBind reads a literal address or "vip of GROUP[N]" (N from 1).
-func parseBind(s string) (netip.Addr, *bindRef, error) {
-	if a, err := netip.ParseAddr(s); err == nil {
-		return a, nil, nil
-	}
-	rest, ok := strings.CutPrefix(s, "vip of ")
-	if !ok {
-		return netip.Addr{}, nil, fmt.Errorf("%q: want an address or \"vip of GROUP[N]\"", s)
-	}
-	ref := &bindRef{group: rest, index: 1}
-	if g, n, ok := strings.Cut(rest, "["); ok {
-		i, err := strconv.Atoi(strings.TrimSuffix(n, "]"))
-		if err != nil || i < 1 || !strings.HasSuffix(n, "]") {
-			return netip.Addr{}, nil, fmt.Errorf("%q: bad session number", s)
-		}
-		ref.group, ref.index = g, i
-	}
-	return netip.Addr{}, ref, nil
-}
-
-type bindRef struct {
-	group string
-	index int
-}
-
-func (r *runner) resolveBind(spec string) (netip.Addr, error) {
-	a, ref, err := parseBind(spec)
+func (r *fileRun) resolveBind(spec string) (netip.Addr, error) {
+	a, ref, err := scenario.ParseBind(spec)
 	if err != nil || ref == nil {
 		return a, err
 	}
@@ -269,7 +222,7 @@ func (r *runner) resolveBind(spec string) (netip.Addr, error) {
 	live := append([]*liveSession(nil), r.live...)
 	r.mu.Unlock()
 	for _, s := range live {
-		if s.group.Name == ref.group && s.index == ref.index-1 {
+		if s.group.Name == ref.Group && s.index == ref.Index-1 {
 			for _, row := range rows {
 				if row.Session == s.key && row.VIP != "" {
 					return netip.ParseAddr(row.VIP)
@@ -281,29 +234,11 @@ func (r *runner) resolveBind(spec string) (netip.Addr, error) {
 	return a, fmt.Errorf("bind %q: no such session", spec)
 }
 
-// SessionRow is the part of `ipvirtctl sessions -o json` the checks use.
-type SessionRow struct {
-	Session  string `json:"session"`
-	User     string `json:"user"`
-	State    string `json:"state"`
-	VIP      string `json:"vip"`
-	ClientID string `json:"client_id"`
-	// Since is when the lease was granted (for DHCP: when the REQUEST the
-	// server ACKed was sent).
-	Since    time.Time `json:"since"`
-	Programs []struct {
-		Program  string `json:"program"`
-		VIP      string `json:"vip"`
-		State    string `json:"state"`
-		ClientID string `json:"client_id"`
-	} `json:"programs"`
-}
-
-type report []SessionRow
+type report []check.SessionRow
 
 // sessionsReport runs the real `ipvirtctl sessions -o json`, the report an
 // administrator reads, so the scenario checks it rather than internals.
-func (r *runner) sessionsReport() (report, []byte, error) {
+func (r *fileRun) sessionsReport() (report, []byte, error) {
 	cmd := exec.Command(r.bins.IPVirtctl, "--socket", r.daemon.Socket, "sessions", "-o", "json")
 	out, err := cmd.Output()
 	if err != nil {
@@ -321,7 +256,7 @@ func (r *runner) sessionsReport() (report, []byte, error) {
 }
 
 // interceptorState is the interceptor row of `ipvirtctl status`.
-func (r *runner) interceptorState() (string, error) {
+func (r *fileRun) interceptorState() (string, error) {
 	out, err := exec.Command(r.bins.IPVirtctl, "--socket", r.daemon.Socket, "status", "-o", "json").Output()
 	if err != nil {
 		return "", fmt.Errorf("ipvirtctl status: %w", err)
@@ -338,7 +273,7 @@ func (r *runner) interceptorState() (string, error) {
 // waitAllocated waits until ipvirtctl reports a VIP for session key, at
 // most limit; it gives up silently (the client's expectation then tells
 // what happened: a session the daemon never virtualizes has no VIP).
-func (r *runner) waitAllocated(ctx context.Context, key string, limit time.Duration) {
+func (r *fileRun) waitAllocated(ctx context.Context, key string, limit time.Duration) {
 	deadline := time.Now().Add(limit)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
 		if rep, _, err := r.sessionsReport(); err == nil {
@@ -354,9 +289,9 @@ func (r *runner) waitAllocated(ctx context.Context, key string, limit time.Durat
 
 // vipOf is the VIP the report gives c's holder: its program's in
 // per-program mode, else its session's.
-func (rep report) vipOf(c *ClientResult) netip.Addr {
+func (rep report) vipOf(c *check.ClientResult) netip.Addr {
 	for _, row := range rep {
-		if row.Session != c.Session.key {
+		if row.Session != c.Key {
 			continue
 		}
 		for _, p := range row.Programs {

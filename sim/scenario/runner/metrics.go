@@ -1,7 +1,9 @@
-package scenario
+package runner
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ipvirt/ipvirt/sim/scenario/check"
 )
 
 // Metrics are the simulator's own: the connect() latency clients measured,
@@ -27,7 +29,7 @@ func NewMetrics() *Metrics {
 	return m
 }
 
-func (m *Metrics) observe(interceptor string, c *ClientResult) {
+func (m *Metrics) observe(interceptor string, c *check.ClientResult) {
 	if c.Source.IsValid() {
 		m.connect.WithLabelValues(interceptor).Observe(c.Connect.Seconds())
 	}

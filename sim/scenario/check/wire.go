@@ -1,4 +1,4 @@
-package scenario
+package check
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/ipvirt/ipvirt/sim/scenario/strictyaml"
 	"github.com/ipvirt/ipvirt/sim/wirecheck"
 )
 
@@ -42,26 +43,21 @@ type wireSpec struct {
 	QuietAfterRelease bool `yaml:"quiet_after_release"`
 }
 
-type wireCheck struct{}
-
-func init() { RegisterCheck("wire", wireCheck{}) }
-
-func (wireCheck) Validate(spec *yaml.Node) error {
-	var s wireSpec
-	if err := decodeStrict(spec, &s); err != nil {
-		return err
-	}
-	if !s.SYNFromVIP && !s.DHCPClientIDs && !s.ARPFromSession && !s.QuietAfterRelease {
-		return lineErr(spec.Line, "wire: no check enabled (syn_from_vip, dhcp_client_ids, arp_from_session, quiet_after_release)")
-	}
-	return nil
+func init() {
+	Register("wire", func(spec *yaml.Node, at Site) (Check, error) {
+		var s wireSpec
+		err := strictyaml.Decode(spec, &s)
+		if err == nil && !s.SYNFromVIP && !s.DHCPClientIDs && !s.ARPFromSession && !s.QuietAfterRelease {
+			err = strictyaml.Errorf(spec.Line, "wire: no check enabled (syn_from_vip, dhcp_client_ids, arp_from_session, quiet_after_release)")
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: expect.wire: %w", at.Phase, err)
+		}
+		return s, nil
+	})
 }
 
-func (wireCheck) Begin(_ context.Context, env *PhaseEnv, spec *yaml.Node) (func(context.Context) []Outcome, error) {
-	var s wireSpec
-	if err := decodeStrict(spec, &s); err != nil {
-		return nil, err
-	}
+func (s wireSpec) Begin(_ context.Context, env *Env) (func(context.Context) []Outcome, error) {
 	lan, ok := env.Topology.(LANCapturer)
 	if !ok {
 		return nil, errors.New("wire checks need a topology with a LAN (kind: netns)")
@@ -91,7 +87,7 @@ func (wireCheck) Begin(_ context.Context, env *PhaseEnv, spec *yaml.Node) (func(
 }
 
 type wireRun struct {
-	env    *PhaseEnv
+	env    *Env
 	frames []wirecheck.Frame
 	macs   []net.HardwareAddr
 }
@@ -132,12 +128,12 @@ func (w *wireRun) synFromVIP() Outcome {
 		})
 		switch {
 		case i < 0:
-			problems = append(problems, fmt.Sprintf("%s: no SYN from %s on the wire", c.Session.label, c.Source))
+			problems = append(problems, fmt.Sprintf("%s: no SYN from %s on the wire", c.Session, c.Source))
 		case !w.fromSession(syns[i].SrcMAC):
-			problems = append(problems, fmt.Sprintf("%s: SYN %s > %s sent by %s, not the session host", c.Session.label, syns[i].Src, syns[i].Dst, syns[i].SrcMAC))
+			problems = append(problems, fmt.Sprintf("%s: SYN %s > %s sent by %s, not the session host", c.Session, syns[i].Src, syns[i].Dst, syns[i].SrcMAC))
 		case syns[i].Src.Addr() != c.VIP:
 			problems = append(problems, fmt.Sprintf("%s: SYN %s > %s carries %s, want VIP %s",
-				c.Session.label, syns[i].Src, syns[i].Dst, syns[i].Src.Addr(), c.VIP))
+				c.Session, syns[i].Src, syns[i].Dst, syns[i].Src.Addr(), c.VIP))
 		}
 	}
 	return verdict("wire: every virtualized client's SYN carries its VIP", checked, problems)

@@ -1,4 +1,8 @@
-package scenario
+// Package goclient is `ipvirt-sim client`: the simulator's database client
+// in Go. Go programs make raw system calls, so LD_PRELOAD cannot reach
+// them; only the kernel interceptor can. It prints what the C client
+// (../dbclient.c) prints, so the runner reads both alike.
+package goclient
 
 import (
 	"bufio"
@@ -15,10 +19,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ClientMain is `ipvirt-sim client`: the database client in Go. Go programs
-// make raw system calls, so LD_PRELOAD cannot reach them; only the kernel
-// interceptor can. Its output is the C client's (sim/dbclient).
-func ClientMain(args []string) int {
+// Main runs the client with args (the words after `client`) and returns
+// its exit status: 0 accepted, 1 anything else, 2 usage, 3 no result file.
+func Main(args []string) int {
 	fs := flag.NewFlagSet("client", flag.ContinueOnError)
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: ipvirt-sim client [--bind ADDR] [--hold] [--out FILE] HOST PORT\n\n"+
@@ -36,7 +39,7 @@ func ClientMain(args []string) int {
 		fs.Usage()
 		return 2
 	}
-	// As sim/dbclient: die with the session leader that started us.
+	// As the C client: die with the session leader that started us.
 	parent := os.Getppid()
 	unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(syscall.SIGKILL), 0, 0, 0)
 	if os.Getppid() != parent {

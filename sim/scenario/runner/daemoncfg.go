@@ -1,4 +1,4 @@
-package scenario
+package runner
 
 import (
 	"fmt"
@@ -7,12 +7,13 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/ipvirt/ipvirt/sim/loginsession"
+	"github.com/ipvirt/ipvirt/sim/scenario"
 )
 
 // daemonConfig is the file's daemon section, the phase's overrides on top,
 // then what the simulator decides: adapter, identity, interceptor,
 // programs, administrators, where the DHCP server is.
-func (r *runner) daemonConfig(p *Phase, paths map[string]string) (map[string]any, error) {
+func (r *fileRun) daemonConfig(p *scenario.Phase, paths map[string]string) (map[string]any, error) {
 	cfg := merge(merge(map[string]any{}, r.f.Daemon), p.Daemon)
 	if _, ok := cfg["adapter"]; !ok {
 		cfg["adapter"] = r.topo.Adapter()
@@ -55,7 +56,7 @@ func (r *runner) daemonConfig(p *Phase, paths map[string]string) (map[string]any
 
 // uidOf is the login uid of session i of group gi: the group's uid, else
 // one ordinary user per session numbered from defaultUID in file order.
-func (r *runner) uidOf(p *Phase, gi, i int) uint32 {
+func (r *fileRun) uidOf(p *scenario.Phase, gi, i int) uint32 {
 	if u := p.Sessions[gi].UID; u != nil {
 		return *u
 	}
@@ -91,7 +92,7 @@ func merge(dst, src map[string]any) map[string]any {
 
 // installPrograms copies the client binaries under the names the phase
 // uses, and names listed in programs: that no client runs.
-func (r *runner) installPrograms(p *Phase, dir string) (map[string]string, error) {
+func (r *fileRun) installPrograms(p *scenario.Phase, dir string) (map[string]string, error) {
 	paths := map[string]string{}
 	add := func(name, kind string) error {
 		if _, ok := paths[name]; ok {

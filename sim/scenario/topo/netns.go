@@ -1,4 +1,4 @@
-package scenario
+package topo
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/ipvirt/ipvirt/sim/scenario/strictyaml"
 	"github.com/ipvirt/ipvirt/sim/topology"
 )
 
@@ -31,7 +32,7 @@ var netnsHosts = []struct {
 	num  int
 }{{"session", 2}, {"server", 3}, {"dhcp0", 4}, {"dhcp1", 5}, {"rogue", 6}}
 
-func init() { RegisterTopology("netns", newNetns) }
+func init() { Register("netns", newNetns) }
 
 func newNetns(spec *yaml.Node) (Topology, error) {
 	var s struct {
@@ -39,14 +40,14 @@ func newNetns(spec *yaml.Node) (Topology, error) {
 		LAN      string `yaml:"lan"`
 		Adapters int    `yaml:"adapters"`
 	}
-	if err := decodeStrict(spec, &s); err != nil {
+	if err := strictyaml.Decode(spec, &s); err != nil {
 		return nil, err
 	}
 	t := &netnsTopo{lan: netip.MustParsePrefix("10.77.0.0/24"), adapters: 1}
 	if s.LAN != "" {
 		p, err := netip.ParsePrefix(s.LAN)
 		if err != nil || !p.Addr().Is4() || p.Bits() > 24 || p != p.Masked() {
-			return nil, lineErr(spec.Line, "topology: lan %q: want an IPv4 network of /24 or larger, such as 10.77.0.0/24", s.LAN)
+			return nil, strictyaml.Errorf(spec.Line, "topology: lan %q: want an IPv4 network of /24 or larger, such as 10.77.0.0/24", s.LAN)
 		}
 		t.lan = p
 	}
@@ -55,7 +56,7 @@ func newNetns(spec *yaml.Node) (Topology, error) {
 	case 2:
 		t.adapters = 2
 	default:
-		return nil, lineErr(spec.Line, "topology: adapters %d: the session host has 1 or 2", s.Adapters)
+		return nil, strictyaml.Errorf(spec.Line, "topology: adapters %d: the session host has 1 or 2", s.Adapters)
 	}
 	return t, nil
 }
