@@ -131,8 +131,10 @@ func (k *kernel) watch(ensure func(sid, uid uint32, exe string)) {
 	for ev := range k.ic.Events() {
 		switch ev.Kind {
 		case bpf.EventDenied:
-			k.log.Warn("kernel interceptor refused a source address", "session", ev.Session, "pid", ev.PID,
-				"comm", ev.Comm, "addr", ev.Addr, "hook", ev.Hook, "holder_session", ev.Owner)
+			// Bind and send hooks name the caller; the packet hooks
+			// (egress, ingress) the socket's creator, once a second.
+			k.log.Warn("kernel interceptor refused another holder's address", "session", ev.Session, "pid", ev.PID,
+				"uid", ev.UID, "comm", ev.Comm, "addr", ev.Addr, "hook", ev.Hook, "holder_session", ev.Owner)
 		case bpf.EventSession, bpf.EventMiss, bpf.EventExec:
 			ensure(ev.Session, ev.LoginUID, "")
 		}

@@ -34,7 +34,10 @@ const (
 	// the pending state.
 	EventMiss EventKind = 3
 	// EventDenied: enforcement refused a bind or a sendmsg source address
-	// with EPERM (Session, PID, UID, Addr, Port, Hook, Owner).
+	// with EPERM, or dropped a packet (HookEgress, HookIngress: Session,
+	// PID, UID, Exe and Comm are then the socket's creator's, reported at
+	// most once a second per socket) (Session, PID, UID, Addr, Port, Hook,
+	// Owner).
 	EventDenied EventKind = 4
 )
 
@@ -63,9 +66,15 @@ const (
 	HookConnect6
 	HookSendmsg6
 	HookBind6
+	// HookEgress: a packet leaving a socket carried another holder's
+	// address as its source (IP_MULTICAST_IF, a ping or raw socket).
+	HookEgress
+	// HookIngress: a packet for another holder's address arrived at a
+	// socket that is not the holder's (a wildcard listener).
+	HookIngress
 )
 
-var hookNames = [...]string{"none", "connect4", "sendmsg4", "bind4", "connect6", "sendmsg6", "bind6"}
+var hookNames = [...]string{"none", "connect4", "sendmsg4", "bind4", "connect6", "sendmsg6", "bind6", "egress", "ingress"}
 
 func (h Hook) String() string {
 	if int(h) < len(hookNames) {

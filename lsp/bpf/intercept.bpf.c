@@ -21,7 +21,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* Bumped when a map layout or a field's meaning changes: a daemon never
  * adopts pinned objects of another ABI (see pin.go). */
-#define IPVIRT_ABI 1
+#define IPVIRT_ABI 2
 
 #define AUDIT_SID_UNSET 0xffffffffu
 #define MAX_RANGES 16
@@ -71,6 +71,8 @@ enum hook {
 	HOOK_CONNECT6,
 	HOOK_SENDMSG6,
 	HOOK_BIND6,
+	HOOK_EGRESS,  /* a packet leaving a socket */
+	HOOK_INGRESS, /* a packet arriving at a socket */
 };
 
 enum counter {
@@ -148,6 +150,26 @@ struct {
 	__type(key, __u32);
 	__type(value, struct settings);
 } config SEC(".maps");
+
+/* Who created a socket: its session and program, the process and command
+ * for the log. Packets are policed against the socket's creator, not the
+ * task that happens to run when they pass (a softirq, a timer). */
+struct sock_tag {
+	__u32 sid;
+	__u32 pid;
+	__u64 ino;
+	__u32 dev;
+	__u32 uid;
+	__u64 last_report; /* ktime of the last EV_DENIED for this socket */
+	char comm[16];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC | BPF_F_CLONE);
+	__type(key, int);
+	__type(value, struct sock_tag);
+} sock_tags SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -496,6 +518,114 @@ int ipvirt_bind6(struct bpf_sock_addr *ctx)
 		return 1;
 	}
 	return check_src(&c, cfg, addr, bpf_ntohs(ctx->user_port), HOOK_BIND6);
+}
+
+/* sock_create tags every IPv4 and IPv6 socket a login session creates
+ * (stream, datagram, ping, raw alike: they all pass here) with its creator,
+ * so that the packet hooks below know whose it is. */
+SEC("cgroup/sock_create")
+int ipvirt_sock_create(struct bpf_sock *sk)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	__u32 sid = t->sessionid;
+	if (sid == AUDIT_SID_UNSET)
+		return 1;
+	struct sock_tag *tag = bpf_sk_storage_get(&sock_tags, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!tag)
+		return 1;
+	struct holder k = {};
+	exe_of(t, &k);
+	tag->sid = sid;
+	tag->pid = bpf_get_current_pid_tgid() >> 32;
+	tag->uid = (__u32)bpf_get_current_uid_gid();
+	tag->ino = k.ino;
+	tag->dev = k.dev;
+	tag->last_report = 0;
+	bpf_get_current_comm(tag->comm, sizeof(tag->comm));
+	return 1;
+}
+
+/* report_packet tells the daemon of a dropped packet, at most once a second
+ * per socket (a flood is counted, not logged packet by packet). */
+static __always_inline void report_packet(struct sock_tag *tag, __be32 addr, __u16 hook, __u32 owner_sid)
+{
+	__u64 now = bpf_ktime_get_ns();
+	if (tag->last_report && now - tag->last_report < 1000000000ULL)
+		return;
+	tag->last_report = now;
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(CNT_EVENTS_LOST);
+		return;
+	}
+	e->kind = EV_DENIED;
+	e->sid = tag->sid;
+	e->pid = tag->pid;
+	e->uid = tag->uid;
+	e->loginuid = 0;
+	e->addr = addr;
+	e->port = 0;
+	e->hook = hook;
+	e->owner_sid = owner_sid;
+	e->exe_ino = tag->ino;
+	e->exe_dev = tag->dev;
+	e->pad = 0;
+	__builtin_memcpy(e->comm, tag->comm, sizeof(e->comm));
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* police returns 1 when a packet of skb's socket may carry addr (its source
+ * leaving, its destination arriving), 0 to drop it: a pool address or a
+ * held VIP belongs only to sockets its holder created. The bind and connect
+ * hooks cannot see everything that puts an address on a packet: a wildcard
+ * listener accepting for another's VIP, IP_MULTICAST_IF, ping sockets
+ * (their own bind path), raw sockets. Sockets of services (no session) and
+ * sockets older than the interceptor carry no tag and pass. */
+static __always_inline int police(struct __sk_buff *skb, __be32 addr, __u16 hook)
+{
+	const struct settings *cfg = get_config();
+	if (!cfg || !(cfg->flags & CFG_ENFORCE))
+		return 1;
+	struct holder *owner = bpf_map_lookup_elem(&owners, &addr);
+	if (!owner && !in_pool(cfg, addr))
+		return 1;
+	struct bpf_sock *sk = skb->sk;
+	if (!sk)
+		return 1;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk)
+		return 1; /* a request or time-wait socket: its listener was policed */
+	struct sock_tag *tag = bpf_sk_storage_get(&sock_tags, sk, 0, 0);
+	if (!tag || tag->sid == AUDIT_SID_UNSET)
+		return 1;
+	if (owner && owner->sid == tag->sid &&
+	    (owner->ino == 0 || (owner->ino == tag->ino && owner->dev == tag->dev)))
+		return 1;
+	count(CNT_DENIED);
+	report_packet(tag, addr, hook, owner ? owner->sid : AUDIT_SID_UNSET);
+	return 0;
+}
+
+SEC("cgroup_skb/egress")
+int ipvirt_egress(struct __sk_buff *skb)
+{
+	__be32 saddr;
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return 1;
+	if (bpf_skb_load_bytes(skb, 12, &saddr, sizeof(saddr)))
+		return 1;
+	return police(skb, saddr, HOOK_EGRESS);
+}
+
+SEC("cgroup_skb/ingress")
+int ipvirt_ingress(struct __sk_buff *skb)
+{
+	__be32 daddr;
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return 1;
+	if (bpf_skb_load_bytes(skb, 16, &daddr, sizeof(daddr)))
+		return 1;
+	return police(skb, daddr, HOOK_INGRESS);
 }
 
 /* A write to /proc/self/loginuid that succeeded gave the task a new audit

@@ -40,6 +40,17 @@ type interceptSettings struct {
 	}
 }
 
+type interceptSockTag struct {
+	_          structs.HostLayout
+	Sid        uint32
+	Pid        uint32
+	Ino        uint64
+	Dev        uint32
+	Uid        uint32
+	LastReport uint64
+	Comm       [16]int8
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -52,14 +63,18 @@ const (
 	interceptMapPending           = "pending"
 	interceptMapPrograms          = "programs"
 	interceptMapSessions          = "sessions"
+	interceptMapSockTags          = "sock_tags"
 	interceptProgIpvirtBind4      = "ipvirt_bind4"
 	interceptProgIpvirtBind6      = "ipvirt_bind6"
 	interceptProgIpvirtConnect4   = "ipvirt_connect4"
 	interceptProgIpvirtConnect6   = "ipvirt_connect6"
+	interceptProgIpvirtEgress     = "ipvirt_egress"
 	interceptProgIpvirtExec       = "ipvirt_exec"
+	interceptProgIpvirtIngress    = "ipvirt_ingress"
 	interceptProgIpvirtNewSession = "ipvirt_new_session"
 	interceptProgIpvirtSendmsg4   = "ipvirt_sendmsg4"
 	interceptProgIpvirtSendmsg6   = "ipvirt_sendmsg6"
+	interceptProgIpvirtSockCreate = "ipvirt_sock_create"
 )
 
 // loadIntercept returns the embedded CollectionSpec for intercept.
@@ -108,10 +123,13 @@ type interceptProgramSpecs struct {
 	IpvirtBind6      *ebpf.ProgramSpec `ebpf:"ipvirt_bind6"`
 	IpvirtConnect4   *ebpf.ProgramSpec `ebpf:"ipvirt_connect4"`
 	IpvirtConnect6   *ebpf.ProgramSpec `ebpf:"ipvirt_connect6"`
+	IpvirtEgress     *ebpf.ProgramSpec `ebpf:"ipvirt_egress"`
 	IpvirtExec       *ebpf.ProgramSpec `ebpf:"ipvirt_exec"`
+	IpvirtIngress    *ebpf.ProgramSpec `ebpf:"ipvirt_ingress"`
 	IpvirtNewSession *ebpf.ProgramSpec `ebpf:"ipvirt_new_session"`
 	IpvirtSendmsg4   *ebpf.ProgramSpec `ebpf:"ipvirt_sendmsg4"`
 	IpvirtSendmsg6   *ebpf.ProgramSpec `ebpf:"ipvirt_sendmsg6"`
+	IpvirtSockCreate *ebpf.ProgramSpec `ebpf:"ipvirt_sock_create"`
 }
 
 // interceptMapSpecs contains maps before they are loaded into the kernel.
@@ -126,6 +144,7 @@ type interceptMapSpecs struct {
 	Pending  *ebpf.MapSpec `ebpf:"pending"`
 	Programs *ebpf.MapSpec `ebpf:"programs"`
 	Sessions *ebpf.MapSpec `ebpf:"sessions"`
+	SockTags *ebpf.MapSpec `ebpf:"sock_tags"`
 }
 
 // interceptVariableSpecs contains global variables before they are loaded into the kernel.
@@ -162,6 +181,7 @@ type interceptMaps struct {
 	Pending  *ebpf.Map `ebpf:"pending"`
 	Programs *ebpf.Map `ebpf:"programs"`
 	Sessions *ebpf.Map `ebpf:"sessions"`
+	SockTags *ebpf.Map `ebpf:"sock_tags"`
 }
 
 func (m *interceptMaps) Close() error {
@@ -174,6 +194,7 @@ func (m *interceptMaps) Close() error {
 		m.Pending,
 		m.Programs,
 		m.Sessions,
+		m.SockTags,
 	)
 }
 
@@ -191,10 +212,13 @@ type interceptPrograms struct {
 	IpvirtBind6      *ebpf.Program `ebpf:"ipvirt_bind6"`
 	IpvirtConnect4   *ebpf.Program `ebpf:"ipvirt_connect4"`
 	IpvirtConnect6   *ebpf.Program `ebpf:"ipvirt_connect6"`
+	IpvirtEgress     *ebpf.Program `ebpf:"ipvirt_egress"`
 	IpvirtExec       *ebpf.Program `ebpf:"ipvirt_exec"`
+	IpvirtIngress    *ebpf.Program `ebpf:"ipvirt_ingress"`
 	IpvirtNewSession *ebpf.Program `ebpf:"ipvirt_new_session"`
 	IpvirtSendmsg4   *ebpf.Program `ebpf:"ipvirt_sendmsg4"`
 	IpvirtSendmsg6   *ebpf.Program `ebpf:"ipvirt_sendmsg6"`
+	IpvirtSockCreate *ebpf.Program `ebpf:"ipvirt_sock_create"`
 }
 
 func (p *interceptPrograms) Close() error {
@@ -203,10 +227,13 @@ func (p *interceptPrograms) Close() error {
 		p.IpvirtBind6,
 		p.IpvirtConnect4,
 		p.IpvirtConnect6,
+		p.IpvirtEgress,
 		p.IpvirtExec,
+		p.IpvirtIngress,
 		p.IpvirtNewSession,
 		p.IpvirtSendmsg4,
 		p.IpvirtSendmsg6,
+		p.IpvirtSockCreate,
 	)
 }
 

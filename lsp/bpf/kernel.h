@@ -40,10 +40,15 @@ enum bpf_map_type {
 	BPF_MAP_TYPE_ARRAY = 2,
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
 	BPF_MAP_TYPE_LRU_HASH = 9,
+	BPF_MAP_TYPE_SK_STORAGE = 24,
 	BPF_MAP_TYPE_RINGBUF = 27,
 };
 #define BPF_ANY 0
 #define BPF_F_NO_PREALLOC (1U << 0)
+/* sk_storage: an accepted socket inherits its listener's storage. */
+#define BPF_F_CLONE (1U << 9)
+#define BPF_SK_STORAGE_GET_F_CREATE (1ULL << 0)
+#define ETH_P_IP 0x0800
 
 /* UAPI: the context of cgroup/{connect,sendmsg,bind}{4,6}. */
 struct bpf_sock {
@@ -78,6 +83,53 @@ struct bpf_sock_addr {
 		struct bpf_sock *sk;
 		__u64 :64;
 	};
+};
+
+/* UAPI: the context of cgroup_skb/{ingress,egress}. data starts at the
+ * network header. */
+struct bpf_flow_keys;
+struct __sk_buff {
+	__u32 len;
+	__u32 pkt_type;
+	__u32 mark;
+	__u32 queue_mapping;
+	__u32 protocol;
+	__u32 vlan_present;
+	__u32 vlan_tci;
+	__u32 vlan_proto;
+	__u32 priority;
+	__u32 ingress_ifindex;
+	__u32 ifindex;
+	__u32 tc_index;
+	__u32 cb[5];
+	__u32 hash;
+	__u32 tc_classid;
+	__u32 data;
+	__u32 data_end;
+	__u32 napi_id;
+	__u32 family;
+	__u32 remote_ip4;
+	__u32 local_ip4;
+	__u32 remote_ip6[4];
+	__u32 local_ip6[4];
+	__u32 remote_port;
+	__u32 local_port;
+	__u32 data_meta;
+	union {
+		struct bpf_flow_keys *flow_keys;
+		__u64 :64;
+	};
+	__u64 tstamp;
+	__u32 wire_len;
+	__u32 gso_segs;
+	union {
+		struct bpf_sock *sk;
+		__u64 :64;
+	};
+	__u32 gso_size;
+	__u8 tstamp_type;
+	__u32 :24;
+	__u64 hwtstamp;
 };
 
 /* UAPI socket addresses handed to bpf_bind(). */

@@ -16,13 +16,13 @@ import (
 // abiVersion must equal IPVIRT_ABI in intercept.bpf.c (a test checks it).
 // It is stored in the config map so that a daemon never adopts pinned
 // programs whose maps mean something else.
-const abiVersion = 1
+const abiVersion = 2
 
 // The pin directory holds one file per map ("map_<name>") and per link
 // ("link_<hook>"). It is created complete under a staging name and renamed
 // into place, so a pin directory that exists is never half populated.
 // bpffs refuses names with a dot (EPERM), hence "_staging_", "_dying_".
-var mapNames = []string{"sessions", "programs", "owners", "interest", "pending", "config", "counters", "events"}
+var mapNames = []string{"sessions", "programs", "owners", "interest", "pending", "config", "counters", "events", "sock_tags"}
 
 type cgroupHook struct {
 	name   string
@@ -37,6 +37,11 @@ var cgroupHooks = []cgroupHook{
 	{"connect6", ebpf.AttachCGroupInet6Connect, func(p *interceptPrograms) *ebpf.Program { return p.IpvirtConnect6 }},
 	{"sendmsg6", ebpf.AttachCGroupUDP6Sendmsg, func(p *interceptPrograms) *ebpf.Program { return p.IpvirtSendmsg6 }},
 	{"bind6", ebpf.AttachCGroupInet6Bind, func(p *interceptPrograms) *ebpf.Program { return p.IpvirtBind6 }},
+	// Enforcement past bind and connect: sockets are tagged with their
+	// creator, and packets carrying a pool address are policed against it.
+	{"sock_create", ebpf.AttachCGroupInetSockCreate, func(p *interceptPrograms) *ebpf.Program { return p.IpvirtSockCreate }},
+	{"egress", ebpf.AttachCGroupInetEgress, func(p *interceptPrograms) *ebpf.Program { return p.IpvirtEgress }},
+	{"ingress", ebpf.AttachCGroupInetIngress, func(p *interceptPrograms) *ebpf.Program { return p.IpvirtIngress }},
 }
 
 type tracingHook struct {
@@ -115,7 +120,7 @@ func attachFresh(spec *ebpf.CollectionSpec, cgroup, pinDir string) (_ *kernelObj
 	ko := &kernelObjects{maps: map[string]*ebpf.Map{
 		"sessions": objs.Sessions, "programs": objs.Programs, "owners": objs.Owners,
 		"interest": objs.Interest, "pending": objs.Pending, "config": objs.Config,
-		"counters": objs.Counters, "events": objs.Events,
+		"counters": objs.Counters, "events": objs.Events, "sock_tags": objs.SockTags,
 	}, links: map[string]link.Link{}}
 	staging := pinDir + "_staging_" + strconv.Itoa(os.Getpid())
 	var lock *lockedDir
@@ -203,6 +208,7 @@ func loadObjects(spec *ebpf.CollectionSpec) (*interceptObjects, error) {
 		"ipvirt_connect4": &p.IpvirtConnect4, "ipvirt_sendmsg4": &p.IpvirtSendmsg4, "ipvirt_bind4": &p.IpvirtBind4,
 		"ipvirt_connect6": &p.IpvirtConnect6, "ipvirt_sendmsg6": &p.IpvirtSendmsg6, "ipvirt_bind6": &p.IpvirtBind6,
 		"ipvirt_new_session": &p.IpvirtNewSession, "ipvirt_exec": &p.IpvirtExec,
+		"ipvirt_sock_create": &p.IpvirtSockCreate, "ipvirt_egress": &p.IpvirtEgress, "ipvirt_ingress": &p.IpvirtIngress,
 	}
 	for name, dst := range progs {
 		if _, ok := tracing[name]; ok {
@@ -236,6 +242,7 @@ func (o *interceptObjects) mapsByName() map[string]*ebpf.Map {
 	return map[string]*ebpf.Map{
 		"config": m.Config, "counters": m.Counters, "events": m.Events, "interest": m.Interest,
 		"owners": m.Owners, "pending": m.Pending, "programs": m.Programs, "sessions": m.Sessions,
+		"sock_tags": m.SockTags,
 	}
 }
 
