@@ -167,7 +167,7 @@ func (d *Daemon) build() error {
 		inst = in
 	}
 	d.mgr = alloc.New(alloc.Options{Source: src, Store: d.store, Installer: inst, Scanner: d.scanner,
-		Users: d.users, MIP: d.adapter.MIP(), Log: d.log}, d.settings(d.cfg))
+		Users: d.users, MIP: d.adapter.MIP(), Log: d.log, AcquireTimeout: pendingWait(d.cfg)}, d.settings(d.cfg))
 	d.events.m.Store(d.mgr)
 	if d.cfg.Interceptor.Kernel() {
 		// Before Restore: the observer sees every adopted lease as a grant.
@@ -313,14 +313,20 @@ func (d *Daemon) Manager() *alloc.Manager { return d.mgr }
 func (d *Daemon) MIP() netip.Addr { return d.adapter.MIP() }
 
 // pendingWait is how long a QUERY that has to wait for an allocation may
-// take: a DHCP exchange is bounded by lease_wait, a static allocation by
-// the manager's acquisition timeout, which build leaves at alloc's default.
+// take, and the manager's bound on one acquisition: a DHCP exchange is
+// bounded by lease_wait (plus leaseWaitMargin, so that the DHCP client
+// reports its own timeout first), a static allocation by alloc's default.
 func pendingWait(cfg config.Config) time.Duration {
 	if cfg.Source == dhcp.Name {
-		if cfg.DHCP.LeaseWait > 0 {
-			return cfg.DHCP.LeaseWait
+		wait := cfg.DHCP.LeaseWait
+		if wait <= 0 {
+			wait = dhcp.DefaultLeaseWait
 		}
-		return dhcp.DefaultLeaseWait
+		return wait + leaseWaitMargin
 	}
 	return alloc.DefaultAcquireTimeout
 }
+
+// leaseWaitMargin lets the DHCP client's own lease_wait expire, and be
+// counted and logged as a DHCP timeout, before the manager gives up.
+const leaseWaitMargin = time.Second

@@ -153,3 +153,46 @@ func TestPreloadWaitsForSlowDHCP(t *testing.T) {
 		t.Fatalf("connected after %v: the slow server should have made it wait over a second", took)
 	}
 }
+
+// TestLeaseWaitIsHonoured: dhcp.lease_wait bounds how long a program waits
+// for its lease. The manager used to cut every acquisition at its own 10 s
+// default, so lease_wait: 30s waited 10 s. With a server that never answers
+// and lease_wait: 12s, a program's first connect waits the full 12 s
+// (PENDING keeps the library waiting), then falls back to the machine IP.
+func TestLeaseWaitIsHonoured(t *testing.T) {
+	_, e := relayEnv(t, dhcpserver.Config{LeaseTime: time.Hour, DropRate: 1}, "127.79.2", `
+  retransmit_base: 1s
+  lease_wait: 12s`)
+	lib, client := cBinary(t, "libipvirt.so"), cBinary(t, "ipvirt-dbclient")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	connected := make(chan time.Time, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		connected <- time.Now()
+		c.Close()
+	}()
+	s := e.session(60021)
+	out := filepath.Join(t.TempDir(), "result")
+	start := time.Now()
+	pid, err := s.RunEnv([]string{"LD_PRELOAD=" + lib, "IPVIRT_SOCKET=" + e.d.Socket}, client,
+		"--out", out, "127.0.0.1", strconv.Itoa(ln.Addr().(*net.TCPAddr).Port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Reap(pid)
+	select {
+	case at := <-connected:
+		if waited := at.Sub(start); waited < 11500*time.Millisecond {
+			t.Fatalf("the program waited %v for its lease, want lease_wait's 12s", waited.Round(10*time.Millisecond))
+		}
+	case <-time.After(40 * time.Second):
+		t.Fatal("the client never connected")
+	}
+}
