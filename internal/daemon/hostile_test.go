@@ -120,6 +120,17 @@ func rssMiB(t *testing.T, e *env) int {
 // few megabytes over its idle size; the issue saw 111 MB and 420 MB).
 const rssBound = 64
 
+// bounded checks the daemon's descriptors and memory under a flood.
+func bounded(t *testing.T, e *env) {
+	t.Helper()
+	if n := fds(t, e); n > fdBound {
+		t.Fatalf("the daemon holds %d descriptors under the flood, want at most %d", n, fdBound)
+	}
+	if m := rssMiB(t, e); m > rssBound {
+		t.Fatalf("the daemon's RSS is %d MiB under the flood, want at most %d", m, rssBound)
+	}
+}
+
 // fdBound is what the daemon may hold under a flood: the socket's cap for
 // one uid plus the HTTP listener's, with room for its own files.
 const fdBound = 256 + 16 + 200
@@ -139,12 +150,7 @@ func TestSocketFloodByOneUser(t *testing.T) {
 	if vip := e.mustVIP(s); vip == "" {
 		t.Fatal("no VIP under the flood")
 	}
-	if n := fds(t, e); n > fdBound {
-		t.Fatalf("the daemon holds %d descriptors under the flood, want at most %d", n, fdBound)
-	}
-	if m := rssMiB(t, e); m > rssBound {
-		t.Fatalf("the daemon's RSS is %d MiB under the flood, want at most %d", m, rssBound)
-	}
+	bounded(t, e)
 	if v, err := e.d.Metric("ipvirt_connections_refused_total", "listener", "socket"); err != nil || v == 0 {
 		t.Fatalf("refused connections not counted: %v, %v", v, err)
 	}
@@ -181,12 +187,7 @@ func TestHTTPFloodByOneUser(t *testing.T) {
 	if vip := e.mustVIP(s); vip == "" {
 		t.Fatal("no VIP under the flood")
 	}
-	if n := fds(t, e); n > fdBound {
-		t.Fatalf("the daemon holds %d descriptors under the flood, want at most %d", n, fdBound)
-	}
-	if m := rssMiB(t, e); m > rssBound {
-		t.Fatalf("the daemon's RSS is %d MiB under the flood, want at most %d", m, rssBound)
-	}
+	bounded(t, e)
 }
 
 // /v1/sessions used to show every session of every user to anyone who
