@@ -17,6 +17,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/ipvirt/ipvirt/backend/api"
 	"github.com/ipvirt/ipvirt/backend/wire"
@@ -156,6 +157,51 @@ func TestSocketFloodByOneUser(t *testing.T) {
 	}
 	if strings.Contains(e.d.Logs(), "too many open files") {
 		t.Fatal("the daemon ran out of descriptors")
+	}
+}
+
+// One session of a user holding 300 connections used to take its uid's
+// whole share (256), leaving the user's other sessions (another SSH login)
+// no place; a session now has half its uid's share. Both sessions' programs
+// run as the user itself (setpriv), as after a real login.
+func TestSocketFloodByOneSession(t *testing.T) {
+	testenv.RequireRoot(t)
+	e := newEnv(t, "")
+	os.Chmod(filepath.Dir(e.d.Socket), 0o755)
+	os.Chmod(filepath.Dir(filepath.Dir(e.d.Socket)), 0o755)
+	const uid = "4005"
+	asUser := "exec setpriv --reuid=" + uid + " --regid=" + uid + " --clear-groups "
+	dir := t.TempDir()
+	os.Chmod(dir, 0o777)
+	out := filepath.Join(dir, "flood")
+	flooding := e.session(4005)
+	// The session leader reads its commands line by line: the script
+	// travels hex-encoded.
+	unhex := "import sys; sys.argv = sys.argv[1:]; exec(bytes.fromhex(sys.argv[0]).decode())"
+	req := hex.EncodeToString(wire.AppendHeader(nil, wire.Header{Version: wire.Version, Type: wire.OpStatus}))
+	pid, err := flooding.Run("/bin/sh", "-c", asUser+`/usr/bin/python3 -c "$1" "$2" unix "$3" 300 "$4" > "$5" 2>&1`,
+		"sh", unhex, hex.EncodeToString([]byte(floodScript)), e.d.Socket, req, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { flooding.Kill(pid) })
+	eventually(t, "the flooder has its connections", func() bool {
+		b, _ := os.ReadFile(out)
+		return strings.HasPrefix(string(b), "open ")
+	})
+	time.Sleep(100 * time.Millisecond) // past the accept thread's wait: held by goroutines
+
+	other := e.session(4005)
+	res := filepath.Join(dir, "whoami")
+	pid, err = other.Run("/bin/sh", "-c", asUser+`"$1" --socket "$2" -o json whoami > "$3" 2>&1`, "sh", e.ctl, e.d.Socket, res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other.Reap(pid)
+	var r api.WhoamiReport
+	b, _ := os.ReadFile(res)
+	if err := json.Unmarshal(b, &r); err != nil || r.Result != "vip" {
+		t.Fatalf("the user's other session, under the first one's flood: %s", b)
 	}
 }
 

@@ -14,6 +14,12 @@ import (
 // handle serves c's requests until it hangs up, goes idle or fails;
 // caller and pending are as for goServe.
 func (s *Unix) handle(c *net.UnixConn, caller *identity.Caller, pending *wire.Frame) {
+	counted := false
+	defer func() {
+		if counted {
+			s.sessions.free(caller.Session)
+		}
+	}()
 	end := time.Now().Add(connLifetime)
 	for time.Now().Before(end) {
 		var f wire.Frame
@@ -52,6 +58,13 @@ func (s *Unix) handle(c *net.UnixConn, caller *identity.Caller, pending *wire.Fr
 				return
 			}
 			caller = &who
+		}
+		if !counted {
+			if !s.sessions.take(caller.Session) {
+				s.refused(caller.UID)
+				return
+			}
+			counted = true
 		}
 		var t wire.Type
 		var payload []byte

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/ipvirt/ipvirt/backend/wire"
+	"github.com/ipvirt/ipvirt/internal/lease"
 )
 
 // What the two ways of serving share, the accept thread (fast.go) and the
@@ -132,6 +133,42 @@ func (sl *slots) free(uid uint32) {
 	sl.total--
 	if sl.byUID[uid]--; sl.byUID[uid] <= 0 {
 		delete(sl.byUID, uid)
+	}
+}
+
+// sessionSlots counts the connections of each login session, so that a
+// flood from one session leaves its user's other sessions their share of
+// the uid's places. Connections from no session (services) are counted by
+// uid only.
+type sessionSlots struct {
+	mu    sync.Mutex
+	bySes map[lease.Session]int
+}
+
+func (ss *sessionSlots) take(sess lease.Session) bool {
+	if !sess.Valid() {
+		return true
+	}
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.bySes[sess] >= maxConnsPerSession {
+		return false
+	}
+	if ss.bySes == nil {
+		ss.bySes = map[lease.Session]int{}
+	}
+	ss.bySes[sess]++
+	return true
+}
+
+func (ss *sessionSlots) free(sess lease.Session) {
+	if !sess.Valid() {
+		return
+	}
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.bySes[sess]--; ss.bySes[sess] <= 0 {
+		delete(ss.bySes, sess)
 	}
 }
 

@@ -60,6 +60,11 @@ const (
 	// or for a DHCP lease_wait when the answer is PENDING, so a user would
 	// need this many programs starting within one lease wait to meet it.
 	maxConnsPerUID = 256
+	// maxConnsPerSession caps one login session's share of its uid's
+	// places, so that one session's flood leaves the user's other
+	// sessions (another SSH login) room. Only connections past the accept
+	// thread count: the thread answers and closes the rest at once.
+	maxConnsPerSession = maxConnsPerUID / 2
 	// rootReserve places beyond maxConns are root's alone: ipvirtctl
 	// works while the socket is flooded.
 	rootReserve = 64
@@ -124,6 +129,7 @@ type Unix struct {
 
 	ln             *net.UnixListener
 	slots          slots
+	sessions       sessionSlots
 	lastRefusedLog atomic.Int64 // unix nanoseconds
 	wg             sync.WaitGroup
 	mu             sync.Mutex
