@@ -75,13 +75,15 @@ func run(args []string) int {
 			"the address it left from and what the database server said; then each\n"+
 			"expectation as PASS or FAIL. Exit status: 0 all passed (or skipped for\n"+
 			"lack of root, unless CI=true), 1 an expectation failed, 2 a scenario\n"+
-			"could not run.\n\nFlags:")
+			"could not run (or a report could not be written).\n\nFlags:")
 		fs.PrintDefaults()
 	}
 	verbose := fs.Bool("v", false, "log what the simulator does to stderr")
 	keep := fs.Bool("keep", false, "keep each run's work directory (daemon configs, logs, state)")
 	metricsOut := fs.String("metrics-out", "", "write the simulator's metrics (connect latency histogram by interceptor, database server counters) to `file` in Prometheus text format")
 	listen := fs.String("listen", "", "serve the simulator's metrics on http://`addr`/metrics while running")
+	junitOut := fs.String("junit", "", "write a JUnit XML report to `file`: a test suite per scenario file, a test case per expectation (\"phase / expectation\"), a failure's message its FAIL line")
+	jsonOut := fs.String("json", "", "write a JSON report to `file`: every scenario, phase and expectation with its result")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -117,12 +119,14 @@ func run(args []string) int {
 	}
 	status := 0
 	var summary []string
+	var results []fileResult
 	for _, path := range files {
 		f, err := scenario.Load(path)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "ipvirt-sim:", err)
 			status = 2
 			summary = append(summary, "ERROR "+path)
+			results = append(results, fileResult{Path: path, Err: err})
 			continue
 		}
 		res, err := runner.Run(ctx, f, opts)
@@ -130,6 +134,7 @@ func run(args []string) int {
 			// Run has stopped everything it started on its way out.
 			fmt.Fprintln(os.Stderr, "\nipvirt-sim: interrupted; sessions, daemon, DHCP servers and namespaces are cleaned up")
 			summary = append(summary, "INTERRUPTED "+f.Name)
+			results = append(results, fileResult{Path: path, Err: fmt.Errorf("interrupted: %w", err)})
 			status = 2
 			break
 		}
@@ -137,12 +142,26 @@ func run(args []string) int {
 			fmt.Fprintln(os.Stderr, "\nipvirt-sim:", err)
 			status = 2
 			summary = append(summary, "ERROR "+f.Name+": "+firstLine(err.Error()))
+			results = append(results, fileResult{Path: path, Err: err})
 			continue
 		}
 		if res.Failed() > 0 && status == 0 {
 			status = 1
 		}
 		summary = append(summary, runner.Summary(res))
+		results = append(results, fileResult{Path: path, Result: res})
+	}
+	for _, rep := range []struct {
+		flag, path string
+		write      func(string, []fileResult) error
+	}{{"--junit", *junitOut, writeJUnit}, {"--json", *jsonOut, writeJSON}} {
+		if rep.path == "" {
+			continue
+		}
+		if err := rep.write(rep.path, results); err != nil {
+			fmt.Fprintf(os.Stderr, "ipvirt-sim: %s %s: %v\n", rep.flag, rep.path, err)
+			status = 2
+		}
 	}
 	fmt.Println()
 	for _, s := range summary {

@@ -6,6 +6,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/ipvirt/ipvirt/sim/scenario"
+	"github.com/ipvirt/ipvirt/sim/scenario/check"
 )
 
 func (r *fileRun) header() {
@@ -64,16 +65,20 @@ func (r *fileRun) print(i int, p *scenario.Phase, pr *PhaseResult) {
 		fmt.Fprintf(w, "   %s\n", note)
 	}
 	for _, o := range pr.Outcomes {
-		mark := "PASS"
-		got := ""
-		if !o.OK {
-			mark = "FAIL"
-			if o.Got != "" {
-				got = "  (got " + o.Got + ")"
-			}
-		}
-		fmt.Fprintf(w, "   %s  %s%s\n", mark, o.What, got)
+		fmt.Fprintf(w, "   %s\n", OutcomeLine(o))
 	}
+}
+
+// OutcomeLine is an expectation's line in the report: "PASS  what" or
+// "FAIL  what  (got ...)".
+func OutcomeLine(o check.Outcome) string {
+	if o.OK {
+		return "PASS  " + o.What
+	}
+	if o.Got != "" {
+		return "FAIL  " + o.What + "  (got " + o.Got + ")"
+	}
+	return "FAIL  " + o.What
 }
 
 // Summary prints the closing line of a file's run.
