@@ -8,9 +8,10 @@ set -eu
 # binaries; eBPF toolchain (clang, llvm-strip, libbpf headers) for `make generate`,
 # bpftool for inspecting attached programs.
 # Tests and simulator: real peers (curl, netcat, python3, socat), namespaces
-# (iproute2), and the DHCP servers ipvirt must interoperate with.
+# (iproute2), the DHCP servers ipvirt must interoperate with, and promtool
+# (prometheus) for the alert rules' unit tests.
 PACKAGES="${IPVIRT_PACKAGES:-gcc libc6-dev make iproute2 util-linux procps python3 curl netcat-openbsd socat
-	kea-dhcp4-server dnsmasq-base isc-dhcp-server clang llvm libbpf-dev bpftool}"
+	kea-dhcp4-server dnsmasq-base isc-dhcp-server clang llvm libbpf-dev bpftool prometheus}"
 
 missing=""
 for p in $PACKAGES; do

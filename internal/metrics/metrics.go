@@ -53,6 +53,10 @@ func New(st State, store CommitStats) *Metrics {
 			Help: "Connections closed at once because the caller's uid, or the daemon, held the most it may, by listener: socket or http.",
 		}, []string{"listener"}),
 	}
+	// Both listeners from the start: a refusal count that is absent
+	// until the first flood would leave alerts and graphs empty.
+	m.ConnsRefused.WithLabelValues("socket")
+	m.ConnsRefused.WithLabelValues("http")
 	reg.MustRegister(m.RequestDuration, m.ConnsRefused, &collector{st: st, store: store},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
