@@ -65,6 +65,8 @@ install: build
 	install -D -m 0644 deploy/ipvirtd.service $(DESTDIR)/etc/systemd/system/ipvirtd.service
 	install -D -m 0644 deploy/ipvirt.yaml $(DESTDIR)/etc/ipvirt/ipvirt.yaml.example
 	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/ipvirt/README.md
+	install -D -m 0644 deploy/prometheus/ipvirt-rules.yml $(DESTDIR)$(PREFIX)/share/ipvirt/prometheus/ipvirt-rules.yml
+	install -D -m 0644 deploy/grafana/ipvirt-dashboard.json $(DESTDIR)$(PREFIX)/share/ipvirt/grafana/ipvirt-dashboard.json
 
 clean:
 	rm -rf $(BIN)
