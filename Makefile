@@ -33,17 +33,15 @@ generate: deps
 	$(GO) generate ./lsp/bpf/...
 
 # Tests run against the binaries in bin/ (integration tests start the real
-# ipvirtd), so build first. -p 1 keeps root tests that attach kernel hooks or
-# create namespaces from racing each other on a 2-core machine.
-# The scenario files run last and alone: ipvirtd sees every login session
-# on the host, so another package's test sessions would show up in a
-# scenario's exact lease counts. check-tracked.sh first: a binary in git
-# (bin/, a bench program) would ship in every clone.
+# ipvirtd), so build first. Every package runs at once, the scenario files
+# too: each scenario and each daemon test puts its sessions in a cgroup of
+# its own and scopes its daemon (and kernel programs) to it, so no test
+# sees another's sessions. check-tracked.sh first: a binary in git (bin/,
+# a bench program) would ship in every clone.
 test: build
 	@./scripts/check-tracked.sh
 	$(GO) vet ./...
-	IPVIRT_BIN=$(BIN) $(GO) test -count=1 -p 2 -timeout 20m $$($(GO) list ./... | grep -v '/sim/scenario/runner$$')
-	IPVIRT_BIN=$(BIN) $(GO) test -count=1 -timeout 20m ./sim/scenario/runner/
+	IPVIRT_BIN=$(BIN) $(GO) test -count=1 -p 2 -timeout 20m ./...
 
 demo: build
 	@$(BIN)/ipvirt-sim run scenarios/duplicate-ip.yaml

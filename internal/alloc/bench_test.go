@@ -33,7 +33,7 @@ func benchManager(b *testing.B) *Manager {
 	if err != nil {
 		b.Fatal(err)
 	}
-	return New(Options{Source: src, Store: st, Scanner: identity.NewResolver(identity.Audit),
+	return New(Options{Source: src, Store: st, Scanner: identity.NewResolver(identity.Audit, ""),
 		Users: identity.NewUsers(time.Hour), Log: slog.New(slog.NewTextHandler(io.Discard, nil))},
 		Settings{Policy: policy.Settings{Enabled: true, Mode: policy.PerSession}, OnExhausted: ExhaustedMachineIP, Grace: time.Second})
 }

@@ -100,7 +100,7 @@ func startDaemon(t fataler, dir string, f fixture, clk *clock, s Settings) daemo
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := New(Options{Source: src, Store: st, Scanner: identity.NewResolver(f.identity),
+	m := New(Options{Source: src, Store: st, Scanner: identity.NewResolver(f.identity, ""),
 		Users: identity.NewUsers(time.Minute), MIP: netip.MustParseAddr("127.0.0.1"),
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: clk.Now}, s)
 	if _, err := m.Restore(); err != nil {
@@ -379,7 +379,7 @@ func TestManagerStateMachine(t *testing.T) {
 		}
 		mc := &machine{f: f, dir: dir, clk: &clock{t: time.Unix(1_800_000_000, 0)},
 			leases: map[lease.Holder]*modelLease{}, results: map[wire.Kind]uint64{},
-			resolver: identity.NewResolver(f.identity)}
+			resolver: identity.NewResolver(f.identity, "")}
 		mc.settings = mc.settingsFor(true, policy.PerSession, true, false, ExhaustedMachineIP)
 		mc.d = startDaemon(t, mc.dir, f, mc.clk, mc.settings)
 		defer func() {

@@ -117,7 +117,7 @@ func TestQueryNowNeedsTheProgramInPerProgramMode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	full, err := identity.NewResolver(f.identity).Resolve(pid, 61101, 61101)
+	full, err := identity.NewResolver(f.identity, "").Resolve(pid, 61101, 61101)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,8 @@ package config
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -82,6 +84,11 @@ type Config struct {
 	// ScanInterval is how often live sessions and programs are rescanned to
 	// find holders that ended.
 	ScanInterval Duration `yaml:"scan_interval"`
+	// Scope limits the daemon to the processes of one cgroup2 subtree, as
+	// /proc/PID/cgroup names it (/user.slice: interactive logins on a
+	// systemd host): the scan, pre-allocation, the kernel interceptor's
+	// attach point and enforcement. Empty: the whole host.
+	Scope string `yaml:"scope"`
 	// Interceptor is preload (default), bpf or both.
 	Interceptor Interceptor `yaml:"interceptor"`
 	// Enforce (bpf) makes the kernel refuse, with EPERM, a bind or send
@@ -96,6 +103,22 @@ type Config struct {
 	// (which never asks the daemon), off otherwise.
 	Preallocate *bool `yaml:"preallocate"`
 }
+
+// PinDir is the bpffs directory of this daemon's kernel interceptor: one
+// per state_dir, so that two daemons on one host (a test beside the real
+// one) never adopt each other's programs. The default state_dir keeps the
+// plain name.
+func (c Config) PinDir() string {
+	if c.StateDir == DefaultStateDir {
+		return DefaultPinDir
+	}
+	sum := sha256.Sum256([]byte(filepath.Clean(c.StateDir)))
+	return DefaultPinDir + "-" + hex.EncodeToString(sum[:6])
+}
+
+// DefaultPinDir is the pin directory of a daemon with the default
+// state_dir (lsp/bpf's default).
+const DefaultPinDir = "/sys/fs/bpf/ipvirt"
 
 // PreallocateOn resolves Preallocate and its source-dependent default.
 func (c Config) PreallocateOn() bool {
@@ -241,6 +264,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Socket == "" || !filepath.IsAbs(c.Socket) {
 		bad("socket: %q is not an absolute path", c.Socket)
+	}
+	if c.Scope != "" && (!strings.HasPrefix(c.Scope, "/") || filepath.Clean(c.Scope) != c.Scope) {
+		bad("scope: %q is not a clean cgroup path such as /user.slice (as /proc/PID/cgroup shows it)", c.Scope)
 	}
 	if c.StateDir == "" || !filepath.IsAbs(c.StateDir) {
 		bad("state_dir: %q is not an absolute path", c.StateDir)

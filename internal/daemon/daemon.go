@@ -146,7 +146,7 @@ func open(path string, log *slog.Logger, scanner alloc.Scanner) (*Daemon, error)
 		return fail(err, adapterLock)
 	}
 	d := &Daemon{path: path, log: log, adapter: a, store: st, cfg: cfg, started: time.Now(), ln: ln, adapterLock: adapterLock,
-		users: identity.NewUsers(userCacheTTL), resolver: identity.NewResolver(cfg.SessionIdentity), scanner: scanner}
+		users: identity.NewUsers(userCacheTTL), resolver: identity.NewResolver(cfg.SessionIdentity, cfg.Scope), scanner: scanner}
 	if d.scanner == nil {
 		d.scanner = d.resolver
 	}
@@ -262,7 +262,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if d.kernel != nil {
 		// Returns once the interceptor is closed (its event channel closes).
 		background.Go(func() {
-			d.kernel.watch(func(sid, uid uint32, _ string) {
+			d.kernel.watch(func(sid, uid uint32, pid int) {
+				if cfg.Scope != "" {
+					cg, err := d.resolver.Proc.Cgroup(pid)
+					if err != nil || !identity.InScope(cg, cfg.Scope) {
+						return // another subtree's session; a scan would not see it either
+					}
+				}
 				d.mgr.Ensure(lease.Session{Kind: lease.KindAudit, ID: sid}, uid, "")
 			})
 		})

@@ -13,12 +13,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/ipvirt/ipvirt/backend/api"
 	"github.com/ipvirt/ipvirt/backend/client"
+	"github.com/ipvirt/ipvirt/internal/cgroup"
 	"github.com/ipvirt/ipvirt/sim/daemonproc"
 	"github.com/ipvirt/ipvirt/sim/loginsession"
 )
@@ -29,7 +31,14 @@ type env struct {
 	kind loginsession.Kind
 	d    *daemonproc.Daemon
 	ctl  string
+	// group holds the test's sessions, and the daemon is scoped to it, so
+	// that login sessions of other tests running at the same time (other
+	// packages, the scenarios) are invisible to it; nil when not root.
+	group *cgroup.Group
 }
+
+// groupSeq numbers the cgroups of this test binary.
+var groupSeq atomic.Int64
 
 func sessionKind() (loginsession.Kind, string) {
 	if ok, _ := loginsession.Available(loginsession.Audit); ok {
@@ -69,6 +78,15 @@ func newEnv(t *testing.T, extra string) *env {
 func newEnvBody(t *testing.T, body string) *env {
 	t.Helper()
 	kind, _ := sessionKind()
+	var group *cgroup.Group
+	if os.Geteuid() == 0 {
+		var err error
+		if group, err = cgroup.Create(fmt.Sprintf("ipvirt-test-%d-%d", os.Getpid(), groupSeq.Add(1))); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { group.Remove() })
+		body += "scope: " + group.Path + "\n"
+	}
 	d, err := daemonproc.New(t.TempDir(), daemonConfig(body), true)
 	if err != nil {
 		t.Fatal(err)
@@ -86,7 +104,7 @@ func newEnvBody(t *testing.T, body string) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &env{t: t, kind: kind, d: d, ctl: ctl}
+	return &env{t: t, kind: kind, d: d, ctl: ctl, group: group}
 }
 
 // start starts the stopped daemon again, on the same state directory.
@@ -136,7 +154,11 @@ func (e *env) ctlCmd(args ...string) *exec.Cmd {
 // session opens a login session for uid that ends with the test.
 func (e *env) session(uid uint32) *loginsession.Session {
 	e.t.Helper()
-	s, err := loginsession.Start(context.Background(), e.kind, uid)
+	var wrap func([]string) []string
+	if e.group != nil {
+		wrap = e.group.Wrap
+	}
+	s, err := loginsession.StartWrapped(context.Background(), e.kind, uid, wrap)
 	if err != nil {
 		e.t.Fatal(err)
 	}

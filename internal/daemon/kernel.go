@@ -30,7 +30,14 @@ type kernel struct {
 // not root) gets a clear error; the daemon then runs preload-only, never
 // half-attached (bpf.Open undoes its own partial work).
 func openKernel(cfg config.Config, mip netip.Addr, log *slog.Logger) (*kernel, error) {
-	opts := bpf.Options{Enforce: cfg.EnforceOn(), MachineIP: mip, ReplaceStale: true, Logger: log}
+	opts := bpf.Options{Enforce: cfg.EnforceOn(), MachineIP: mip, ReplaceStale: true, Logger: log, PinDir: cfg.PinDir()}
+	if cfg.Scope != "" {
+		dir, err := bpf.CgroupDir(cfg.Scope)
+		if err != nil {
+			return nil, err
+		}
+		opts.CgroupPath = dir
+	}
 	if cfg.Source == static.Name {
 		opts.Pool = []bpf.Range{{Start: cfg.StaticPool.Start, End: cfg.StaticPool.End}}
 	}
@@ -126,8 +133,10 @@ func (k *kernel) reconcile(leases []lease.Lease) {
 
 // watch logs what the kernel reports until its channel closes. New
 // sessions are allocated at once (ensure), so their first connect finds a
-// VIP in the map; without session events the periodic scan does it.
-func (k *kernel) watch(ensure func(sid, uid uint32, exe string)) {
+// VIP in the map; without session events the periodic scan does it. The
+// session and exec hooks see the whole host whatever the scope: ensure
+// gets the reporting pid to tell.
+func (k *kernel) watch(ensure func(sid, uid uint32, pid int)) {
 	for ev := range k.ic.Events() {
 		switch ev.Kind {
 		case bpf.EventDenied:
@@ -136,7 +145,7 @@ func (k *kernel) watch(ensure func(sid, uid uint32, exe string)) {
 			k.log.Warn("kernel interceptor refused another holder's address", "session", ev.Session, "pid", ev.PID,
 				"uid", ev.UID, "comm", ev.Comm, "addr", ev.Addr, "hook", ev.Hook, "holder_session", ev.Owner)
 		case bpf.EventSession, bpf.EventMiss, bpf.EventExec:
-			ensure(ev.Session, ev.LoginUID, "")
+			ensure(ev.Session, ev.LoginUID, int(ev.PID))
 		}
 	}
 }

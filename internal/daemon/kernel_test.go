@@ -19,11 +19,11 @@ import (
 	"github.com/ipvirt/ipvirt/sim/loginsession"
 )
 
-// kernelProgs counts the ipvirt programs attached at the cgroup2 root for
-// connect4 (one per attached interceptor).
-func kernelProgs(t *testing.T) int {
+// kernelProgs counts the ipvirt programs attached at the cgroup2
+// directory dir for connect4 (one per attached interceptor).
+func kernelProgs(t *testing.T, dir string) int {
 	t.Helper()
-	f, err := os.Open("/sys/fs/cgroup/unified")
+	f, err := os.Open(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,13 +51,13 @@ func kernelProgs(t *testing.T) int {
 // them; SIGTERM detaches.
 func TestKernelInterceptor(t *testing.T) {
 	testenv.RequireRoot(t)
-	if _, err := os.Stat("/sys/fs/cgroup/unified/cgroup.procs"); err != nil {
-		t.Skip("this test looks for the cgroup2 root at /sys/fs/cgroup/unified")
-	}
-	before := kernelProgs(t)
 	e := newEnv(t, "interceptor: bpf\nstatic_pool: {start: 127.73.0.10, end: 127.73.0.20, subnet_mask: 255.255.255.0}\nadmins: {users: [], groups: []}\n")
-	if got := kernelProgs(t); got != before+1 {
-		t.Fatalf("%d ipvirt connect4 programs attached, want %d:\n%s", got, before+1, e.d.Logs())
+	// The daemon is scoped to the test's cgroup: its programs attach
+	// there, and nowhere above it.
+	scope := e.group.Dir
+	const before = 0
+	if got := kernelProgs(t, scope); got != before+1 {
+		t.Fatalf("%d ipvirt connect4 programs attached at %s, want %d:\n%s", got, scope, before+1, e.d.Logs())
 	}
 	dir := t.TempDir()
 	os.Chmod(dir, 0o755)
@@ -117,7 +117,7 @@ func TestKernelInterceptor(t *testing.T) {
 	if got := last(); got != vip {
 		t.Fatalf("with the daemon killed the client left from %s, want %s", got, vip)
 	}
-	if got := kernelProgs(t); got != before+1 {
+	if got := kernelProgs(t, scope); got != before+1 {
 		t.Fatalf("after SIGKILL %d programs attached, want %d", got, before+1)
 	}
 	e.start()
@@ -125,7 +125,7 @@ func TestKernelInterceptor(t *testing.T) {
 	if err != nil || !strings.Contains(st.Interceptor, "adopted") {
 		t.Fatalf("restarted daemon's interceptor: %q (%v), want adopted", st.Interceptor, err)
 	}
-	if got := kernelProgs(t); got != before+1 {
+	if got := kernelProgs(t, scope); got != before+1 {
 		t.Fatalf("after adoption %d programs attached, want %d (no second attach)", got, before+1)
 	}
 	get(s)
@@ -137,7 +137,7 @@ func TestKernelInterceptor(t *testing.T) {
 	if err := e.d.Stop(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	if got := kernelProgs(t); got != before {
+	if got := kernelProgs(t, scope); got != before {
 		t.Fatalf("after SIGTERM %d programs attached, want %d", got, before)
 	}
 }

@@ -48,6 +48,7 @@ var restartOnly = []restartKey{
 	},
 	field("scan_interval", func(c *config.Config) *config.Duration { return &c.ScanInterval }),
 	field("interceptor", func(c *config.Config) *config.Interceptor { return &c.Interceptor }),
+	field("scope", func(c *config.Config) *string { return &c.Scope }),
 	{
 		// Judged by its effect: unset and an explicit default are the same.
 		name:  "enforce",

@@ -26,6 +26,7 @@ func TestRestartOnlyKeepsRunningValues(t *testing.T) {
 	file.Adapter = "eth1"
 	file.ScanInterval = config.Duration(time.Minute)
 	file.Interceptor = config.InterceptorBPF
+	file.Scope = "/user.slice"
 	on := true
 	file.Enforce = &on
 	runningAdapter, fileAdapter := adapter.Adapter{Name: "eth0"}, adapter.Adapter{Name: "eth1"}

@@ -26,6 +26,9 @@ type Caller struct {
 	// Exe is the executable; empty when it was not read (ResolveFD
 	// without exe: a per-session decision does not depend on it).
 	Exe string
+	// OutOfScope is the caller's cgroup when it lies outside the
+	// resolver's Scope; Session is then the zero Session.
+	OutOfScope string
 }
 
 // Kind is how a caller's login session is found.
@@ -44,14 +47,20 @@ const (
 type Resolver struct {
 	Proc     Proc
 	Identity Kind
+	// Scope limits the daemon to the processes of one cgroup2 subtree
+	// (a path as /proc/PID/cgroup shows it); "" is the whole host.
+	// Processes outside it are in no session as far as ipvirt is
+	// concerned: never virtualized, never scanned.
+	Scope string
 	// logins remembers each audit session's login uid; nil: read it every
 	// time.
 	logins *loginCache
 }
 
-// NewResolver returns a resolver reading the host's /proc.
-func NewResolver(id Kind) Resolver {
-	return Resolver{Proc: Proc{Root: "/proc"}, Identity: id, logins: newLoginCache()}
+// NewResolver returns a resolver reading the host's /proc, limited to
+// the cgroup scope ("": the whole host).
+func NewResolver(id Kind, scope string) Resolver {
+	return Resolver{Proc: Proc{Root: "/proc"}, Identity: id, Scope: scope, logins: newLoginCache()}
 }
 
 // Session returns the login session of pid under the configured identity.
@@ -77,6 +86,11 @@ func (r Resolver) resolve(pid int, uid, gid uint32, exe bool) (c Caller, readLog
 	c = Caller{PID: pid, UID: uid, GID: gid, SessionUID: uid}
 	if c.Session, err = r.Session(pid); err != nil {
 		return Caller{}, false, fmt.Errorf("identity: session of pid %d: %w", pid, err)
+	}
+	if c.Session.Valid() {
+		if in, cg := r.inScope(pid); !in {
+			c.Session, c.OutOfScope = lease.Session{}, cg
+		}
 	}
 	if r.Identity != POSIX && c.Session.Valid() {
 		if luid, ok := r.logins.get(c.Session.ID); ok {

@@ -84,7 +84,7 @@ func TestResolveAuditSession(t *testing.T) {
 	if want == mine || want == unsetID {
 		t.Fatalf("child session %d is not a fresh session (ours %d)", want, mine)
 	}
-	r := NewResolver(Audit)
+	r := NewResolver(Audit, "")
 	c, err := r.Resolve(pid, 0, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -116,7 +116,7 @@ func TestResolveAuditSession(t *testing.T) {
 }
 
 func TestNoSessionIsSessionZero(t *testing.T) {
-	r := NewResolver(Audit)
+	r := NewResolver(Audit, "")
 	// PID 1 is in no audit session on any host where the test runs outside
 	// a login (CI, containers); in a login shell this test proves nothing.
 	s, err := r.Session(1)
@@ -133,7 +133,7 @@ func TestNoSessionIsSessionZero(t *testing.T) {
 
 func TestResolvePOSIXSession(t *testing.T) {
 	cmd := startSleeper(t, loginsession.POSIX, 0)
-	r := NewResolver(POSIX)
+	r := NewResolver(POSIX, "")
 	c, err := r.Resolve(cmd.Process.Pid, uint32(os.Getuid()), uint32(os.Getgid()))
 	if err != nil {
 		t.Fatal(err)
@@ -169,7 +169,7 @@ func TestResolveConn(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	c, err := NewResolver(POSIX).ResolveConn(conn)
+	c, err := NewResolver(POSIX, "").ResolveConn(conn)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,7 +181,7 @@ func TestResolveConn(t *testing.T) {
 	// and nothing else.
 	raw, _ := conn.SyscallConn()
 	var quick Caller
-	raw.Control(func(fd uintptr) { quick, err = NewResolver(POSIX).ResolveFD(int(fd), false) })
+	raw.Control(func(fd uintptr) { quick, err = NewResolver(POSIX, "").ResolveFD(int(fd), false) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,7 +247,7 @@ func TestLoginUIDRemembered(t *testing.T) {
 	}
 	proc(100, 7, "1001")
 	proc(101, 7, "")
-	r := NewResolver(Audit)
+	r := NewResolver(Audit, "")
 	r.Proc.Root = root
 	if c, err := r.Resolve(100, 5000, 5000); err != nil || c.SessionUID != 1001 {
 		t.Fatalf("pid 100: %+v, %v", c, err)
@@ -300,7 +300,7 @@ func TestResolveFDRemembersLogin(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	r := NewResolver(Audit)
+	r := NewResolver(Audit, "")
 	c, err := r.ResolveConn(conn)
 	if err != nil || c.SessionUID != 60003 || c.Session.ID != s.ID {
 		t.Fatalf("ResolveConn = %+v, %v; want session %d of uid 60003", c, err, s.ID)

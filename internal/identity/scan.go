@@ -73,6 +73,9 @@ func (r Resolver) Scan(withPrograms bool) (Snapshot, error) {
 		if !sess.Valid() {
 			continue
 		}
+		if in, _ := r.inScope(pid); !in {
+			continue
+		}
 		info := snap.Sessions[sess]
 		if info == nil {
 			uid, ok := r.sessionUID(pid)

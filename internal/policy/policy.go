@@ -18,6 +18,7 @@ const (
 	RuleVirtualize Rule = "virtualize"
 	RuleDisabled   Rule = "disabled"
 	RuleNoSession  Rule = "no-session"
+	RuleOutOfScope Rule = "out-of-scope"
 	RuleAdmin      Rule = "admin"
 	RuleNotListed  Rule = "not-listed"
 )
@@ -78,6 +79,8 @@ func Decide(s Settings, c identity.Caller, admin bool, userName string) Verdict 
 	switch {
 	case !s.Enabled:
 		return Verdict{Rule: RuleDisabled, Reason: "IP virtualization is disabled (enabled: false)"}
+	case c.OutOfScope != "":
+		return Verdict{Rule: RuleOutOfScope, Reason: fmt.Sprintf("process is in cgroup %s, outside the daemon's scope", c.OutOfScope)}
 	case !c.Session.Valid():
 		return Verdict{Rule: RuleNoSession, Reason: "process is in no login session (session 0: services are never virtualized)"}
 	case admin:

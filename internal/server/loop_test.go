@@ -126,7 +126,7 @@ func TestPathsAnswerAlike(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var got [2][]wire.Frame
 			for i, fast := range []bool{true, false} {
-				s := &Unix{Backend: answering{tc.now}, Resolver: identity.NewResolver(identity.POSIX),
+				s := &Unix{Backend: answering{tc.now}, Resolver: identity.NewResolver(identity.POSIX, ""),
 					Log: slog.New(slog.DiscardHandler), PendingWait: time.Second, SlowSource: tc.slow}
 				path := filepath.Join(t.TempDir(), "s")
 				ln, err := Listen(path)

@@ -1,14 +1,13 @@
 package bpf
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
 
+	"github.com/ipvirt/ipvirt/internal/cgroup"
 	"golang.org/x/sys/unix"
 )
 
@@ -72,64 +71,30 @@ func fsMagic(path string) (int64, error) {
 	return int64(st.Type), nil
 }
 
-// findCgroup2 returns the first cgroup2 mount point in mountinfo.
-func findCgroup2(mountinfo io.Reader) (string, bool) {
-	sc := bufio.NewScanner(mountinfo)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		// "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw"
-		pre, post, ok := strings.Cut(sc.Text(), " - ")
-		if !ok {
-			continue
-		}
-		fields := strings.Fields(pre)
-		fstype := strings.Fields(post)
-		if len(fields) < 5 || len(fstype) < 1 || fstype[0] != "cgroup2" {
-			continue
-		}
-		return unescapeMount(fields[4]), true
-	}
-	return "", false
-}
-
-// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			v := 0
-			ok := true
-			for _, c := range s[i+1 : i+4] {
-				if c < '0' || c > '7' {
-					ok = false
-					break
-				}
-				v = v*8 + int(c-'0')
-			}
-			if ok {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
 // cgroupRoot resolves Options.CgroupPath: the given directory (which must be
 // on cgroup2), or the host's cgroup2 root, mounting one under /run/ipvirt
 // when the host has none.
+// CgroupDir is the directory of a cgroup2 path (as /proc/PID/cgroup names
+// it, "/user.slice") under the host's cgroup2 mount, for Options.CgroupPath.
+func CgroupDir(path string) (string, error) {
+	root, err := cgroupRoot("")
+	if err != nil {
+		return "", err
+	}
+	dir := filepath.Join(root, filepath.Clean("/"+path))
+	if _, err := os.Stat(dir); err != nil {
+		return "", unsupported("cgroup2", "scope %s: %w", path, err)
+	}
+	return dir, nil
+}
+
 func cgroupRoot(path string) (string, error) {
 	if path == "" {
 		f, err := os.Open("/proc/self/mountinfo")
 		if err != nil {
 			return "", unsupported("cgroup2", "read mountinfo: %w", err)
 		}
-		p, ok := findCgroup2(f)
+		p, ok := cgroup.FindMount(f)
 		f.Close()
 		if ok {
 			path = p

@@ -60,8 +60,7 @@ func (r *fileRun) startSession(ctx context.Context, p *scenario.Phase, gi, i int
 		s.key = "-"
 		s.uid = uint32(os.Getuid())
 	} else {
-		wrap := func(argv []string) []string { return r.topo.Wrap("session", argv) }
-		sess, err := loginsession.StartWrapped(ctx, r.kind, s.uid, wrap)
+		sess, err := loginsession.StartWrapped(ctx, r.kind, s.uid, r.wrap)
 		if err != nil {
 			return nil, fmt.Errorf("group %s: %w", g.Name, err)
 		}
@@ -128,7 +127,7 @@ func (r *fileRun) runClient(ctx context.Context, ph *phaseRun, s *liveSession, s
 	if s.sess != nil {
 		pid, err = s.sess.RunEnvStderr(env, errPath, prog, args...)
 	} else {
-		argv := r.topo.Wrap("session", append([]string{prog}, args...))
+		argv := r.wrap(append([]string{prog}, args...))
 		cmd := exec.Command(argv[0], argv[1:]...)
 		cmd.Env = append(os.Environ(), env...)
 		if f, ferr := os.Create(errPath); ferr == nil {

@@ -21,6 +21,9 @@ func (r *fileRun) daemonConfig(p *scenario.Phase, paths map[string]string) (map[
 	if r.kind == loginsession.POSIX {
 		cfg["session_identity"] = "posix"
 	}
+	if _, ok := cfg["scope"]; !ok && r.group != nil {
+		cfg["scope"] = r.group.Path
+	}
 	if p.Interceptor == "bpf" {
 		if _, ok := cfg["interceptor"]; !ok {
 			cfg["interceptor"] = "bpf"

@@ -16,11 +16,13 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ipvirt/ipvirt/internal/cgroup"
 	"github.com/ipvirt/ipvirt/sim/daemonproc"
 	"github.com/ipvirt/ipvirt/sim/dbserver"
 	"github.com/ipvirt/ipvirt/sim/loginsession"
@@ -41,6 +43,7 @@ type Options struct {
 // Result is what one scenario file showed.
 type Result struct {
 	Name    string
+	WorkDir string // where the run kept its configs, logs and binaries
 	Skipped string // why the scenario did not run, when it did not
 	Phases  []PhaseResult
 	Took    time.Duration
@@ -111,6 +114,7 @@ func Run(ctx context.Context, f *scenario.File, opts Options) (res *Result, err 
 		defer os.RemoveAll(work)
 	}
 	os.Chmod(work, 0o755) // clients in other users' sessions read their binaries here
+	res.WorkDir = work
 
 	r := &fileRun{f: f, opts: opts, topo: top, bins: bins, work: work, kind: sessionKind()}
 	// Teardown runs on every return and on a panic, in reverse order of
@@ -126,6 +130,15 @@ func Run(ctx context.Context, f *scenario.File, opts Options) (res *Result, err 
 		return res, fmt.Errorf("scenario %s: topology: %w", f.Name, err)
 	}
 	r.topoUp = true
+	if os.Geteuid() == 0 {
+		// A cgroup of its own for the run's sessions and clients, and the
+		// daemon scoped to it: other login sessions on the host (other
+		// test runs, a developer's SSH logins) are invisible to the
+		// scenario's daemon, and its kernel programs touch none of them.
+		if r.group, err = cgroup.Create(fmt.Sprintf("ipvirt-sim-%d-%d", os.Getpid(), groupSeq.Add(1))); err != nil {
+			return res, fmt.Errorf("scenario %s: %w", f.Name, err)
+		}
+	}
 	reg := prometheus.WrapRegistererWith(prometheus.Labels{"scenario": f.Name}, opts.Metrics.Registry)
 	err = top.Do("server", func() error {
 		var err error
@@ -220,6 +233,7 @@ type fileRun struct {
 	kind loginsession.Kind
 
 	topoUp bool
+	group  *cgroup.Group // the run's sessions and clients; nil when not root
 	srv    *dbserver.Server
 	dhcp   []*dhcpProc
 	daemon *daemonproc.Daemon
@@ -227,6 +241,19 @@ type fileRun struct {
 
 	mu   sync.Mutex // guards live and the phase's results while clients run
 	live []*liveSession
+}
+
+// groupSeq numbers the cgroups of one simulator's runs.
+var groupSeq atomic.Int64
+
+// wrap is how the run starts a session leader or a client: inside its
+// cgroup, and on the topology's session host.
+func (r *fileRun) wrap(argv []string) []string {
+	argv = r.topo.Wrap("session", argv)
+	if r.group != nil {
+		argv = r.group.Wrap(argv)
+	}
+	return argv
 }
 
 func (r *fileRun) teardown() {
@@ -243,6 +270,12 @@ func (r *fileRun) teardown() {
 	if r.srv != nil {
 		r.srv.Close()
 		r.srv = nil
+	}
+	if r.group != nil {
+		if err := r.group.Remove(); err != nil {
+			r.opts.Log.Warn("cgroup", "err", err)
+		}
+		r.group = nil
 	}
 	if r.topoUp {
 		if err := r.topo.Down(); err != nil {

@@ -47,7 +47,7 @@ func TestScenarioFiles(t *testing.T) {
 			if res.Failed() > 0 || len(res.Phases) != len(f.Phases) {
 				t.Fatalf("%s\n%s", Summary(res), out.String())
 			}
-			assertNoLeftovers(t)
+			assertNoLeftovers(t, res.WorkDir)
 		})
 	}
 }
@@ -85,9 +85,10 @@ func TestWrongExpectationFails(t *testing.T) {
 	}
 }
 
-// assertNoLeftovers: no client or daemon of a finished run still runs (the
-// clients run from the run's work directory, which is gone by now).
-func assertNoLeftovers(t *testing.T) {
+// assertNoLeftovers: no client of a finished run still runs (the clients
+// run from the run's work directory, which is gone by now). Only this run's
+// are looked for: another run may be going on at the same time.
+func assertNoLeftovers(t *testing.T, work string) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -95,7 +96,7 @@ func assertNoLeftovers(t *testing.T) {
 		procs, _ := filepath.Glob("/proc/[0-9]*/exe")
 		for _, p := range procs {
 			exe, err := os.Readlink(p)
-			if err == nil && strings.Contains(exe, "/ipvirt-sim-") {
+			if err == nil && strings.HasPrefix(exe, work+"/") {
 				left = append(left, filepath.Dir(p)+" "+exe)
 			}
 		}
