@@ -360,7 +360,10 @@ func (r *fileRun) phase(ctx context.Context, i int) (*PhaseResult, error) {
 	}
 
 	r.srv.Reset()
-	ph := &phaseRun{r: r, p: p, paths: paths, start: time.Now(), vips: map[string]check.SessionRow{}}
+	ph := &phaseRun{r: r, p: p, paths: paths, start: time.Now(), vips: map[string]check.SessionRow{}, ran: map[string]chan struct{}{}}
+	for _, g := range p.Sessions {
+		ph.ran[g.Name] = make(chan struct{})
+	}
 	defer func() {
 		r.mu.Lock()
 		live := r.live

@@ -21,6 +21,10 @@ type phaseRun struct {
 	paths map[string]string
 	start time.Time
 
+	// ran is closed for each session group once its clients have all
+	// run (or it failed): a logoff waits for it (see step).
+	ran map[string]chan struct{}
+
 	mu           sync.Mutex
 	clients      []*check.ClientResult
 	vips         map[string]check.SessionRow // by session key
@@ -114,6 +118,7 @@ func (ph *phaseRun) sleepUntil(ctx context.Context, at time.Duration) error {
 // session after the other, or all at once when the group says together.
 func (ph *phaseRun) group(ctx context.Context, gi int) error {
 	g := &ph.p.Sessions[gi]
+	defer close(ph.ran[g.Name])
 	// one returns the session's key.
 	one := func(i int) (string, error) {
 		s, err := ph.r.startSession(ctx, ph.p, gi, i)
@@ -237,6 +242,17 @@ func (r *fileRun) step(ctx context.Context, ph *phaseRun, s *scenario.Step) erro
 		}
 		return p.cmd.Process.Signal(sig)
 	case "logoff":
+		// The users log off once their programs have run: on a loaded
+		// host a client's connect (a DHCP exchange, its ARP probe) may
+		// take longer than the step's time, and a logoff that killed it
+		// would test the host's speed, not ipvirt.
+		if ran, ok := ph.ran[s.Target]; ok {
+			select {
+			case <-ran:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
 		r.mu.Lock()
 		var keep, gone []*liveSession
 		for _, l := range r.live {
