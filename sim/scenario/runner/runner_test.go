@@ -15,7 +15,7 @@ import (
 func scenarioPath(name string) string { return filepath.Join("..", "..", "..", "scenarios", name) }
 
 // Every scenario file in scenarios/, and the runner's own in testdata/, is
-// an acceptance test: run it for real (audit sessions as root, POSIX
+// an acceptance test, run side by side with the others: run it for real (audit sessions as root, POSIX
 // otherwise; a file that needs root is skipped without it, never under
 // CI=true).
 func TestScenarioFiles(t *testing.T) {
@@ -30,6 +30,9 @@ func TestScenarioFiles(t *testing.T) {
 	}
 	for _, path := range files {
 		t.Run(filepath.Base(path), func(t *testing.T) {
+			// Side by side (go test -parallel, GOMAXPROCS by default): each
+			// run has its own cgroup, namespaces, daemon and pin directory.
+			t.Parallel()
 			f, err := scenario.Load(path)
 			if err != nil {
 				t.Fatal(err)
