@@ -112,3 +112,35 @@ func assertNoLeftovers(t *testing.T, work string) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// An alert expectation must be able to fail: exhausted.yaml claiming the
+// daemon-down alert (which does not fire) reports it, and reports the
+// exhaustion alert that did fire as unexpected.
+func TestAlertExpectationCanFail(t *testing.T) {
+	t.Parallel()
+	b, err := os.ReadFile(scenarioPath("exhausted.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrong := strings.Replace(string(b), "alerts: {fired: [IpvirtPoolExhausted]}", "alerts: {fired: [IpvirtDown], wait: 3s}", 1)
+	if wrong == string(b) {
+		t.Fatal("fixture changed: no exhaustion alert expectation to falsify")
+	}
+	f, err := scenario.Parse([]byte(wrong))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	res, err := Run(context.Background(), f, Options{Out: &out})
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	if res.Skipped != "" {
+		t.Skip(res.Skipped)
+	}
+	for _, want := range []string{"FAIL  alert IpvirtDown fired", "FAIL  no other ipvirt alert fired  (got also fired: IpvirtPoolExhausted)"} {
+		if !strings.Contains(out.String(), want) {
+			t.Fatalf("report lacks %q:\n%s", want, out.String())
+		}
+	}
+}
