@@ -30,7 +30,7 @@ import (
 // zero here, since a phase lasts seconds; promtool's unit tests
 // (ipvirt-rules_test.yml) check the windows themselves.
 type Alerts struct {
-	Fired []string           `yaml:"fired"`
+	Fired []string            `yaml:"fired"`
 	Wait  strictyaml.Duration `yaml:"wait"` // how long to wait for Fired after the phase (default 20s)
 }
 
