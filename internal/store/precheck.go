@@ -37,16 +37,25 @@ func precheck(path string) error {
 	if info.Size() == 0 {
 		return nil // bbolt initialises an empty file; checkFile decides whether that is allowed
 	}
-	m, err := readMeta(f, info.Size())
+	return precheckFile(f, info.Size())
+}
+
+// precheckFile is precheck on the size bytes of f.
+func precheckFile(f io.ReaderAt, size int64) error {
+	m, err := readMeta(f, size)
 	if err != nil {
 		return err
 	}
-	if m.hwm > uint64(info.Size())/uint64(m.pageSize) {
+	if m.hwm > uint64(size)/uint64(m.pageSize) {
 		return fmt.Errorf("the file is %d bytes but its meta page counts %d pages of %d bytes: it was truncated",
-			info.Size(), m.hwm, m.pageSize)
+			size, m.hwm, m.pageSize)
 	}
-	w := walker{f: f, pageSize: int64(m.pageSize), hwm: m.hwm, seen: map[uint64]bool{}}
-	return w.tree(m.root, 0)
+	// Two meta pages and a root: fewer pages than that is no database (and
+	// hwm-1 below would wrap around).
+	if m.hwm < 3 {
+		return fmt.Errorf("the meta page counts %d pages: a database has at least 3", m.hwm)
+	}
+	return newWalker(f, size, m).tree(m.root, 0)
 }
 
 const (
@@ -128,6 +137,16 @@ type walker struct {
 	pageSize int64
 	hwm      uint64
 	seen     map[uint64]bool
+	// elements counts the elements walked, which may not exceed what the
+	// file has room for: in a sound file every element has its own 16
+	// bytes. Damage can make sibling bucket values overlap, so that one
+	// inline page is reached through every element above it, level after
+	// level: without this bound the walk of a 4 KiB page took 8^25 steps.
+	elements, maxElements int64
+}
+
+func newWalker(f io.ReaderAt, size int64, m metaInfo) *walker {
+	return &walker{f: f, pageSize: int64(m.pageSize), hwm: m.hwm, seen: map[uint64]bool{}, maxElements: size / elementSize}
 }
 
 // tree checks the page id and everything below it.
@@ -153,6 +172,15 @@ func (w *walker) tree(id uint64, depth int) error {
 	if id+overflow+1 > w.hwm {
 		return fmt.Errorf("page %d: %d overflow pages run past the last page", id, overflow)
 	}
+	// A page's overflow pages are its own: a reference to one of them,
+	// or a page whose overflow covers one already walked, is damage (and
+	// would make the walk read the same bytes again and again).
+	for o := id + 1; o <= id+overflow; o++ {
+		if w.seen[o] {
+			return fmt.Errorf("page %d: its overflow covers page %d, referenced elsewhere", id, o)
+		}
+		w.seen[o] = true
+	}
 	span := int64(overflow+1) * w.pageSize
 	buf := make([]byte, span)
 	if _, err := w.f.ReadAt(buf, int64(id)*w.pageSize); err != nil {
@@ -167,10 +195,17 @@ const maxDepth = 64
 
 // page checks one page image (a mapped page or an inline bucket's).
 func (w *walker) page(p []byte, id uint64, depth int) error {
+	if depth > maxDepth { // inline buckets nest without a tree call
+		return fmt.Errorf("page %d: buckets nested deeper than %d levels", id, maxDepth)
+	}
 	le := binary.LittleEndian
 	flags, count := le.Uint16(p[8:]), int(le.Uint16(p[10:]))
 	if pageHeaderSize+count*elementSize > len(p) {
 		return fmt.Errorf("page %d: %d elements do not fit in %d bytes", id, count, len(p))
+	}
+	if w.elements += int64(count); w.elements > w.maxElements {
+		return fmt.Errorf("page %d: %d elements walked, more than a %d-byte file holds: bucket values overlap",
+			id, w.elements, w.maxElements*elementSize)
 	}
 	if flags == branchPage && count == 0 {
 		return fmt.Errorf("page %d: branch page without children", id)
@@ -178,24 +213,29 @@ func (w *walker) page(p []byte, id uint64, depth int) error {
 	for i := range count {
 		at := pageHeaderSize + i*elementSize
 		e := p[at : at+elementSize]
+		// Offsets and sizes are 32-bit fields: summed in uint64, so that
+		// no sum wraps around (an int is 32 bits on 386 and arm, where
+		// three of them did and let a slice run outside the page).
 		switch flags {
 		case branchPage:
-			pos, ksize := int(le.Uint32(e[0:])), int(le.Uint32(e[4:]))
-			if at+pos+ksize > len(p) || pos < 0 || ksize < 0 {
-				return fmt.Errorf("page %d: branch key %d out of the page", id, i)
+			pos, ksize := uint64(le.Uint32(e[0:])), uint64(le.Uint32(e[4:]))
+			if uint64(at)+pos+ksize > uint64(len(p)) {
+				return fmt.Errorf("page %d: branch key %d (offset %d, %d bytes) out of the %d-byte page", id, i, pos, ksize, len(p))
 			}
 			if err := w.tree(le.Uint64(e[8:]), depth+1); err != nil {
 				return err
 			}
 		case leafPage:
-			eflags, pos, ksize, vsize := le.Uint32(e[0:]), int(le.Uint32(e[4:])), int(le.Uint32(e[8:])), int(le.Uint32(e[12:]))
-			if pos < 0 || ksize < 0 || vsize < 0 || at+pos+ksize+vsize > len(p) {
-				return fmt.Errorf("page %d: leaf element %d out of the page", id, i)
+			eflags, pos, ksize, vsize := le.Uint32(e[0:]), uint64(le.Uint32(e[4:])), uint64(le.Uint32(e[8:])), uint64(le.Uint32(e[12:]))
+			if uint64(at)+pos+ksize+vsize > uint64(len(p)) {
+				return fmt.Errorf("page %d: leaf element %d (offset %d, key %d, value %d bytes) out of the %d-byte page",
+					id, i, pos, ksize, vsize, len(p))
 			}
 			if eflags&bucketLeaf == 0 {
 				continue
 			}
-			v := p[at+pos+ksize : at+pos+ksize+vsize]
+			vat := at + int(pos+ksize) // within the page, so it fits an int
+			v := p[vat : vat+int(vsize)]
 			if len(v) < bucketHeaderSize {
 				return fmt.Errorf("page %d: bucket %d: %d-byte header", id, i, len(v))
 			}
