@@ -259,6 +259,11 @@ func ParseAnswer(p []byte) (Answer, error) {
 	if a.Prefix > 32 {
 		return Answer{}, fmt.Errorf("wire: answer prefix length %d > 32", a.Prefix)
 	}
+	// Unix seconds in 64 bits: past 2^63-1 the int64 would be negative,
+	// before 1970, and time.Unix of it nonsense.
+	if e := binary.BigEndian.Uint64(p[16:24]); e > math.MaxInt64 {
+		return Answer{}, fmt.Errorf("wire: answer expiry %d is past 2^63-1 seconds", e)
+	}
 	n := int(binary.BigEndian.Uint16(p[2:4]))
 	if len(p) < AnswerFixedSize+n {
 		return Answer{}, fmt.Errorf("%w: reason of %d bytes, %d present", ErrShort, n, len(p)-AnswerFixedSize)

@@ -74,6 +74,12 @@ func TestParseAnswerRejects(t *testing.T) {
 		{"kind four", append([]byte{4}, good[1:]...), "kind 4 unknown"},
 		{"prefix 33", append([]byte{1, 33}, good[2:]...), "prefix length 33"},
 		{"vip 0.0.0.0", append([]byte{1, 24}, good[2:]...), "0.0.0.0"},
+		// Read as an int64 this was a negative Unix time.
+		{"expiry past int64", func() []byte {
+			b := bytes.Clone(good)
+			copy(b[16:24], []byte{0x80, 0, 0, 0, 0, 0, 0, 1})
+			return b
+		}(), "expiry 9223372036854775809 is past 2^63-1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -188,6 +194,8 @@ func FuzzReadFrame(f *testing.F) {
 func FuzzParseAnswer(f *testing.F) {
 	f.Add(AppendAnswer(nil, Answer{Kind: KindMIP, Reason: "admin session"}))
 	f.Add(make([]byte, AnswerFixedSize))
+	f.Add(AppendAnswer(nil, Answer{Kind: KindVIP, Prefix: 32, VIP: netip.MustParseAddr("10.0.0.5"), TTL: 0xffffffff,
+		Expiry: 1<<63 - 1, Session: NoSession}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		a, err := ParseAnswer(b)
 		if err != nil {
@@ -196,8 +204,8 @@ func FuzzParseAnswer(f *testing.F) {
 		if a.Kind == KindVIP && !a.VIP.Is4() {
 			t.Fatalf("VIP answer without IPv4 address: %+v", a)
 		}
-		if a.Prefix > 32 {
-			t.Fatalf("prefix %d accepted", a.Prefix)
+		if a.Prefix > 32 || a.Expiry < 0 || len(a.Reason) > len(b)-AnswerFixedSize {
+			t.Fatalf("accepted %+v from %d bytes", a, len(b))
 		}
 		b2 := AppendAnswer(nil, a)
 		a2, err := ParseAnswer(b2)

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -256,5 +257,27 @@ func TestLoopbackInstallerIsNoop(t *testing.T) {
 	in := Installer{Adapter: Adapter{Name: "lo", Loopback: true}}
 	if in.Needed() || in.Add(netip.MustParseAddr("127.77.0.1"), 24, 0) != nil {
 		t.Fatal("loopback installer did something")
+	}
+}
+
+// The lifetime of an installed VIP comes from a lease's expiry, which a DHCP
+// server or the lease file sets. netlink truncates it to 32 bits: 2^32+5
+// seconds used to become 5, and the kernel dropped the VIP after 5 seconds.
+func TestLifetimeSecs(t *testing.T) {
+	for _, tc := range []struct {
+		d    time.Duration
+		want int
+	}{
+		{time.Hour, 3600},
+		{1500 * time.Millisecond, 1},
+		{time.Millisecond, 1},
+		{0xfffffffe * time.Second, maxLifetime},
+		{0xffffffff * time.Second, maxLifetime}, // not the kernel's "forever"
+		{(1<<32 + 5) * time.Second, maxLifetime},
+		{1<<63 - 1, maxLifetime},
+	} {
+		if got := lifetimeSecs(tc.d); got != tc.want {
+			t.Errorf("lifetimeSecs(%s) = %d, want %d", tc.d, got, tc.want)
+		}
 	}
 }

@@ -3,6 +3,7 @@ package adapter
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"syscall"
@@ -47,7 +48,7 @@ func (in Installer) Add(vip netip.Addr, bits int, lifetime time.Duration) error 
 	}
 	a := in.addr(vip, bits)
 	if lifetime > 0 {
-		secs := int(lifetime / time.Second)
+		secs := lifetimeSecs(lifetime)
 		a.ValidLft, a.PreferedLft = secs, secs
 	}
 	link, err := netlink.LinkByIndex(in.Adapter.Index)
@@ -58,6 +59,21 @@ func (in Installer) Add(vip netip.Addr, bits int, lifetime time.Duration) error 
 		return fmt.Errorf("adapter: add %s/%d to %s: %w", vip, bits, in.Adapter.Name, err)
 	}
 	return nil
+}
+
+// maxLifetime is the longest finite address lifetime: the kernel's field
+// is 32 bits of seconds and 0xffffffff means forever (and netlink's is an
+// int, 31 bits on 32-bit machines).
+const maxLifetime = min(0xfffffffe, math.MaxInt)
+
+// lifetimeSecs is a lease's remaining time as an address lifetime, 1 to
+// maxLifetime seconds. The lifetime comes from a lease's expiry (a DHCP
+// server's lease time, or the lease file): netlink truncates the value to
+// 32 bits, so 2^32+5 seconds used to become 5, and the kernel dropped a
+// live VIP after five seconds.
+func lifetimeSecs(d time.Duration) int {
+	secs := int64(d / time.Second)
+	return int(min(max(secs, 1), maxLifetime))
 }
 
 // Remove uninstalls vip. An address already gone is not an error.

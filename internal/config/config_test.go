@@ -99,6 +99,11 @@ func TestParseErrors(t *testing.T) {
 		{"pool without source static", "adapter: eth0\nstatic_pool: {start: 10.0.0.10, end: 10.0.0.20, subnet_mask: 255.255.255.0}\n", "write source: static to use the pool"},
 		{"bad dhcp key", "adapter: eth0\ndhcp: {lease_wiat: 5s}\n", "field lease_wiat not found"},
 		{"bad dhcp server", "adapter: eth0\ndhcp: {server: nowhere}\n", `server "nowhere"`},
+		// Accepted here, the pool was refused only when the daemon built it.
+		{"pool too large", "adapter: eth0\nsource: static\nstatic_pool: {start: 10.0.0.1, end: 10.1.0.1, subnet_mask: 255.0.0.0}\n",
+			"static_pool: start 10.0.0.1 to end 10.1.0.1 holds 65537 addresses, more than the 65536"},
+		// 16 times this overflowed the retransmission backoff.
+		{"huge retransmit_base", "adapter: eth0\ndhcp: {retransmit_base: 2562047h}\n", "retransmit_base 2562047h0m0s: want 1ms..1m0s"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -170,14 +175,37 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Add([]byte("adapter: eth0\nsource: static\nstatic_pool: {start: 10.0.0.1, end: 10.0.0.1, subnet_mask: 255.255.255.0}\n"))
 	f.Add([]byte("grace: 1h\nmode: per-program\nprograms: [/a, /b]"))
+	f.Add([]byte("adapter: eth0\nsource: static\nstatic_pool: {start: 10.0.0.1, end: 10.0.255.254, subnet_mask: 255.0.0.0}\n"))
+	f.Add([]byte("adapter: eth0\ndhcp: {lease_wait: 5s, retransmit_base: 500ms, renew_retry_min: 2s, arp_probe_wait: 200ms, max_inflight: 8}\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := Parse(b)
 		if err != nil {
 			return
 		}
+		if c.Grace < 0 || c.ScanInterval.Std() < 10*time.Millisecond || c.ScanInterval.Std() > time.Minute {
+			t.Fatalf("accepted grace %s scan_interval %s", c.Grace.Std(), c.ScanInterval.Std())
+		}
+		if c.Source == dhcp.Name {
+			// The durations the DHCP client multiplies (backoff: up to
+			// 16 times retransmit_base) stay in range.
+			d := c.DHCP.WithDefaults()
+			for _, v := range []time.Duration{d.LeaseWait, d.RetransmitBase, d.RenewRetryMin, d.ARPProbeWait} {
+				if v < time.Millisecond || v > 24*time.Hour {
+					t.Fatalf("accepted dhcp durations %+v", d)
+				}
+			}
+			if d.RetransmitBase*16 <= 0 {
+				t.Fatalf("retransmit_base %s overflows its backoff", d.RetransmitBase)
+			}
+			return
+		}
 		p := c.StaticPool
 		if c.Source != static.Name {
 			return
+		}
+		// What Validate accepts, the daemon can build.
+		if _, err := static.New(p); err != nil {
+			t.Fatalf("accepted pool %+v that the source refuses: %v", p, err)
 		}
 		if !p.Start.Is4() || !p.End.Is4() || p.End.Less(p.Start) {
 			t.Fatalf("accepted a bad pool: %+v", p)
@@ -189,7 +217,7 @@ func FuzzParse(f *testing.F) {
 		if c.Mode != policy.PerSession && c.Mode != policy.PerProgram {
 			t.Fatalf("accepted mode %q", c.Mode)
 		}
-		if n := p.Size(); n < 1 {
+		if n := p.Size(); n < 1 || n > pool.MaxSize {
 			t.Fatalf("pool size %d", n)
 		}
 	})

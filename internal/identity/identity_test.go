@@ -2,6 +2,8 @@ package identity
 
 import (
 	"context"
+	"fmt"
+	"math"
 	"net"
 	"os"
 	"os/exec"
@@ -36,6 +38,11 @@ func TestParseStat(t *testing.T) {
 		{"truncated", "1 (init) S 0 1 1", Stat{}, true},
 		{"no name", "garbage", Stat{}, true},
 		{"non-numeric", "1 (x) S a b c 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0", Stat{}, true},
+		// Cut to 32 bits, this session would have been session 2.
+		{"session past 32 bits", "9 (x) S 1 9 4294967298 0 0 0 0 0 0 0 0 0 0 0 0 0 1 0 5 0 0", Stat{}, true},
+		{"session past pid_t", "9 (x) S 1 9 2147483648 0 0 0 0 0 0 0 0 0 0 0 0 0 1 0 5 0 0", Stat{}, true},
+		{"negative ppid", "9 (x) S -5 9 9 0 0 0 0 0 0 0 0 0 0 0 0 0 1 0 5 0 0", Stat{}, true},
+		{"largest pid", "9 (x) S 2147483647 9 2147483647 0 0 0 0 0 0 0 0 0 0 0 0 0 1 0 5 0 0", Stat{State: 'S', PPID: 2147483647, Session: 2147483647, StartTime: 5}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -49,7 +56,24 @@ func TestParseStat(t *testing.T) {
 
 func FuzzParseStat(f *testing.F) {
 	f.Add([]byte("4242 (bash) S 4200 4242 4242 34816 4300 4194560 1 2 3 4 5 6 7 8 20 0 1 0 987654 1 2"))
-	f.Fuzz(func(t *testing.T, b []byte) { parseStat(b) })
+	f.Add([]byte("99 (a) b (c)) R 1 99 77 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 55 0 0"))
+	f.Add([]byte("9 (x) S 1 9 4294967298 0 0 0 0 0 0 0 0 0 0 0 0 0 1 0 5 0 0"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		st, err := parseStat(b)
+		if err != nil {
+			return
+		}
+		// What the rest relies on: pids that are pids, so a session id
+		// fits lease.Session's 32 bits unchanged.
+		if st.PPID < 0 || st.PPID > math.MaxInt32 || st.Session < 0 || st.Session > math.MaxInt32 {
+			t.Fatalf("accepted %+v from %q", st, b)
+		}
+		// The same fields in a well-formed line parse the same.
+		line := fmt.Sprintf("1 (x) %sZ %d 1 %d 0 0 0 0 0 0 0 0 0 0 0 0 0 1 0 %d", []byte{st.State}, st.PPID, st.Session, st.StartTime)
+		if again, err := parseStat([]byte(line)); err != nil || again != st {
+			t.Fatalf("%q: %+v, %v; want %+v", line, again, err, st)
+		}
+	})
 }
 
 // startSleeper runs sleep in a new login session and returns its pid.

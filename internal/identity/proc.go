@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -112,6 +113,17 @@ func parseStat(b []byte) (Stat, error) {
 	start, err3 := strconv.ParseUint(f[19], 10, 64)
 	if err := errors.Join(err1, err2, err3); err != nil {
 		return Stat{}, fmt.Errorf("identity: stat: %w", err)
+	}
+	// Both are pids (pid_t): a value outside 0..2^31-1 is no process,
+	// and a session id is later cut to the 32 bits of lease.Session, where
+	// 4294967298 would have become session 2.
+	for _, v := range []struct {
+		name string
+		v    int
+	}{{"ppid", ppid}, {"session", sid}} {
+		if v.v < 0 || v.v > math.MaxInt32 {
+			return Stat{}, fmt.Errorf("identity: stat: %s %d is not a pid", v.name, v.v)
+		}
 	}
 	return Stat{State: f[0][0], PPID: ppid, Session: sid, StartTime: start}, nil
 }

@@ -2,6 +2,8 @@ package lease
 
 import (
 	"net/netip"
+	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -54,10 +56,18 @@ func TestPrefixMask(t *testing.T) {
 func FuzzParseHolder(f *testing.F) {
 	f.Add("a:42|/usr/bin/psql")
 	f.Add("p:1")
+	f.Add("none")
+	f.Add("a:4294967295|/opt/x|y")
+	f.Add("a:4294967296")
 	f.Fuzz(func(t *testing.T, s string) {
 		h, err := ParseHolder(s)
 		if err != nil {
 			return
+		}
+		// A session id is what the text says, in 32 bits: never cut.
+		sess, _, _ := strings.Cut(s, "|")
+		if h.Session.Valid() != (sess != "none") || (h.Session.Valid() && strconv.FormatUint(uint64(h.Session.ID), 10) != strings.TrimLeft(sess[2:], "0") && h.Session.ID != 0) {
+			t.Fatalf("%q parsed as %+v", s, h)
 		}
 		if h2, err := ParseHolder(h.Key()); err != nil || h2 != h {
 			t.Fatalf("%q -> %+v -> %q -> %+v, %v", s, h, h.Key(), h2, err)

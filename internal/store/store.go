@@ -178,6 +178,10 @@ func toRecord(l lease.Lease) *record {
 		Granted: l.Granted, Expiry: l.Expiry, UID: l.UID, State: l.State}
 }
 
+// lease decodes and checks a record read from the file. The address and
+// subnet go to the adapter, the kernel maps and every ANSWER (whose prefix
+// field is a byte that a client refuses above 32), so a record whose VIP is
+// not an IPv4 address inside an IPv4 subnet is damage, not a lease.
 func (r *record) lease() (lease.Lease, error) {
 	h, err := lease.ParseHolder(r.Holder)
 	if err != nil {
@@ -186,6 +190,12 @@ func (r *record) lease() (lease.Lease, error) {
 	sub, err := netip.ParsePrefix(r.Subnet)
 	if err != nil {
 		return lease.Lease{}, fmt.Errorf("lease %s: subnet: %w", r.Holder, err)
+	}
+	if !r.Addr.Is4() || r.Addr.IsUnspecified() {
+		return lease.Lease{}, fmt.Errorf("lease %s: address %q is not an IPv4 unicast address", r.Holder, r.Addr)
+	}
+	if !sub.Addr().Is4() || !sub.Contains(r.Addr) {
+		return lease.Lease{}, fmt.Errorf("lease %s: subnet %s is not an IPv4 subnet holding %s", r.Holder, sub, r.Addr)
 	}
 	return lease.Lease{Holder: h, Addr: r.Addr, Subnet: sub, Source: r.Source, Granted: r.Granted,
 		Expiry: r.Expiry, UID: r.UID, State: r.State}, nil

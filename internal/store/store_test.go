@@ -21,7 +21,7 @@ func mkLease(id uint32, addr string) lease.Lease {
 	return lease.Lease{
 		Holder:  lease.Holder{Session: lease.Session{Kind: lease.KindAudit, ID: id}},
 		Addr:    netip.MustParseAddr(addr),
-		Subnet:  netip.MustParsePrefix("10.0.0.0/24"),
+		Subnet:  netip.MustParsePrefix("10.0.0.0/8"), // holds every address the tests use: Leases checks
 		Source:  "static",
 		Granted: time.Unix(1_800_000_000, 0).UTC(),
 		UID:     1000 + id,

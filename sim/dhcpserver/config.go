@@ -169,7 +169,9 @@ func (c Config) timers() (t1, t2 time.Duration) {
 		t1 = lease / 2
 	}
 	if t2 == 0 {
-		t2 = lease * 7 / 8
+		// lease - lease/8, not lease*7/8: lease_time may be up to
+		// 0xfffffffe seconds, and 7 times that overflows time.Duration.
+		t2 = lease - lease/8
 	}
 	return t1, t2
 }

@@ -1,6 +1,7 @@
 package dhcpserver
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"strings"
@@ -85,9 +86,31 @@ func TestConfigValidate(t *testing.T) {
 	}
 }
 
+// A lease time near the 32-bit limit is valid; its default T2 used to be
+// lease*7/8, which overflowed into a negative duration and made Validate
+// refuse the file with a nonsensical "t2 -...".
+func TestLongLeaseTimers(t *testing.T) {
+	for _, lease := range []time.Duration{2_000_000_000 * time.Second, 0xfffffffe * time.Second} {
+		c, err := ParseConfig([]byte(fmt.Sprintf("range_start: 10.0.0.1\nrange_end: 10.0.0.2\nlease_time: %s\n", lease)))
+		if err != nil {
+			t.Fatalf("lease_time %s: %v", lease, err)
+		}
+		t1, t2 := c.timers()
+		if t1 != lease/2 || t2 != lease-lease/8 || t2 <= t1 || t2 > lease {
+			t.Fatalf("lease_time %s: t1 %s t2 %s", lease, t1, t2)
+		}
+	}
+	if _, err := ParseConfig([]byte("range_start: 10.0.0.1\nrange_end: 10.0.0.2\nlease_time: 4294967296s\n")); err == nil ||
+		!strings.Contains(err.Error(), "lease_time 1193046h28m16s out of range") {
+		t.Fatalf("lease_time past 32 bits: %v", err)
+	}
+}
+
 func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte(sampleYAML))
 	f.Add([]byte("range_start: 10.0.0.1\nrange_end: 10.0.0.2\n"))
+	f.Add([]byte("range_start: 10.0.0.1\nrange_end: 10.0.0.2\nlease_time: 4294967294s\n"))
+	f.Add([]byte("range_start: 10.0.0.1\nrange_end: 10.0.0.9\nlease_time: 3s\nt1: 1s\nt2: 2500ms\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := ParseConfig(b)
 		if err != nil {
@@ -98,6 +121,19 @@ func FuzzParseConfig(f *testing.F) {
 		t1, t2 := c.timers()
 		if c.RangeEnd.Less(c.RangeStart) || t1 <= 0 || t2 < t1 || c.LeaseTime < t2 || secs(c.LeaseTime) == 0 {
 			t.Fatalf("accepted %+v", c)
+		}
+		// What goes on the wire (options 51, 58, 59) is ordered and never
+		// the "infinite" 0xffffffff.
+		if l, s1, s2 := secs(c.LeaseTime), secs(t1), secs(t2); s1 > s2 || s2 > l || l == 0xffffffff {
+			t.Fatalf("options: lease %d t1 %d t2 %d from %+v", l, s1, s2, c)
+		}
+		for i, w := range c.Offline {
+			if w.From < 0 || w.Until <= w.From {
+				t.Fatalf("offline[%d] %+v accepted", i, w)
+			}
+		}
+		if c.PrefixLen < 1 || c.PrefixLen > 32 || c.ClientPort < 1 || c.ClientPort > 65535 {
+			t.Fatalf("accepted prefix %d port %d", c.PrefixLen, c.ClientPort)
 		}
 	})
 }

@@ -163,10 +163,22 @@ func (p *Phase) validate(i int, servers []string) error {
 			}
 		}
 	}
+	counts := map[string]int{}
+	for _, g := range p.Sessions {
+		counts[g.Name] = g.Count
+	}
 	for j := range p.Sessions {
 		for k, c := range p.Sessions[j].Run {
-			if _, ref, _ := ParseBind(c.Bind); ref != nil && !groups[ref.Group] {
+			_, ref, _ := ParseBind(c.Bind)
+			switch {
+			case ref == nil:
+			case !groups[ref.Group]:
 				return strictyaml.Errorf(c.line, "%s sessions[%d] run[%d]: bind %q: no session group %q in this phase", where, j, k, c.Bind, ref.Group)
+			case ref.Index > counts[ref.Group]:
+				// Found only when the client started, after the daemon
+				// and every session before it.
+				return strictyaml.Errorf(c.line, "%s sessions[%d] run[%d]: bind %q: session %d of group %q, which has %d",
+					where, j, k, c.Bind, ref.Index, ref.Group, counts[ref.Group])
 			}
 		}
 	}

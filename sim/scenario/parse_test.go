@@ -52,6 +52,10 @@ func TestParseErrors(t *testing.T) {
 		{"bad env", "run: [{}]", "run: [{env: [IPVIRT_TIMEOUT_MS]}]", `env "IPVIRT_TIMEOUT_MS": want NAME=VALUE`},
 		{"bad bind index", "run: [{}]", `run: [{bind: "vip of s[0]"}]`, "bad session number"},
 		{"no clients", "run: [{}]", "run: []", "run: no clients"},
+		// Found only when the client started, after every session before it.
+		{"bind past the group", "run: [{}]", `run: [{bind: "vip of s[2]"}]`, `bind "vip of s[2]": session 2 of group "s", which has 1`},
+		// Durations are never negative (strictyaml.Duration).
+		{"negative duration", "    sessions:", "    duration: -1s\n    sessions:", `bad duration "-1s"`},
 		{"count too big", "      - name: s", "      - name: s\n        count: 20000", "count 20000"},
 		{"unknown expect block", "    sessions:", "    expect: {pcap: {}}\n    sessions:", `expect: unknown key "pcap"`},
 		{"empty wire block", "    sessions:", "    expect: {wire: {}}\n    sessions:", "wire: no check enabled"},
@@ -102,6 +106,7 @@ func TestParseBind(t *testing.T) {
 // never panic.
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(minimal))
+	f.Add([]byte(strings.Replace(minimal, "run: [{}]", "count: 2\n        run: [{bind: \"vip of s[2]\"}]", 1)))
 	for _, name := range []string{"duplicate-ip.yaml", "admin-excluded.yaml", "exhausted.yaml"} {
 		if b, err := os.ReadFile(filepath.Join("..", "..", "scenarios", name)); err == nil {
 			f.Add(b)
@@ -109,8 +114,37 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		s, err := Parse(b)
-		if err == nil && (s.Name == "" || len(s.Phases) == 0) {
+		if err != nil {
+			return
+		}
+		if s.Name == "" || len(s.Phases) == 0 {
 			t.Fatalf("accepted a scenario without name or phases: %q", b)
+		}
+		// What the runner relies on: counts in range, binds that name an
+		// existing session, steps in time order.
+		for _, p := range s.Phases {
+			counts := map[string]int{}
+			for _, g := range p.Sessions {
+				if g.Count < 1 || g.Count > 10000 || (g.At != nil && *g.At < 0) {
+					t.Fatalf("accepted group %+v", g)
+				}
+				counts[g.Name] = g.Count
+			}
+			for _, g := range p.Sessions {
+				for _, c := range g.Run {
+					if _, ref, err := ParseBind(c.Bind); c.Bind != "" && (err != nil || ref != nil && (ref.Index < 1 || ref.Index > counts[ref.Group])) {
+						t.Fatalf("accepted bind %q with groups %v", c.Bind, counts)
+					}
+				}
+			}
+			for i := 1; i < len(p.Steps); i++ {
+				if p.Steps[i].At < p.Steps[i-1].At || p.Steps[i].Timeout < 0 {
+					t.Fatalf("accepted steps %+v", p.Steps)
+				}
+			}
+			if p.Duration < 0 {
+				t.Fatalf("accepted duration %v", p.Duration)
+			}
 		}
 	})
 }

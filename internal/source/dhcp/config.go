@@ -64,6 +64,16 @@ const (
 	DefaultARPProbeWait   = time.Second
 )
 
+// Upper bounds of the durations, far above any sensible setting and far
+// below where the arithmetic on them (up to 16 times retransmit_base)
+// could overflow.
+const (
+	MaxLeaseWait      = time.Hour
+	MaxRetransmitBase = time.Minute
+	MaxRenewRetryMin  = 24 * time.Hour
+	MaxARPProbeWait   = time.Minute
+)
+
 // WithDefaults returns c with every zero field set to its default.
 func (c Config) WithDefaults() Config {
 	if c.VendorClass == "" {
@@ -123,13 +133,18 @@ func (c Config) Validate() error {
 	if len(c.Hostname) > 255 {
 		return fmt.Errorf("dhcp: hostname %q: longer than 255 bytes", c.Hostname)
 	}
+	// Upper bounds too: the retransmission schedule multiplies
+	// retransmit_base by up to 16 (backoff) and the NAK pause by 4, and a
+	// product past time.Duration's 292 years turns negative: a timer that
+	// fires at once, and a panicking rand.Int64N in backoffNAK.
 	for _, d := range []struct {
 		name string
 		v    time.Duration
-	}{{"lease_wait", c.LeaseWait}, {"retransmit_base", c.RetransmitBase},
-		{"renew_retry_min", c.RenewRetryMin}, {"arp_probe_wait", c.ARPProbeWait}} {
-		if d.v < time.Millisecond {
-			return fmt.Errorf("dhcp: %s %s: want at least 1ms", d.name, d.v)
+		max  time.Duration
+	}{{"lease_wait", c.LeaseWait, MaxLeaseWait}, {"retransmit_base", c.RetransmitBase, MaxRetransmitBase},
+		{"renew_retry_min", c.RenewRetryMin, MaxRenewRetryMin}, {"arp_probe_wait", c.ARPProbeWait, MaxARPProbeWait}} {
+		if d.v < time.Millisecond || d.v > d.max {
+			return fmt.Errorf("dhcp: %s %s: want 1ms..%s", d.name, d.v, d.max)
 		}
 	}
 	if c.MaxInflight < 1 || c.MaxInflight > 65536 {

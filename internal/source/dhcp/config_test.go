@@ -88,6 +88,13 @@ func TestConfigValidate(t *testing.T) {
 		{"server_port", Config{ServerPort: -5}, "server_port -5"},
 		{"vendor class", Config{VendorClass: strings.Repeat("v", 256)}, "vendor_class"},
 		{"arp wait", Config{ARPProbe: &f, ARPProbeWait: -1}, "arp_probe_wait"},
+		// 16 times this overflows time.Duration: backoff went negative and
+		// backoffNAK panicked in rand.Int64N.
+		{"huge retransmit", Config{RetransmitBase: 2562047 * time.Hour}, "retransmit_base 2562047h0m0s: want 1ms..1m0s"},
+		{"retransmit over a minute", Config{RetransmitBase: 61 * time.Second}, "retransmit_base 1m1s"},
+		{"huge lease_wait", Config{LeaseWait: 1 << 62}, "lease_wait"},
+		{"huge renew_retry_min", Config{RenewRetryMin: 25 * time.Hour}, "renew_retry_min 25h0m0s"},
+		{"huge arp wait", Config{ARPProbeWait: time.Hour}, "arp_probe_wait 1h0m0s"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.c.Validate()

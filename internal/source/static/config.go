@@ -43,6 +43,13 @@ func (p Config) Validate() error {
 	if p.End.Less(p.Start) {
 		return fmt.Errorf("static_pool: start %s is after end %s", p.Start, p.End)
 	}
+	// A count from the file: the pool's index arrays are sized by it, and
+	// pool.New refuses more than MaxSize only once the daemon starts (or a
+	// reload applies the file), so say it here, where -check sees it.
+	if n := uint64(pool.V4(p.End)) - uint64(pool.V4(p.Start)) + 1; n > pool.MaxSize {
+		return fmt.Errorf("static_pool: start %s to end %s holds %d addresses, more than the %d a pool may have",
+			p.Start, p.End, n, pool.MaxSize)
+	}
 	subnet := p.Subnet()
 	if !subnet.Contains(p.End) {
 		return fmt.Errorf("static_pool: start %s and end %s are not in one subnet under mask %s (%s)",

@@ -47,9 +47,12 @@ struct ipv_reply {
  * one-line reason in err. */
 IPV_HIDDEN int ipv_query(const char *path, int timeout_ms, int pending_ms, struct ipv_reply *out, char *err, size_t errlen);
 
-/* Validates and decodes a complete frame (header and payload) held in buf.
- * Split from ipv_query so that the rules are in one place. Returns 0, or -1
- * with a reason in err. */
+/* ipv_parse_header validates a reply's 12-byte header: -1 (reason in err),
+ * 0 for an ANSWER of a plausible length, 1 for an ERROR, 2 for a PENDING.
+ * ipv_parse_answer validates the 32-byte fixed part of an ANSWER whose
+ * payload is payload_len bytes: 0, or -1 with a reason in err. Split from
+ * ipv_query so that the rules are in one place (and fuzzed from Go:
+ * lsp/preload/internal/cquery). */
 IPV_HIDDEN int ipv_parse_header(const unsigned char *h, uint32_t *payload_len, char *err, size_t errlen);
 IPV_HIDDEN int ipv_parse_answer(const unsigned char *p, uint32_t payload_len, struct ipv_reply *out, char *err, size_t errlen);
 

@@ -152,6 +152,14 @@ int ipv_parse_answer(const unsigned char *p, uint32_t payload_len, struct ipv_re
 	uint32_t reason_len = (uint32_t)p[2] << 8 | p[3];
 	in_addr_t vip = addr_at(p + 4), mip = addr_at(p + 8);
 
+	/* Checked here too, not only by ipv_parse_header: the reason check
+	 * below subtracts ANSWER_FIXED, which would wrap around. */
+	if (payload_len < ANSWER_FIXED) {
+		ipv_puts(&b, "ANSWER payload of ");
+		ipv_putu(&b, payload_len);
+		ipv_puts(&b, " bytes (want at least 32)");
+		return -1;
+	}
 	if (kind < IPV_VIP || kind > IPV_DENIED) {
 		ipv_puts(&b, "ANSWER kind ");
 		ipv_putu(&b, kind);
@@ -174,6 +182,12 @@ int ipv_parse_answer(const unsigned char *p, uint32_t payload_len, struct ipv_re
 		ipv_puts(&b, "ANSWER machine IP ");
 		ipv_putip(&b, mip);
 		ipv_puts(&b, " is not a unicast address");
+		return -1;
+	}
+	if (p[16] & 0x80) {
+		/* The expiry is Unix seconds below 2^63 (backend/wire refuses
+		 * the rest too): no version-1 daemon sends this. */
+		ipv_puts(&b, "ANSWER expiry past 2^63-1 seconds");
 		return -1;
 	}
 	if (reason_len > payload_len - ANSWER_FIXED) {

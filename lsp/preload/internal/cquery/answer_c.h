@@ -1,0 +1,1 @@
+../../src/answer.c

@@ -1,0 +1,16 @@
+//go:build cgo
+
+/* The preload library's query code, compiled once into the Go harness.
+ * query_c.h, answer_c.h and ipvirt.h are symlinks to lsp/preload/src: named
+ * as headers, so that the go command hashes them (a change to the library
+ * rebuilds the harness; it tracks no file outside the package) without
+ * compiling them on their own. answer.c brings the string helpers query.c
+ * uses; intercept.c (the exported wrappers) is left out, so that the test
+ * binary's own connect() is libc's. */
+#include "query_c.h"
+#include "answer_c.h"
+
+int ipv_real_connect(int fd, const struct sockaddr *sa, socklen_t len)
+{
+	return connect(fd, sa, len);
+}
