@@ -17,7 +17,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/ipvirt/ipvirt/backend/api"
 	"github.com/ipvirt/ipvirt/backend/wire"
@@ -189,7 +188,9 @@ func TestSocketFloodByOneSession(t *testing.T) {
 		b, _ := os.ReadFile(out)
 		return strings.HasPrefix(string(b), "open ")
 	})
-	time.Sleep(100 * time.Millisecond) // past the accept thread's wait: held by goroutines
+	// The daemon closes what is past the session's share as soon as it
+	// knows the connections' session (at once for idle ones).
+	eventually(t, "the flooding session is held to its share", func() bool { return fds(t, e) < 200 })
 
 	other := e.session(4005)
 	res := filepath.Join(dir, "whoami")

@@ -20,6 +20,21 @@ func (s *Unix) handle(c *net.UnixConn, caller *identity.Caller, pending *wire.Fr
 			s.sessions.free(caller.Session)
 		}
 	}()
+	if caller == nil && pending == nil {
+		// A client that did not ask within the accept thread's wait: know
+		// its session now, not at its first request, so that connections
+		// held idle count against their session's share at once (the
+		// accept thread answers PENDING itself where that must come
+		// before any /proc work).
+		if who, err := s.Resolver.ResolveConn(c); err == nil {
+			caller = &who
+			if !s.sessions.take(caller.Session) {
+				s.refused(caller.UID)
+				return
+			}
+			counted = true
+		}
+	}
 	end := time.Now().Add(connLifetime)
 	for time.Now().Before(end) {
 		var f wire.Frame
