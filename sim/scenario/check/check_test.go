@@ -16,7 +16,7 @@ import (
 
 // Every key a phase's expect block takes is a registered check.
 func TestCheckKeys(t *testing.T) {
-	want := []string{"accepted", "connect_p50_below", "connect_p99_below", "denied", "dhcp",
+	want := []string{"accepted", "alerts", "connect_p50_below", "connect_p99_below", "denied", "dhcp",
 		"distinct_sources", "metrics", "refused", "sources_match_report", "wire"}
 	if got := Keys(); !slices.Equal(got, want) {
 		t.Fatalf("registered %v, want %v", got, want)
