@@ -45,7 +45,9 @@ generate: deps
 # sees another's sessions. check-tracked.sh first: a binary in git (bin/,
 # a bench program) would ship in every clone.
 # The fuzz step replays every target's seeds and findings, then fuzzes it
-# for FUZZTIME_CI: about 80 s from a cold build cache on 2 cores, 35 s warm.
+# for FUZZTIME_CI: about 80 s from a cold build cache on 2 cores, 30 s warm
+# (where the cache holds a large corpus from earlier runs, replaying it may
+# take the whole second).
 FUZZTIME_CI ?= 1s
 test: build
 	@./scripts/check-tracked.sh
