@@ -65,6 +65,7 @@ var (
 	_ source.Source          = (*Source)(nil)
 	_ source.ClientIDer      = (*Source)(nil)
 	_ source.MetricsProvider = (*Source)(nil)
+	_ source.Decliner        = (*Source)(nil)
 )
 
 // New opens the source's sockets on ifc. hostID is a stable id of this host
@@ -242,6 +243,35 @@ func (s *Source) Release(l lease.Lease) {
 		defer s.wg.Done()
 		<-b.done // the maintainer is no longer sending for this lease
 		s.sendRelease(b)
+	}()
+}
+
+// Decline implements source.Decliner: the manager found sockets bound to
+// an address the server has just given (a holder whose lease record was
+// lost still uses it). The binding is dropped and the server told with a
+// DECLINE, as for an ARP conflict, so that it offers another address.
+func (s *Source) Decline(l lease.Lease, why string) {
+	key := l.Holder.Key()
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	b := s.bindings[key]
+	if b == nil || b.snapshot().Addr != l.Addr {
+		s.mu.Unlock()
+		return
+	}
+	s.dropLocked(b)
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go func() {
+		defer s.wg.Done()
+		<-b.done // the maintainer is no longer sending for this lease
+		st := b.state()
+		s.log.Warn("dhcp: address in use on this host; declining", "holder", key, "addr", l.Addr, "why", why)
+		// The server learns that it is in use, not by whom.
+		s.decline(b, ack{g: grant{Addr: l.Addr, ServerID: st.ServerID}}, "address in use on this host")
 	}()
 }
 
