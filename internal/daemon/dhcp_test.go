@@ -153,3 +153,29 @@ func TestPreloadWaitsForSlowDHCP(t *testing.T) {
 		t.Fatalf("connected after %v: the slow server should have made it wait over a second", took)
 	}
 }
+
+// The pre-grant check with a DHCP source: the server hands out an address
+// that a socket on this host is bound to (a holder whose lease record was
+// lost keeps using it); the daemon DECLINEs it, as for an ARP conflict,
+// and the session gets another.
+func TestDHCPDeclinesAddressInUse(t *testing.T) {
+	srv, e := relayEnv(t, dhcpserver.Config{LeaseTime: time.Hour}, "127.79.2", `
+  retransmit_base: 200ms
+  lease_wait: 5s`)
+	first := netip.MustParseAddr("127.79.2.10") // the server's first offer
+	u, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(first, 0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	vip := e.mustVIP(e.session(4601))
+	if vip == first.String() {
+		t.Fatalf("the session got %s, which a socket on this host is bound to", vip)
+	}
+	if c := srv.Counters(); c.Declines < 1 {
+		t.Fatalf("server counters %+v: want a DECLINE", c)
+	}
+	if d := srv.Declined(); len(d) != 1 || d[0] != first {
+		t.Fatalf("the server withholds %v, want %s", d, first)
+	}
+}

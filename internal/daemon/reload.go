@@ -87,6 +87,7 @@ func (d *Daemon) Reload() error {
 		if err != nil {
 			return fmt.Errorf("reload: %w", err)
 		}
+		d.census.scope.Store(scopeFor(cfg, d.adapter, nil))
 		for _, addr := range stranded {
 			d.log.Warn("reload: VIP outside the new static_pool stays with its holder until it ends",
 				"vip", addr.String(), "pool", fmt.Sprintf("%s-%s", cfg.StaticPool.Start, cfg.StaticPool.End))
