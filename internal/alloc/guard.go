@@ -75,6 +75,9 @@ type guard struct {
 	// freed maps an address released since the last round started to the
 	// number of rounds started at its release: it needs a later one.
 	freed map[netip.Addr]uint64
+	// floor is the first round that looked at the current scope (a reload
+	// that moves the pool brings addresses no earlier round looked at).
+	floor uint64
 	// aside holds the static addresses set aside, as the source gave them:
 	// the source counts them as taken, and they go back to it once a
 	// census shows them free.
@@ -115,9 +118,9 @@ func (g *guard) check(ctx context.Context, addr netip.Addr) ([]census.Socket, er
 		}
 		return r.bound[addr], nil
 	}
-	need := uint64(1)
+	need := max(g.floor, 1)
 	if f, ok := g.freed[addr]; ok {
-		need = f + 1
+		need = max(need, f+1)
 	}
 	if g.last != nil && g.last.n >= need {
 		socks := g.last.bound[addr]
@@ -303,6 +306,17 @@ func (m *Manager) Census(ctx context.Context) ([]census.Socket, error) {
 		return nil, errors.New("no socket census configured")
 	}
 	return m.guard.census(ctx)
+}
+
+// CensusScopeChanged says that the census now looks at other addresses (a
+// reload moved the static pool): grants wait for a census of the new scope.
+func (m *Manager) CensusScopeChanged() {
+	if m.guard == nil {
+		return
+	}
+	m.guard.mu.Lock()
+	m.guard.floor = m.guard.started + 1
+	m.guard.mu.Unlock()
 }
 
 // SetAside reports the addresses set aside because sockets are bound to

@@ -281,3 +281,21 @@ func TestClaim(t *testing.T) {
 		}
 	}
 }
+
+// A reload that moves the pool brings addresses no census has looked at:
+// the next grant waits for one.
+func TestGuardCensusAfterScopeChange(t *testing.T) {
+	c := &fakeCensus{}
+	m, _, _ := guardedManager(t, testPool, c, false)
+	if a := m.Query(context.Background(), caller(1)); a.Kind != wire.KindVIP || c.count() != 1 {
+		t.Fatalf("first grant: %+v after %d censuses", a, c.count())
+	}
+	m.CensusScopeChanged()
+	c.set("127.77.0.11", true)
+	if a := m.Query(context.Background(), caller(2)); a.Kind != wire.KindVIP || a.Lease.Addr != addr("127.77.0.12") {
+		t.Fatalf("grant after the scope changed: %+v; want 127.77.0.12 (.11 is bound)", a)
+	}
+	if n := c.count(); n != 2 {
+		t.Fatalf("%d censuses, want 2", n)
+	}
+}
