@@ -284,20 +284,26 @@ func (d *Daemon) evidenceBefore() (before, error) {
 
 // crossCheck runs after Restore and before anything is served: it adopts
 // the holders the kernel's evidence proves and refuses to start over the
-// rest (see the top of this file).
+// rest (see the top of this file). Only addresses the store does not
+// account for are looked at; those it does (holders that ended while the
+// daemon was down, leases of another source) are Restore's, and the
+// pre-grant check keeps any with sockets still bound out of the pool.
 //
-// An address is adopted when the evidence names exactly one holder, alive,
-// that has no lease: the processes of one live session (per program: one
-// listed program of it) hold sockets bound to it, or the kernel
-// interceptor's map gives it to one live session. Anything else that
-// suggests a holder (a label, a map entry, a socket of a session whose
-// holder cannot be named, two holders, a holder that has a lease already,
-// a source that cannot take an address back without its record, DHCP)
-// refuses the start. Sockets of processes in no session are no holder's
-// (a service bound to every local address): the pre-grant check keeps
-// such an address out of the pool while they are open. Addresses the store
-// accounts for (holders that ended while the daemon was down, leases of
-// another source) are left to Restore and the pre-grant check.
+// An address is adopted when the evidence names exactly one live holder
+// that has no lease, and shows the address is its VIP now: the processes
+// of one live session (per program: one listed program of it) hold
+// sockets bound to it and it is labelled on the adapter (on a loopback
+// adapter, which carries no labels, the sockets suffice), or the kernel
+// interceptor's map gives it to that live session.
+//
+// Evidence of a current VIP (a label, a live map entry) that names no
+// single adoptable holder refuses the start: the label alone (an idle
+// session may still use the address), two holders, a session whose holder
+// cannot be named, a holder with another lease, a source that cannot take
+// an address back without its record (DHCP). Sockets without such
+// evidence are no current VIP (a release left them behind, or a service
+// bound every local address): the pre-grant check keeps the address out
+// of the pool while they are open.
 func (d *Daemon) crossCheck(b before, rep alloc.RestoreReport) error {
 	ctx, cancel := context.WithTimeout(context.Background(), alloc.DefaultAcquireTimeout)
 	defer cancel()
@@ -348,6 +354,8 @@ func (d *Daemon) crossCheck(b before, rep alloc.RestoreReport) error {
 		return nil
 	}
 
+	in := adapter.Installer{Adapter: d.adapter}
+	labels := in.Needed() && adapter.Label(d.adapter.Name) != ""
 	snap, err := d.scanner.Scan(false)
 	if err != nil {
 		return fmt.Errorf("start-up cross-check: scan sessions: %w", err)
@@ -417,10 +425,22 @@ func (d *Daemon) crossCheck(b before, rep alloc.RestoreReport) error {
 			}
 			named[h] = info.UID
 		}
+		// A label or a live map entry says the address is some holder's
+		// VIP now. Where labels cannot be seen (a loopback adapter, an
+		// interface name too long for one) a socket has to do.
+		current := e.label != "" || liveEntry
 		switch {
-		case len(named) == 1 && unnamed == "":
+		case len(named) == 1 && unnamed == "" && (current || !labels):
 			h, uid := only(named)
 			if other, ok := hasLease[h]; ok {
+				if !current {
+					// Its old VIP, released while a program kept sockets
+					// on it: nobody's now, and out of the pool until they
+					// close (the pre-grant check).
+					d.log.Warn("pool address bound by a holder that has another VIP: kept out of the pool while the sockets are open",
+						"vip", a.String(), "holder", h.Key(), "holds", other.String(), "evidence", e.String())
+					continue
+				}
 				e.why = fmt.Sprintf("its holder %s holds %s already", h, other)
 				break
 			}
@@ -433,9 +453,14 @@ func (d *Daemon) crossCheck(b before, rep alloc.RestoreReport) error {
 			d.log.Warn("lease adopted from the kernel's evidence: the store had none for a live holder",
 				"holder", h.Key(), "vip", l.Addr.String(), "evidence", e.String())
 			continue
-		case len(named) == 0 && unnamed == "" && e.label == "" && !liveEntry:
+		case !current && (labels || len(named) == 0 && unnamed == ""):
+			// Sockets only, and no holder's VIP now: either the adapter
+			// carries labels and this address has none (a release left
+			// sockets behind), or only processes in no session hold it
+			// (a service bound to every local address). The pre-grant
+			// check keeps it out of the pool while they are open.
 			if len(e.socks) > 0 {
-				d.log.Warn("pool address in use by processes in no session: kept out of the pool while they hold it",
+				d.log.Warn("pool address in use though no VIP: kept out of the pool while the sockets are open",
 					"vip", a.String(), "evidence", e.String())
 			}
 			continue

@@ -377,3 +377,36 @@ func TestEmptiedStoreAdoptsFromKernelMaps(t *testing.T) {
 		t.Fatalf("a new session's program got %s, the live one's", vip)
 	}
 }
+
+// An administrator's release leaves a program's sockets bound to the old
+// VIP, now removed from the adapter; then the daemon restarts. The address
+// is no one's VIP (no label), so the start is not refused, but it stays out
+// of the pool until the sockets close.
+func TestReleasedVIPWithLiveSocketsAcrossRestart(t *testing.T) {
+	testenv.RequireRoot(t)
+	ns := uplinkHost(t, "10.50.0.2/24")
+	e, session := nsEnv(t, ns, "adapter: eth0\nsource: static\nstatic_pool: {start: 10.50.0.100, end: 10.50.0.101, subnet_mask: 255.255.255.0}\n")
+	old, other := session(4701), session(4702)
+	vip := e.mustVIP(old)
+	pid, _ := holdSockets(t, old, vip)
+	e.mustVIP(other)
+	if rel, err := e.client().Release(fmt.Sprint(old.ID)); err != nil || len(rel) != 1 {
+		t.Fatalf("release: %v, %v", rel, err)
+	}
+	if strings.Contains(labelled(t, ns), " "+vip+"/") {
+		t.Fatalf("%s still on eth0 after its release", vip)
+	}
+	e.restart(syscall.SIGTERM)
+	newcomer := session(4703)
+	if r, err := e.whoami(newcomer); err != nil || r.VIP == vip || r.Result != "mip" {
+		t.Fatalf("a new session got %+v (%v); want the machine IP: %s is bound by pid %d", r, err, vip, pid)
+	}
+	if !strings.Contains(e.d.Logs(), "pool address in use though no VIP: kept out of the pool") {
+		t.Fatalf("the restarted daemon does not say it keeps %s out of the pool:\n%s", vip, e.d.Logs())
+	}
+	old.Kill(pid)
+	eventually(t, vip+" granted once its sockets are closed", func() bool {
+		r, err := e.whoami(newcomer)
+		return err == nil && r.VIP == vip
+	})
+}
