@@ -300,7 +300,7 @@ func (d *Daemon) evidenceBefore() (before, error) {
 // single adoptable holder refuses the start: the label alone (an idle
 // session may still use the address), two holders, a session whose holder
 // cannot be named, a holder with another lease, a source that cannot take
-// an address back without its record (DHCP). Sockets without such
+// an address back (source.Claimer; DHCP asks its server). Sockets without such
 // evidence are no current VIP (a release left them behind, or a service
 // bound every local address): the pre-grant check keeps the address out
 // of the pool while they are open.

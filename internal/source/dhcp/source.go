@@ -66,6 +66,7 @@ var (
 	_ source.ClientIDer      = (*Source)(nil)
 	_ source.MetricsProvider = (*Source)(nil)
 	_ source.Decliner        = (*Source)(nil)
+	_ source.Claimer         = (*Source)(nil)
 )
 
 // New opens the source's sockets on ifc. hostID is a stable id of this host
@@ -220,6 +221,45 @@ func (s *Source) Adopt(l lease.Lease) error {
 	}
 	s.startLocked(b)
 	return nil
+}
+
+// Claim implements source.Claimer: h is found using a (labelled on the
+// adapter, its processes' sockets bound to it) although its lease record
+// was lost. Only the server can say whether a is h's, and it can: h's
+// client id derives from the host id and h alone, the same as when the
+// lease was granted. The binding starts expired, so its maintainer asks
+// for a back at once with INIT-REBOOT (RFC 2131 3.2), as for a lease that
+// expired while the daemon was down: the server's ACK makes it h's again
+// (Renewed, with the server's real timers), a NAK or no answer loses it
+// (Lost) and the manager withdraws it. Until then the lease expires after
+// lease_wait. Its state names no server yet (255.255.255.255, never sent
+// to: INIT-REBOOT broadcasts), so that a daemon killed before the answer
+// asks again the same way.
+func (s *Source) Claim(h lease.Holder, a netip.Addr) (lease.Lease, error) {
+	if !a.Is4() {
+		return lease.Lease{}, fmt.Errorf("dhcp: claim %s for %s: not an IPv4 address", a, h)
+	}
+	key := h.Key()
+	now := time.Now()
+	st := leaseState{ClientID: ClientID(s.hostID, key), ServerID: netip.AddrFrom4([4]byte{255, 255, 255, 255}),
+		Bound: now.Add(-time.Hour), Lease: time.Second, T1: time.Second / 2, T2: time.Second * 7 / 8}
+	subnet, _ := a.Prefix(s.ifc.Prefix.Bits()) // the adapter's, until the server says
+	l := lease.Lease{Holder: h, Addr: a, Subnet: subnet, Source: Name, Granted: now,
+		Expiry: now.Add(s.cfg.LeaseWait), State: st.marshal()}
+	b := &binding{holder: h, key: key, clientID: st.ClientID, lease: l, st: st}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return lease.Lease{}, errClosed
+	}
+	if old := s.bindings[key]; old != nil {
+		return lease.Lease{}, fmt.Errorf("dhcp: claim %s for %s: already holds %s", a, key, old.snapshot().Addr)
+	}
+	if other, ok := s.addrs[a]; ok {
+		return lease.Lease{}, fmt.Errorf("dhcp: claim %s for %s: already held by %s", a, key, other)
+	}
+	s.startLocked(b)
+	return b.snapshot(), nil
 }
 
 // Release ends h's lease and tells the server (DHCPRELEASE) in the
