@@ -390,8 +390,8 @@ func (d *Daemon) crossCheck(b before, rep alloc.RestoreReport) error {
 	refused := &EvidenceError{Store: d.store.Path()}
 	for _, a := range addrs {
 		e := evs[a]
-		named := map[lease.Holder]uint32{} // holder → its session's user
-		unnamed := ""                      // a session whose holder cannot be named
+		named := map[lease.Holder]uint32{}   // holder → its session's user
+		others := map[lease.Session]string{} // sessions whose holder cannot be named, and why
 		for _, s := range e.socks {
 			for _, o := range s.owners {
 				if !o.Session.Valid() {
@@ -400,9 +400,18 @@ func (d *Daemon) crossCheck(b before, rep alloc.RestoreReport) error {
 				if h, ok := holderOf(o.Session, o.Exe); ok {
 					named[h] = o.SessionUID
 				} else {
-					unnamed = fmt.Sprintf("pid %d of session %s runs %s, not a listed program", o.pid, o.Session, o.Exe)
+					others[o.Session] = fmt.Sprintf("pid %d of session %s runs %s, not a listed program", o.pid, o.Session, o.Exe)
 				}
 			}
+		}
+		// A listed program's child that inherited its sockets (a shell it
+		// ran) is that holder's, not another one.
+		for h := range named {
+			delete(others, h.Session)
+		}
+		unnamed := ""
+		for _, why := range others {
+			unnamed = why
 		}
 		liveEntry := false
 		for _, en := range e.entries {
