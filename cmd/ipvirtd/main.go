@@ -90,6 +90,10 @@ func main() {
 	}
 	if err := run(*cfgPath, log, hup); err != nil {
 		log.Error("ipvirtd failed", "err", err)
+		if daemon.IsEvidence(err) {
+			// One line per address, for the administrator to act on.
+			fmt.Fprintln(os.Stderr, "ipvirtd:", err)
+		}
 		os.Exit(1)
 	}
 }

@@ -121,6 +121,14 @@ type Options struct {
 	// AcquireTimeout bounds one acquisition from the source; zero means
 	// DefaultAcquireTimeout.
 	AcquireTimeout time.Duration
+	// Census, when set, lists the sockets bound to the source's
+	// addresses: no new grant hands out one a socket is bound to (see
+	// guard), and every scan takes one.
+	Census Census
+	// CensusEveryGrant makes each new grant wait for a census of its own
+	// address taken after it asked, rather than trust the last one for an
+	// address not released since (see guard).
+	CensusEveryGrant bool
 }
 
 // Manager owns every holder and its lease.
@@ -141,6 +149,7 @@ type Manager struct {
 	counters  Counters
 	logged    map[lease.Holder]time.Time // rate limit of not-virtualized events
 	prealloc  sync.Map                   // holders being pre-allocated
+	guard     *guard                     // nil without a census
 }
 
 type entry struct {
@@ -185,6 +194,9 @@ func New(opts Options, s Settings) *Manager {
 		outcomes: map[lease.Holder]outcome{},
 		seen:     map[lease.Session]time.Time{},
 		logged:   map[lease.Holder]time.Time{},
+	}
+	if opts.Census != nil {
+		m.guard = newGuard(opts.Census, opts.CensusEveryGrant)
 	}
 	m.settings.Store(&s)
 	return m
@@ -367,6 +379,9 @@ func (m *Manager) acquire(e *entry, h lease.Holder, uid uint32) {
 	ctx, cancel := context.WithTimeout(context.Background(), m.opts.AcquireTimeout)
 	defer cancel()
 	l, err := m.opts.Source.Acquire(ctx, h)
+	if err == nil && m.guard != nil {
+		l, err = m.vet(ctx, h, l)
+	}
 	if err == nil {
 		l.UID = uid
 		if l.Granted.IsZero() {
@@ -444,6 +459,11 @@ func (m *Manager) withdraw(h lease.Holder, addr netip.Addr, why string) (lease.L
 	delete(m.logged, h)
 	m.mu.Unlock()
 	l := e.lease
+	if m.guard != nil {
+		// Before the address can go back to the source: from now on only
+		// a census taken after this moment vouches for it.
+		m.guard.released(l.Addr)
+	}
 	for _, o := range m.observers {
 		o.Released(l)
 	}

@@ -46,6 +46,11 @@ func (m *Manager) ScanOnce() {
 		return
 	}
 	m.Reap(snap, taken)
+	if m.guard != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), m.opts.AcquireTimeout)
+		m.sweep(ctx)
+		cancel()
+	}
 }
 
 // needPrograms reports whether scans must read every process's executable:
@@ -69,6 +74,12 @@ func (m *Manager) needPrograms() bool {
 // marked gone, and released once gone for the grace period. Holders created
 // after the scan started are left alone (the scan could not see them).
 func (m *Manager) Reap(snap identity.Snapshot, taken time.Time) {
+	m.reap(snap, taken, true)
+}
+
+// reap is Reap, pre-allocating only when prealloc is set (Restore defers
+// it to Preallocate, after the start-up cross-check).
+func (m *Manager) reap(snap identity.Snapshot, taken time.Time, prealloc bool) {
 	now := m.opts.Now()
 	s := m.settings.Load()
 	var ended []lease.Holder
@@ -109,9 +120,24 @@ func (m *Manager) Reap(snap identity.Snapshot, taken time.Time) {
 	for _, h := range ended {
 		m.release(h, ReleaseEnded)
 	}
-	if s.Prealloc {
+	if s.Prealloc && prealloc {
 		m.preallocate(s, snap)
 	}
+}
+
+// Preallocate starts the acquisitions a scan would for the sessions the
+// last one saw (Restore's), when pre-allocation is on. The daemon calls it
+// once start-up has adopted every holder the kernel shows, so that no
+// pre-allocation races a holder found by the evidence.
+func (m *Manager) Preallocate() {
+	s := m.settings.Load()
+	if !s.Prealloc {
+		return
+	}
+	m.mu.RLock()
+	snap := m.snap
+	m.mu.RUnlock()
+	m.preallocate(s, snap)
 }
 
 // preallocate starts acquisitions for holders a scan shows that have no

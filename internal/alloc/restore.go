@@ -2,10 +2,12 @@ package alloc
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"strings"
 
 	"github.com/ipvirt/ipvirt/internal/lease"
+	"github.com/ipvirt/ipvirt/internal/source"
 )
 
 // BootIDPath holds a random id the kernel draws at every boot.
@@ -17,6 +19,10 @@ type RestoreReport struct {
 	Released  int // holders that ended while the daemon was down
 	Rebooted  bool
 	Conflicts int // damaged records, or two leases claiming one address
+	// Addrs holds every address a record named, whatever became of it
+	// (adopted, released, dropped): the store accounts for these, and the
+	// start-up cross-check looks only at the others.
+	Addrs map[netip.Addr]bool
 }
 
 // Restore adopts every persisted lease back into the source, then releases
@@ -25,7 +31,7 @@ type RestoreReport struct {
 // first request is served, so no new holder can be given an address a live
 // holder has.
 func (m *Manager) Restore() (RestoreReport, error) {
-	var rep RestoreReport
+	rep := RestoreReport{Addrs: map[netip.Addr]bool{}}
 	bootID := readBootID()
 	if prev := m.opts.Store.Meta("boot_id"); prev != nil && string(prev) != bootID {
 		rep.Rebooted = true
@@ -47,6 +53,7 @@ func (m *Manager) Restore() (RestoreReport, error) {
 
 	var dead []lease.Holder
 	for _, l := range leases {
+		rep.Addrs[l.Addr] = true
 		if l.Source != m.opts.Source.Name() {
 			// The source was switched (static to dhcp or back): the new
 			// source cannot vouch for the address. The holder asks again
@@ -93,8 +100,43 @@ func (m *Manager) Restore() (RestoreReport, error) {
 	if err := m.opts.Store.SetMeta("boot_id", []byte(bootID)); err != nil {
 		return rep, fmt.Errorf("restore: %w", err)
 	}
-	m.Reap(snap, taken)
+	m.reap(snap, taken, false)
 	return rep, nil
+}
+
+// Claim takes on a holder that the kernel shows using addr although no
+// lease records it (the start-up cross-check, after Restore): the source
+// takes the address back, the lease is made durable, and observers see a
+// grant. Only sources that implement source.Claimer can.
+func (m *Manager) Claim(h lease.Holder, addr netip.Addr, uid uint32) (lease.Lease, error) {
+	c, ok := m.opts.Source.(source.Claimer)
+	if !ok {
+		return lease.Lease{}, fmt.Errorf("the %s source cannot take back an address without its lease record", m.opts.Source.Name())
+	}
+	m.mu.RLock()
+	_, has := m.holders[h]
+	m.mu.RUnlock()
+	if has {
+		return lease.Lease{}, fmt.Errorf("claim %s for %s: the holder has a lease already", addr, h)
+	}
+	l, err := c.Claim(h, addr)
+	if err != nil {
+		return lease.Lease{}, err
+	}
+	l.UID = uid
+	if err := m.opts.Store.Put(l); err != nil {
+		m.opts.Source.Release(l)
+		return lease.Lease{}, fmt.Errorf("persist lease %s for %s: %w", addr, h, err)
+	}
+	e := &entry{ready: make(chan struct{}), lease: l, created: m.opts.Now()}
+	close(e.ready)
+	m.mu.Lock()
+	m.holders[h] = e
+	m.mu.Unlock()
+	for _, o := range m.observers {
+		o.Granted(l)
+	}
+	return l, nil
 }
 
 func readBootID() string {

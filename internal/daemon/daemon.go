@@ -18,6 +18,7 @@ import (
 
 	"github.com/ipvirt/ipvirt/internal/adapter"
 	"github.com/ipvirt/ipvirt/internal/alloc"
+	"github.com/ipvirt/ipvirt/internal/census"
 	"github.com/ipvirt/ipvirt/internal/config"
 	"github.com/ipvirt/ipvirt/internal/identity"
 	"github.com/ipvirt/ipvirt/internal/lease"
@@ -97,6 +98,7 @@ type Daemon struct {
 
 	kernel    *kernel // nil: preload only
 	kernelErr error   // why the configured kernel interceptor is not running
+	census    *poolCensus
 
 	events eventsRelay
 	// ln is the control socket, claimed in New; adapterLock is held
@@ -162,12 +164,20 @@ func (d *Daemon) build() error {
 		return err
 	}
 	d.src = src
+	dump, err := census.Open()
+	if err != nil {
+		src.Close()
+		return err
+	}
+	d.census = &poolCensus{dump: dump, resolver: d.resolver}
+	d.census.scope.Store(scopeFor(d.cfg, d.adapter, nil))
 	var inst alloc.Installer
 	if in := (adapter.Installer{Adapter: d.adapter}); in.Needed() {
 		inst = in
 	}
 	d.mgr = alloc.New(alloc.Options{Source: src, Store: d.store, Installer: inst, Scanner: d.scanner,
-		Users: d.users, MIP: d.adapter.MIP(), Log: d.log, AcquireTimeout: pendingWait(d.cfg)}, d.settings(d.cfg))
+		Users: d.users, MIP: d.adapter.MIP(), Log: d.log, Census: d.census, AcquireTimeout: pendingWait(d.cfg),
+		CensusEveryGrant: d.cfg.Source != static.Name}, d.settings(d.cfg))
 	d.events.m.Store(d.mgr)
 	if d.cfg.Interceptor.Kernel() {
 		// Before Restore: the observer sees every adopted lease as a grant.
@@ -179,18 +189,43 @@ func (d *Daemon) build() error {
 			d.mgr.AddObserver(k)
 		}
 	}
+	fail := func(err error) error {
+		if d.kernel != nil {
+			if IsEvidence(err) {
+				// Live holders' maps stay (as after SIGKILL): they are
+				// evidence, and their sessions keep their VIPs while the
+				// administrator looks.
+				d.kernel.ic.Release()
+			} else {
+				d.kernel.ic.Close()
+			}
+		}
+		dump.Close()
+		src.Close()
+		return err
+	}
+	// The evidence Restore changes is read before it.
+	ev, err := d.evidenceBefore()
+	if err != nil {
+		return fail(err)
+	}
 	rep, err := d.mgr.Restore()
 	if err != nil {
-		if d.kernel != nil {
-			d.kernel.ic.Close()
-		}
-		return err
+		return fail(err)
+	}
+	d.log.Info("leases restored", "adopted", rep.Adopted, "released", rep.Released,
+		"host_rebooted", rep.Rebooted, "conflicts", rep.Conflicts)
+	if d.cfg.Source != static.Name {
+		// The restored leases say which subnet the server's addresses
+		// come from.
+		d.census.scope.Store(scopeFor(d.cfg, d.adapter, d.mgr.Leases()))
+	}
+	if err := d.crossCheck(ev, rep); err != nil {
+		return fail(err)
 	}
 	if d.kernel != nil {
 		d.kernel.reconcile(d.mgr.Leases())
 	}
-	d.log.Info("leases restored", "adopted", rep.Adopted, "released", rep.Released,
-		"host_rebooted", rep.Rebooted, "conflicts", rep.Conflicts)
 	if in := (adapter.Installer{Adapter: d.adapter}); in.Needed() {
 		var want []adapter.VIP
 		for _, l := range d.mgr.Leases() {
@@ -204,6 +239,9 @@ func (d *Daemon) build() error {
 			d.log.Info("adapter addresses reconciled", "added", added, "removed", removed)
 		}
 	}
+	// Only now, with every holder the kernel shows adopted: a scan's
+	// pre-allocation must not race them.
+	d.mgr.Preallocate()
 	d.metrics = metrics.New(d.mgr, d.store)
 	if d.kernel != nil {
 		d.metrics.Registry.MustRegister(d.kernel.collector())
@@ -304,6 +342,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	background.Wait()
 	d.src.Close()
+	d.census.dump.Close()
 	if err := d.store.Close(); err != nil && runErr == nil {
 		runErr = err
 	}

@@ -7,12 +7,19 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/ipvirt/ipvirt/internal/testenv"
 	"github.com/ipvirt/ipvirt/sim/dhcpserver"
+	"github.com/ipvirt/ipvirt/sim/loginsession"
 )
 
 // TestDHCPSource runs the real ipvirtd with source: dhcp against a synthetic
@@ -160,7 +167,7 @@ func TestPreloadWaitsForSlowDHCP(t *testing.T) {
 // and lease_wait: 12s, a program's first connect waits the full 12 s
 // (PENDING keeps the library waiting), then falls back to the machine IP.
 func TestLeaseWaitIsHonoured(t *testing.T) {
-	_, e := relayEnv(t, dhcpserver.Config{LeaseTime: time.Hour, DropRate: 1}, "127.79.2", `
+	_, e := relayEnv(t, dhcpserver.Config{LeaseTime: time.Hour, DropRate: 1}, "127.79.3", `
   retransmit_base: 1s
   lease_wait: 12s`)
 	lib, client := cBinary(t, "libipvirt.so"), cBinary(t, "ipvirt-dbclient")
@@ -194,5 +201,120 @@ func TestLeaseWaitIsHonoured(t *testing.T) {
 		}
 	case <-time.After(40 * time.Second):
 		t.Fatal("the client never connected")
+	}
+}
+
+// The pre-grant check with a DHCP source: the server hands out an address
+// that a socket on this host is bound to (a holder whose lease record was
+// lost keeps using it); the daemon DECLINEs it, as for an ARP conflict,
+// and the session gets another.
+func TestDHCPDeclinesAddressInUse(t *testing.T) {
+	srv, e := relayEnv(t, dhcpserver.Config{LeaseTime: time.Hour}, "127.79.2", `
+  retransmit_base: 200ms
+  lease_wait: 5s`)
+	first := netip.MustParseAddr("127.79.2.10") // the server's first offer
+	u, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(first, 0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	vip := e.mustVIP(e.session(4601))
+	if vip == first.String() {
+		t.Fatalf("the session got %s, which a socket on this host is bound to", vip)
+	}
+	if c := srv.Counters(); c.Declines < 1 {
+		t.Fatalf("server counters %+v: want a DECLINE", c)
+	}
+	if d := srv.Declined(); len(d) != 1 || d[0] != first {
+		t.Fatalf("the server withholds %v, want %s", d, first)
+	}
+}
+
+// serverInNetns starts a synthetic DHCP server inside the network namespace
+// ns, on its loopback (brought up), handing out 10.50.0.100-199/24.
+func serverInNetns(t *testing.T, ns string, cfg dhcpserver.Config) *dhcpserver.Server {
+	t.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { netns.Set(orig); orig.Close() }()
+	h, err := netns.GetFromName(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if err := netns.Set(h); err != nil {
+		t.Fatal(err)
+	}
+	lo, err := netlink.LinkByName("lo")
+	if err == nil {
+		err = netlink.LinkSetUp(lo)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Listen, cfg.PrefixLen = "127.0.0.1:0", 24
+	cfg.RangeStart, cfg.RangeEnd = netip.MustParseAddr("10.50.0.100"), netip.MustParseAddr("10.50.0.199")
+	srv, err := dhcpserver.Start(context.Background(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	return srv
+}
+
+// The issue's failure with a DHCP source: the lease file emptied while the
+// daemon was down. The holders' VIPs are labelled on the adapter and their
+// sockets bound to them; the restarted daemon claims each back from the
+// server under the holder's own client id (INIT-REBOOT) instead of
+// removing them from the adapter, and the server confirms.
+func TestDHCPEmptiedStoreClaimsLiveHolders(t *testing.T) {
+	testenv.RequireRoot(t)
+	ns := uplinkHost(t, "10.50.0.2/24")
+	srv := serverInNetns(t, ns, dhcpserver.Config{LeaseTime: time.Hour})
+	port := srv.Addr().Port()
+	e, session := nsEnv(t, ns, fmt.Sprintf(`adapter: eth0
+source: dhcp
+preallocate: false
+dhcp:
+  server: 127.0.0.1:%d
+  server_port: %d
+  relay_address: 10.50.0.2
+  arp_probe: false
+  retransmit_base: 200ms
+  lease_wait: 5s
+`, port, port))
+	a, b := session(4801), session(4802)
+	vipA, vipB := e.mustVIP(a), e.mustVIP(b)
+	holdSockets(t, a, vipA)
+	holdSockets(t, b, vipB)
+	e.d.Stop(syscall.SIGKILL)
+	wipeStore(t, e)
+	requests := srv.Counters().Requests
+	e.start()
+	for s, vip := range map[*loginsession.Session]string{a: vipA, b: vipB} {
+		if got := e.sessionVIP(s.ID); got != vip {
+			t.Fatalf("session %d holds %q after the restart, had %s", s.ID, got, vip)
+		}
+		if !strings.Contains(labelled(t, ns), " "+vip+"/24") {
+			t.Fatalf("%s was removed from eth0:\n%s", vip, labelled(t, ns))
+		}
+	}
+	waitServer(t, srv, "the claims' INIT-REBOOTs", func(c dhcpserver.Counters) bool { return c.Requests >= requests+2 })
+	eventually(t, "the server's ACKs renew both claims", func() bool { return strings.Count(e.d.Logs(), "dhcp: lease extended") >= 2 })
+	if strings.Contains(e.d.Logs(), "vip withdrawn") {
+		t.Fatalf("a claim was lost:\n%s", e.d.Logs())
+	}
+	if got := strings.Count(e.d.Logs(), "lease adopted from the kernel's evidence"); got != 2 {
+		t.Fatalf("%d leases adopted, want 2:\n%s", got, e.d.Logs())
+	}
+	if nv := e.mustVIP(session(4803)); nv == vipA || nv == vipB {
+		t.Fatalf("a new session got %s", nv)
+	}
+	if v := e.mustVIP(a); v != vipA {
+		t.Fatalf("session A got %s, had %s", v, vipA)
 	}
 }

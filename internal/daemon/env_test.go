@@ -56,11 +56,15 @@ func daemonConfig(body string) string {
 }
 
 // staticConfig is a static source on loopback, with a default pool unless
-// extra has one of its own.
+// extra has one of its own. The default pool is this package's alone: the
+// daemon counts sockets bound to its pool as holders (the start-up
+// cross-check, the pre-grant check), and other packages' tests run
+// sessions bound to VIPs of theirs (lsp/preload: 127.77.0.x) at the same
+// time.
 func staticConfig(extra string) string {
 	body := "adapter: lo\nsource: static\n"
 	if !strings.Contains(extra, "static_pool") {
-		body += "static_pool: {start: 127.77.0.10, end: 127.77.0.250, subnet_mask: 255.255.255.0}\n"
+		body += "static_pool: {start: 127.70.0.10, end: 127.70.0.250, subnet_mask: 255.255.255.0}\n"
 	}
 	return body + extra
 }

@@ -168,7 +168,7 @@ func TestRestartKeepsLiveReleasesDead(t *testing.T) {
 func TestExhaustedAnswers(t *testing.T) {
 	for _, mode := range []string{"machine-ip", "deny"} {
 		t.Run(mode, func(t *testing.T) {
-			e := newEnv(t, "static_pool: {start: 127.77.0.10, end: 127.77.0.10, subnet_mask: 255.255.255.0}\non_exhausted: "+mode+"\n")
+			e := newEnv(t, "static_pool: {start: 127.70.0.10, end: 127.70.0.10, subnet_mask: 255.255.255.0}\non_exhausted: "+mode+"\n")
 			e.mustVIP(e.session(60001))
 			r, err := e.whoami(e.session(60002))
 			if err != nil {

@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -18,6 +19,16 @@ import (
 // peers sit in another namespace, like a host with two NICs, and returns
 // its name.
 func twoUplinkHost(t *testing.T) string {
+	t.Helper()
+	return uplinkHost(t, "10.50.0.2/24", "10.60.0.2/24")
+}
+
+var uplinkHosts atomic.Int32
+
+// uplinkHost makes a named network namespace with one adapter per address
+// (eth0, eth1, ...), each with its peer in another namespace, and returns
+// its name.
+func uplinkHost(t *testing.T, cidrs ...string) string {
 	t.Helper()
 	testenv.RequireRoot(t)
 	runtime.LockOSThread()
@@ -32,13 +43,13 @@ func twoUplinkHost(t *testing.T) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { lan.Close() })
-	name := fmt.Sprintf("ipvt-chk-%d", os.Getpid())
+	name := fmt.Sprintf("ipvt-chk-%d-%d", os.Getpid(), uplinkHosts.Add(1))
 	host, err := netns.NewNamed(name)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { host.Close(); netns.DeleteNamed(name) })
-	for i, cidr := range []string{"10.50.0.2/24", "10.60.0.2/24"} {
+	for i, cidr := range cidrs {
 		ifname := fmt.Sprintf("eth%d", i)
 		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: ifname}, PeerName: ifname + "p"}); err != nil {
 			t.Fatal(err)

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/ipvirt/ipvirt/internal/adapter"
@@ -84,8 +85,15 @@ func (d *Daemon) Reload() error {
 	}
 
 	if r, ok := d.src.(source.Reconfigurer); ok && cfg.StaticPool != old.StaticPool {
+		// No census has looked at the new pool: grants wait for one. While
+		// the pool changes, censuses look at both.
+		prev, next := d.census.scope.Load(), scopeFor(cfg, d.adapter, nil)
+		d.census.scope.Store(&scope{include: append(slices.Clone(prev.include), next.include...), exclude: next.exclude})
+		d.mgr.CensusScopeChanged()
 		stranded, err := r.Reconfigure(cfg.StaticPool.Range())
+		d.census.scope.Store(next)
 		if err != nil {
+			d.census.scope.Store(prev)
 			return fmt.Errorf("reload: %w", err)
 		}
 		for _, addr := range stranded {

@@ -5,6 +5,8 @@
 package metrics
 
 import (
+	"net/netip"
+
 	"github.com/ipvirt/ipvirt/backend/api"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -17,6 +19,7 @@ import (
 type State interface {
 	Counters() alloc.CounterSnapshot
 	Status() api.Status
+	SetAside() []netip.Addr
 }
 
 // CommitStats reports the store's group commits (the store).
@@ -85,6 +88,8 @@ var (
 		"1 when the address source can grant new leases.", []string{"source"}, nil)
 	descEnabled = prometheus.NewDesc("ipvirt_enabled",
 		"1 when IP virtualization is enabled.", []string{"mode"}, nil)
+	descSetAside = prometheus.NewDesc("ipvirt_addresses_set_aside",
+		"Pool addresses no lease holds that are kept out of the pool because sockets on this host are bound to them.", nil, nil)
 	descStoreHealthy = prometheus.NewDesc("ipvirt_store_healthy",
 		"1 when the last lease store commit reached the disk.", nil, nil)
 	descCommits = prometheus.NewDesc("ipvirt_store_commits_total",
@@ -100,7 +105,8 @@ type collector struct {
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descAllocations, descDecisions, descExhausted, descReleases, descLeases,
-		descPending, descPool, descDuplicates, descSessions, descHealthy, descEnabled, descStoreHealthy, descCommits, descWrites} {
+		descPending, descPool, descDuplicates, descSessions, descHealthy, descEnabled, descStoreHealthy, descCommits, descWrites,
+		descSetAside} {
 		ch <- d
 	}
 }
@@ -126,6 +132,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descDuplicates, prometheus.GaugeValue, float64(s.DuplicateVIP))
 	ch <- prometheus.MustNewConstMetric(descSessions, prometheus.GaugeValue, float64(s.Sessions))
+	ch <- prometheus.MustNewConstMetric(descSetAside, prometheus.GaugeValue, float64(len(c.st.SetAside())))
 	ch <- prometheus.MustNewConstMetric(descHealthy, prometheus.GaugeValue, b2f(s.Healthy), s.Source)
 	ch <- prometheus.MustNewConstMetric(descEnabled, prometheus.GaugeValue, b2f(s.Enabled), s.Mode)
 	ch <- prometheus.MustNewConstMetric(descStoreHealthy, prometheus.GaugeValue, b2f(s.StoreHealthy))

@@ -65,6 +65,26 @@ type Reconfigurer interface {
 	Reconfigure(r Range) (stranded []netip.Addr, err error)
 }
 
+// Claimer is implemented by sources that can take on an address a live
+// holder is found using although no lease records it (the start-up
+// cross-check of the store against the kernel: the lease file was lost or
+// rolled back). The static pool can: the address is its own to give.
+type Claimer interface {
+	// Claim marks a as held by h and returns the lease, as Adopt does for
+	// a persisted one. It fails if a is held by another holder.
+	Claim(h lease.Holder, a netip.Addr) (lease.Lease, error)
+}
+
+// Decliner is implemented by sources that can refuse an address they have
+// just obtained because it is in use on this host (sockets are bound to
+// it): DHCP tells its server with a DECLINE, as for an ARP conflict. The
+// manager sets the addresses of other sources aside itself.
+type Decliner interface {
+	// Decline gives up l, obtained by Acquire and not granted, telling
+	// the far end why.
+	Decline(l lease.Lease, why string)
+}
+
 // Range is an inclusive range of addresses and the subnet each is handed
 // out in.
 type Range struct {

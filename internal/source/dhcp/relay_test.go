@@ -412,3 +412,63 @@ func TestAcquireAfterClose(t *testing.T) {
 		t.Fatalf("second close: %v", err)
 	}
 }
+
+// A holder found using an address although its lease record was lost
+// (the start-up cross-check) is claimed: the source asks the server at
+// once, with INIT-REBOOT under the holder's client id. The holder the
+// server leased it to gets it back with the server's timers (Renewed); a
+// claim for an address the server leased to another client is NAKed and
+// Lost. Decline gives an address back as in use.
+func TestRelayClaimAndDecline(t *testing.T) {
+	t.Parallel()
+	srv := loopServer(t, fastLease(time.Hour, 30*time.Minute, 50*time.Minute))
+	relay := nextRelayIP()
+	s1 := relaySource(t, srv, fastConfig(), relay, newRecorder())
+	mine, theirs := acquire(t, s1, holder(0)), acquire(t, s1, holder(1))
+	s1.Close() // the daemon dies, and its lease records are lost
+
+	ev := newRecorder()
+	s2 := relaySource(t, srv, fastConfig(), relay, ev)
+	l, err := s2.Claim(holder(0), mine.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Addr != mine.Addr || l.Holder != holder(0) {
+		t.Fatalf("claimed lease %+v", l)
+	}
+	if _, err := parseState(l.State); err != nil {
+		t.Fatalf("a claimed lease's state must survive a restart: %v", err)
+	}
+	if _, err := s2.Claim(holder(2), mine.Addr); err == nil {
+		t.Fatal("a second holder claimed a claimed address")
+	}
+	// Holder 3 claims holder 1's address: not its client id's.
+	if _, err := s2.Claim(holder(3), theirs.Addr); err != nil {
+		t.Fatal(err)
+	}
+	ev.wait(t, 10*time.Second, "the server's answers", func(r []lease.Lease, lost []lostEvent) bool {
+		return ev.renewedOfLocked(r, holder(0)) >= 1 && len(lost) >= 1
+	})
+	ev.mu.Lock()
+	for _, r := range ev.renewed {
+		if r.Holder == holder(0) && (r.Addr != mine.Addr || r.Expiry.Before(time.Now().Add(30*time.Minute))) {
+			t.Errorf("renewed %+v: want %s with the server's hour", r, mine.Addr)
+		}
+	}
+	if lo := ev.lost[0]; lo.holder != holder(3) || lo.addr != theirs.Addr {
+		t.Errorf("lost %+v: want holder 3's claim of %s", lo, theirs.Addr)
+	}
+	ev.mu.Unlock()
+
+	// An address found in use on this host is declined: the server
+	// withholds it and offers another.
+	got := acquire(t, s2, holder(4))
+	s2.Decline(got, "address in use on this host")
+	waitServer(t, srv, 5*time.Second, "the DECLINE", func(c dhcpserver.Counters, _ []dhcpserver.Lease) bool { return c.Declines == 1 })
+	if d := srv.Declined(); len(d) != 1 || d[0] != got.Addr {
+		t.Fatalf("server withholds %v, want %s", d, got.Addr)
+	}
+	if again := acquire(t, s2, holder(4)); again.Addr == got.Addr {
+		t.Fatalf("offered the declined %s again", got.Addr)
+	}
+}

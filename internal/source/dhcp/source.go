@@ -65,6 +65,8 @@ var (
 	_ source.Source          = (*Source)(nil)
 	_ source.ClientIDer      = (*Source)(nil)
 	_ source.MetricsProvider = (*Source)(nil)
+	_ source.Decliner        = (*Source)(nil)
+	_ source.Claimer         = (*Source)(nil)
 )
 
 // New opens the source's sockets on ifc. hostID is a stable id of this host
@@ -221,6 +223,45 @@ func (s *Source) Adopt(l lease.Lease) error {
 	return nil
 }
 
+// Claim implements source.Claimer: h is found using a (labelled on the
+// adapter, its processes' sockets bound to it) although its lease record
+// was lost. Only the server can say whether a is h's, and it can: h's
+// client id derives from the host id and h alone, the same as when the
+// lease was granted. The binding starts expired, so its maintainer asks
+// for a back at once with INIT-REBOOT (RFC 2131 3.2), as for a lease that
+// expired while the daemon was down: the server's ACK makes it h's again
+// (Renewed, with the server's real timers), a NAK or no answer loses it
+// (Lost) and the manager withdraws it. Until then the lease expires after
+// lease_wait. Its state names no server yet (255.255.255.255, never sent
+// to: INIT-REBOOT broadcasts), so that a daemon killed before the answer
+// asks again the same way.
+func (s *Source) Claim(h lease.Holder, a netip.Addr) (lease.Lease, error) {
+	if !a.Is4() {
+		return lease.Lease{}, fmt.Errorf("dhcp: claim %s for %s: not an IPv4 address", a, h)
+	}
+	key := h.Key()
+	now := time.Now()
+	st := leaseState{ClientID: ClientID(s.hostID, key), ServerID: netip.AddrFrom4([4]byte{255, 255, 255, 255}),
+		Bound: now.Add(-time.Hour), Lease: time.Second, T1: time.Second / 2, T2: time.Second * 7 / 8}
+	subnet, _ := a.Prefix(s.ifc.Prefix.Bits()) // the adapter's, until the server says
+	l := lease.Lease{Holder: h, Addr: a, Subnet: subnet, Source: Name, Granted: now,
+		Expiry: now.Add(s.cfg.LeaseWait), State: st.marshal()}
+	b := &binding{holder: h, key: key, clientID: st.ClientID, lease: l, st: st}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return lease.Lease{}, errClosed
+	}
+	if old := s.bindings[key]; old != nil {
+		return lease.Lease{}, fmt.Errorf("dhcp: claim %s for %s: already holds %s", a, key, old.snapshot().Addr)
+	}
+	if other, ok := s.addrs[a]; ok {
+		return lease.Lease{}, fmt.Errorf("dhcp: claim %s for %s: already held by %s", a, key, other)
+	}
+	s.startLocked(b)
+	return b.snapshot(), nil
+}
+
 // Release ends h's lease and tells the server (DHCPRELEASE) in the
 // background.
 func (s *Source) Release(l lease.Lease) {
@@ -242,6 +283,35 @@ func (s *Source) Release(l lease.Lease) {
 		defer s.wg.Done()
 		<-b.done // the maintainer is no longer sending for this lease
 		s.sendRelease(b)
+	}()
+}
+
+// Decline implements source.Decliner: the manager found sockets bound to
+// an address the server has just given (a holder whose lease record was
+// lost still uses it). The binding is dropped and the server told with a
+// DECLINE, as for an ARP conflict, so that it offers another address.
+func (s *Source) Decline(l lease.Lease, why string) {
+	key := l.Holder.Key()
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	b := s.bindings[key]
+	if b == nil || b.snapshot().Addr != l.Addr {
+		s.mu.Unlock()
+		return
+	}
+	s.dropLocked(b)
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go func() {
+		defer s.wg.Done()
+		<-b.done // the maintainer is no longer sending for this lease
+		st := b.state()
+		s.log.Warn("dhcp: address in use on this host; declining", "holder", key, "addr", l.Addr, "why", why)
+		// The server learns that it is in use, not by whom.
+		s.decline(b, ack{g: grant{Addr: l.Addr, ServerID: st.ServerID}}, "address in use on this host")
 	}()
 }
 

@@ -33,6 +33,7 @@ type Source struct {
 var (
 	_ source.Source       = (*Source)(nil)
 	_ source.Reconfigurer = (*Source)(nil)
+	_ source.Claimer      = (*Source)(nil)
 )
 
 // New returns a source over the (already validated) pool.
@@ -74,6 +75,27 @@ func (s *Source) Adopt(l lease.Lease) error {
 	s.pool.TakeAddr(l.Addr) // false for a stranded address: held all the same
 	s.held[l.Addr] = l.Holder
 	return nil
+}
+
+// Claim implements source.Claimer: a live holder found using a (the
+// sockets of its processes are bound to it) although the store lost its
+// lease. As with Adopt, an address outside the current range is held all
+// the same.
+func (s *Source) Claim(h lease.Holder, a netip.Addr) (lease.Lease, error) {
+	if !a.Is4() {
+		return lease.Lease{}, fmt.Errorf("static: claim %s for %s: not an IPv4 address", a, h)
+	}
+	l := lease.Lease{Holder: h, Addr: a, Subnet: s.subnetOf(), Source: Name, Granted: s.now()}
+	if err := s.Adopt(l); err != nil {
+		return lease.Lease{}, err
+	}
+	return l, nil
+}
+
+func (s *Source) subnetOf() netip.Prefix {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.subnet
 }
 
 // Release implements source.Source.
