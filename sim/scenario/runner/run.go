@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ipvirt/ipvirt/internal/adapter"
 	"github.com/ipvirt/ipvirt/internal/cgroup"
 	"github.com/ipvirt/ipvirt/sim/daemonproc"
 	"github.com/ipvirt/ipvirt/sim/dbserver"
@@ -396,6 +398,26 @@ func (r *fileRun) phase(ctx context.Context, i int) (*PhaseResult, error) {
 	return pr, nil
 }
 
+// clearAdapter removes the VIPs an earlier phase's daemon left on the
+// adapter. A daemon stopped with SIGTERM keeps its leases, and so its
+// addresses; a phase's fresh daemon, with a fresh lease file, would rightly
+// refuse to start over them (a live holder may use them). Each phase starts
+// from a clean host instead.
+func (r *fileRun) clearAdapter(cfg map[string]any) {
+	name, _ := cfg["adapter"].(string)
+	if name == "" || strings.ContainsAny(name, ":/") { // a MAC address or a subnet: the topology's
+		name = r.topo.Adapter()
+	}
+	label := adapter.Label(name)
+	if name == "lo" || label == "" {
+		return
+	}
+	argv := r.topo.Wrap("session", []string{"ip", "-4", "addr", "flush", "dev", name, "label", label})
+	if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
+		r.opts.Log.Debug("clear the adapter's VIPs", "adapter", name, "err", err, "out", string(out))
+	}
+}
+
 // applyDaemon gives the daemon this phase's config the way the phase says:
 // a fresh daemon, a restart on the same state, or a reload.
 func (r *fileRun) applyDaemon(ctx context.Context, p *scenario.Phase, dir string, paths map[string]string) error {
@@ -421,6 +443,7 @@ func (r *fileRun) applyDaemon(ctx context.Context, p *scenario.Phase, dir string
 		return r.startDaemon(ctx)
 	}
 	r.stopDaemon()
+	r.clearAdapter(cfg)
 	d, err := daemonproc.New(dir, body, true)
 	if err != nil {
 		return err
