@@ -422,3 +422,77 @@ func RangePrefixes(start, end netip.Addr) []netip.Prefix {
 	}
 	return out
 }
+
+// inetDiagNoCookie asks for a socket by its addresses alone.
+const inetDiagNoCookie = ^uint32(0)
+
+// Owner returns the uid owning the TCP socket whose local end is local and
+// whose remote end is remote (IPv4, or IPv6): an exact lookup by the
+// four-tuple, not a dump, so its cost does not grow with the sockets the
+// host has. The HTTP server asks it who is at the other end of a loopback
+// connection: that end is a socket of this host too.
+func (d *Dumper) Owner(local, remote netip.AddrPort) (uint32, error) {
+	// net.TCPAddr may hold an IPv4 address in its 16-byte form.
+	local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
+	remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.seq++
+	family := uint8(unix.AF_INET6)
+	if local.Addr().Is4() && remote.Addr().Is4() {
+		family = unix.AF_INET
+	}
+	ne := binary.NativeEndian
+	var req [nlmsgHdrLen + inetDiagReqV2Len]byte
+	ne.PutUint32(req[0:], uint32(len(req)))
+	ne.PutUint16(req[4:], sockDiagByFamily)
+	ne.PutUint16(req[6:], unix.NLM_F_REQUEST)
+	ne.PutUint32(req[8:], d.seq)
+	r := req[nlmsgHdrLen:]
+	r[0], r[1] = family, byte(TCP)
+	ne.PutUint32(r[4:], ^uint32(0))
+	id := r[8:]
+	binary.BigEndian.PutUint16(id[0:], local.Port())
+	binary.BigEndian.PutUint16(id[2:], remote.Port())
+	if family == unix.AF_INET {
+		a, b := local.Addr().As4(), remote.Addr().As4()
+		copy(id[4:], a[:])
+		copy(id[20:], b[:])
+	} else {
+		a, b := local.Addr().As16(), remote.Addr().As16()
+		copy(id[4:], a[:])
+		copy(id[20:], b[:])
+	}
+	ne.PutUint32(id[40:], inetDiagNoCookie)
+	ne.PutUint32(id[44:], inetDiagNoCookie)
+	if err := unix.Sendto(d.fd, req[:], 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return 0, fmt.Errorf("census: sock_diag: send: %w", err)
+	}
+	for {
+		n, _, err := unix.Recvfrom(d.fd, d.buf, 0)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return 0, fmt.Errorf("census: sock_diag lookup: receive: %w", err)
+		}
+		m := d.buf[:n]
+		if len(m) < nlmsgHdrLen || ne.Uint32(m[8:]) != d.seq {
+			continue // a late answer to an earlier request
+		}
+		switch ne.Uint16(m[4:]) {
+		case unix.NLMSG_ERROR:
+			if len(m) >= nlmsgHdrLen+4 {
+				if errno := int32(ne.Uint32(m[nlmsgHdrLen:])); errno != 0 {
+					return 0, fmt.Errorf("census: sock_diag lookup: %w", syscall.Errno(-errno))
+				}
+			}
+			return 0, errors.New("census: sock_diag lookup: no such socket")
+		case sockDiagByFamily:
+			if s, ok := parseMsg(m[nlmsgHdrLen:], TCP); ok {
+				return s.UID, nil
+			}
+			return 0, errors.New("census: sock_diag lookup: unreadable reply")
+		}
+	}
+}

@@ -201,3 +201,39 @@ func BenchmarkBound(b *testing.B) {
 		}
 	}
 }
+
+// TestOwner: the kernel names the uid owning the client end of a loopback
+// connection; a connection that is not on this host has none.
+func TestOwner(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	d, err := Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	client := sc.RemoteAddr().(*net.TCPAddr).AddrPort()
+	server := sc.LocalAddr().(*net.TCPAddr).AddrPort()
+	for range 3 {
+		uid, err := d.Owner(client, server)
+		if err != nil || uid != uint32(os.Getuid()) {
+			t.Fatalf("owner = %d, %v; want %d", uid, err, os.Getuid())
+		}
+	}
+	if uid, err := d.Owner(netip.MustParseAddrPort("192.0.2.1:9"), server); err == nil {
+		t.Fatalf("a socket that does not exist has owner %d", uid)
+	}
+}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/ipvirt/ipvirt/internal/census"
 	"github.com/ipvirt/ipvirt/internal/metrics"
 )
 
@@ -134,8 +135,8 @@ type peerListener struct {
 	m       *metrics.Metrics
 	log     *slog.Logger
 	slots   slots
-	lastLog time.Time // only Accept's goroutine touches it
-	diag    *sockDiag // only Accept's goroutine uses it; nil until needed
+	lastLog time.Time      // only Accept's goroutine touches it
+	diag    *census.Dumper // nil until needed
 }
 
 func (l *peerListener) Accept() (net.Conn, error) {
@@ -143,7 +144,7 @@ func (l *peerListener) Accept() (net.Conn, error) {
 		c, err := l.Listener.Accept()
 		if err != nil {
 			if l.diag != nil && errors.Is(err, net.ErrClosed) {
-				l.diag.close()
+				l.diag.Close()
 				l.diag = nil
 			}
 			return nil, err
@@ -174,14 +175,14 @@ func (l *peerListener) peerUID(c net.Conn) uint32 {
 		return remoteUID
 	}
 	if l.diag == nil {
-		d, err := newSockDiag()
+		d, err := census.Open()
 		if err != nil {
 			l.log.Warn("cannot tell HTTP clients apart: every one counts as remote", "err", err)
 			return remoteUID
 		}
 		l.diag = d
 	}
-	uid, err := l.diag.tcpOwner(remote, local)
+	uid, err := l.diag.Owner(remote.AddrPort(), local.AddrPort())
 	if err != nil {
 		return remoteUID
 	}
