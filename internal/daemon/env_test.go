@@ -99,7 +99,9 @@ func newEnvBody(t *testing.T, body string) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		d.Stop(syscall.SIGKILL)
+		// SIGTERM, not SIGKILL: a daemon with the kernel interceptor then
+		// detaches and removes its pins, even after a test that failed.
+		d.Stop(syscall.SIGTERM)
 		if t.Failed() {
 			t.Logf("ipvirtd log:\n%s", d.Logs())
 		}
