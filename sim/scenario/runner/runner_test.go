@@ -9,13 +9,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ipvirt/ipvirt/sim/loginsession"
 	"github.com/ipvirt/ipvirt/sim/scenario"
 )
 
 func scenarioPath(name string) string { return filepath.Join("..", "..", "..", "scenarios", name) }
 
 // Every scenario file in scenarios/, and the runner's own in testdata/, is
-// an acceptance test, run side by side with the others: run it for real (audit sessions as root, POSIX
+// an acceptance test, run side by side with the others and beside 30
+// foreign login sessions: run it for real (audit sessions as root, POSIX
 // otherwise; a file that needs root is skipped without it, never under
 // CI=true).
 func TestScenarioFiles(t *testing.T) {
@@ -27,6 +29,17 @@ func TestScenarioFiles(t *testing.T) {
 	files = append(files, own...)
 	if len(files) < 4 {
 		t.Fatalf("found only %v", files)
+	}
+	// 30 foreign login sessions stay alive through every file: a scenario's
+	// outcome must not depend on what else lives on the host.
+	if os.Geteuid() == 0 {
+		for i := range 30 {
+			s, err := loginsession.Start(context.Background(), loginsession.Audit, uint32(5300+i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+		}
 	}
 	for _, path := range files {
 		t.Run(filepath.Base(path), func(t *testing.T) {
