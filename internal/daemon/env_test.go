@@ -35,6 +35,9 @@ type env struct {
 	// that login sessions of other tests running at the same time (other
 	// packages, the scenarios) are invisible to it; nil when not root.
 	group *cgroup.Group
+	// wrap is how the test's sessions start (into group, into a network
+	// namespace); nil: as they are.
+	wrap func(argv []string) []string
 }
 
 // groupSeq numbers the cgroups of this test binary.
@@ -81,7 +84,6 @@ func newEnv(t *testing.T, extra string) *env {
 // shown if the test failed.
 func newEnvBody(t *testing.T, body string) *env {
 	t.Helper()
-	kind, _ := sessionKind()
 	var group *cgroup.Group
 	if os.Geteuid() == 0 {
 		var err error
@@ -95,6 +97,18 @@ func newEnvBody(t *testing.T, body string) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	e := startEnv(t, d, nil)
+	if group != nil {
+		e.group, e.wrap = group, group.Wrap
+	}
+	return e
+}
+
+// startEnv starts d as the test's daemon, stopped at the end of the test
+// (its log shown if the test failed); the env's sessions start through
+// wrap (nil: as they are).
+func startEnv(t *testing.T, d *daemonproc.Daemon, wrap func(argv []string) []string) *env {
+	t.Helper()
 	if err := d.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +124,8 @@ func newEnvBody(t *testing.T, body string) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &env{t: t, kind: kind, d: d, ctl: ctl, group: group}
+	kind, _ := sessionKind()
+	return &env{t: t, kind: kind, d: d, ctl: ctl, wrap: wrap}
 }
 
 // start starts the stopped daemon again, on the same state directory.
@@ -160,11 +175,7 @@ func (e *env) ctlCmd(args ...string) *exec.Cmd {
 // session opens a login session for uid that ends with the test.
 func (e *env) session(uid uint32) *loginsession.Session {
 	e.t.Helper()
-	var wrap func([]string) []string
-	if e.group != nil {
-		wrap = e.group.Wrap
-	}
-	s, err := loginsession.StartWrapped(context.Background(), e.kind, uid, wrap)
+	s, err := loginsession.StartWrapped(context.Background(), e.kind, uid, e.wrap)
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -62,31 +62,8 @@ func nsEnv(t *testing.T, ns, body string) (*env, func(uid uint32) *loginsession.
 		t.Fatal(err)
 	}
 	d.Wrap = wrap
-	if err := d.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		d.Stop(syscall.SIGKILL)
-		if t.Failed() {
-			t.Logf("ipvirtd log:\n%s", d.Logs())
-		}
-	})
-	ctl, err := daemonproc.Binary("ipvirtctl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &env{t: t, d: d, ctl: ctl}
-	e.kind, _ = sessionKind()
-	session := func(uid uint32) *loginsession.Session {
-		t.Helper()
-		s, err := loginsession.StartWrapped(context.Background(), e.kind, uid, wrap)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.Close() })
-		return s
-	}
-	return e, session
+	e := startEnv(t, d, wrap)
+	return e, e.session
 }
 
 // labelled lists the addresses ipvirt labelled on eth0 in ns.

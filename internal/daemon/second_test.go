@@ -27,12 +27,7 @@ func TestSecondDaemonTouchesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	first.Wrap = wrap
-	if err := first.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { first.Stop(9) })
-	e := &env{t: t, d: first, ctl: ctl}
-	e.kind, _ = sessionKind()
+	e := startEnv(t, first, nil)
 	vip := e.mustVIP(e.session(4011))
 	onAdapter := func() bool {
 		out, _ := exec.Command("ip", "-n", ns, "-4", "addr", "show", "eth0").CombinedOutput()

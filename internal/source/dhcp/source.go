@@ -265,13 +265,32 @@ func (s *Source) Claim(h lease.Holder, a netip.Addr) (lease.Lease, error) {
 // Release ends h's lease and tells the server (DHCPRELEASE) in the
 // background.
 func (s *Source) Release(l lease.Lease) {
-	key := l.Holder.Key()
+	s.end(l, s.sendRelease)
+}
+
+// Decline implements source.Decliner: the manager found sockets bound to
+// an address the server has just given (a holder whose lease record was
+// lost still uses it). The binding is dropped and the server told with a
+// DECLINE, as for an ARP conflict, so that it offers another address.
+func (s *Source) Decline(l lease.Lease, why string) {
+	s.end(l, func(b *binding) {
+		st := b.state()
+		s.log.Warn("dhcp: address in use on this host; declining", "holder", l.Holder.Key(), "addr", l.Addr, "why", why)
+		// The server learns that it is in use, not by whom.
+		s.decline(b, ack{g: grant{Addr: l.Addr, ServerID: st.ServerID}}, "address in use on this host")
+	})
+}
+
+// end drops l's binding, if it is still the one holding l's address, and
+// then tells the server (tell) in the background, once the binding's
+// maintainer has stopped sending for it.
+func (s *Source) end(l lease.Lease, tell func(*binding)) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		return
 	}
-	b := s.bindings[key]
+	b := s.bindings[l.Holder.Key()]
 	if b == nil || b.snapshot().Addr != l.Addr {
 		s.mu.Unlock()
 		return // already lost, or not ours: nothing to give back
@@ -281,37 +300,8 @@ func (s *Source) Release(l lease.Lease) {
 	s.mu.Unlock()
 	go func() {
 		defer s.wg.Done()
-		<-b.done // the maintainer is no longer sending for this lease
-		s.sendRelease(b)
-	}()
-}
-
-// Decline implements source.Decliner: the manager found sockets bound to
-// an address the server has just given (a holder whose lease record was
-// lost still uses it). The binding is dropped and the server told with a
-// DECLINE, as for an ARP conflict, so that it offers another address.
-func (s *Source) Decline(l lease.Lease, why string) {
-	key := l.Holder.Key()
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return
-	}
-	b := s.bindings[key]
-	if b == nil || b.snapshot().Addr != l.Addr {
-		s.mu.Unlock()
-		return
-	}
-	s.dropLocked(b)
-	s.wg.Add(1)
-	s.mu.Unlock()
-	go func() {
-		defer s.wg.Done()
-		<-b.done // the maintainer is no longer sending for this lease
-		st := b.state()
-		s.log.Warn("dhcp: address in use on this host; declining", "holder", key, "addr", l.Addr, "why", why)
-		// The server learns that it is in use, not by whom.
-		s.decline(b, ack{g: grant{Addr: l.Addr, ServerID: st.ServerID}}, "address in use on this host")
+		<-b.done
+		tell(b)
 	}()
 }
 
