@@ -229,6 +229,11 @@ func (w *walker) page(p []byte, id uint64, depth int) error {
 		return fmt.Errorf("page %d: %d elements walked, more than a %d-byte file holds: bucket values overlap",
 			id, w.elements, w.maxElements*elementSize)
 	}
+	// Checked before the elements: an empty page of any other type has
+	// no element to fail on, and bbolt asserts every page's type.
+	if flags != branchPage && flags != leafPage {
+		return fmt.Errorf("page %d: type %#x where a branch or leaf page belongs", id, flags)
+	}
 	if flags == branchPage && count == 0 {
 		return fmt.Errorf("page %d: branch page without children", id)
 	}
@@ -275,8 +280,6 @@ func (w *walker) page(p []byte, id uint64, depth int) error {
 			} else if err := w.page(inline, id, depth+1); err != nil {
 				return err
 			}
-		default:
-			return fmt.Errorf("page %d: type %#x where a branch or leaf page belongs", id, flags)
 		}
 	}
 	return nil
