@@ -46,6 +46,14 @@ type Config struct {
 	// DeclineHold is how long a DECLINEd address is withheld; 0 means for
 	// the server's lifetime.
 	DeclineHold time.Duration `yaml:"decline_hold"`
+	// OfferByMAC offers every client with the same chaddr the lowest free
+	// address and reserves nothing until a REQUEST, as dnsmasq does: its
+	// offer comes from a hash of chaddr alone. Concurrent exchanges of
+	// one host are then all offered one address.
+	OfferByMAC bool `yaml:"offer_by_mac"`
+	// IgnoreUnoffered stays silent on a SELECTING REQUEST for an address
+	// other than the one last offered to that client.
+	IgnoreUnoffered bool `yaml:"ignore_unoffered"`
 
 	// Latency delays every answer.
 	Latency time.Duration `yaml:"latency"`

@@ -99,7 +99,13 @@ func (s *Server) decide(m *dhcpv4.DHCPv4, now time.Time) *dhcpv4.DHCPv4 {
 	case dhcpv4.MessageTypeDiscover:
 		s.counters.Discovers++
 		req, _ := netip.AddrFromSlice(m.RequestedIPAddress().To4())
-		addr, ok := s.table.offer(client, req, s.cfg.OfferHold, now)
+		var addr netip.Addr
+		var ok bool
+		if s.cfg.OfferByMAC {
+			addr, ok = s.table.lowestFree(client, now)
+		} else {
+			addr, ok = s.table.offer(client, req, s.cfg.OfferHold, now)
+		}
 		if !ok {
 			s.counters.NoFree++
 			s.log.Debug("dhcpserver: no free address", "client", client)
@@ -107,6 +113,7 @@ func (s *Server) decide(m *dhcpv4.DHCPv4, now time.Time) *dhcpv4.DHCPv4 {
 		}
 		s.remember(client, m)
 		s.counters.Offers++
+		s.offered[client] = addr
 		return s.reply(m, dhcpv4.MessageTypeOffer, addr)
 
 	case dhcpv4.MessageTypeRequest:
@@ -163,6 +170,10 @@ func (s *Server) request(client string, m *dhcpv4.DHCPv4, now time.Time) *dhcpv4
 	addr := ciaddr
 	if !renewing {
 		addr, _ = netip.AddrFromSlice(m.RequestedIPAddress().To4())
+		if s.cfg.IgnoreUnoffered && sid != nil && s.offered[client] != addr {
+			s.counters.Unoffered++
+			return nil
+		}
 	}
 	if s.shouldNAK(client) || !s.table.bind(client, addr, s.cfg.LeaseTime, renewing, now) {
 		s.counters.Naks++

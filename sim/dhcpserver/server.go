@@ -43,6 +43,7 @@ type Counters struct {
 	Ignored     int // received while offline
 	NoFree      int // DISCOVERs left unanswered: range exhausted
 	OtherServer int // REQUESTs that chose another server
+	Unoffered   int // REQUESTs for an address not offered, ignored (IgnoreUnoffered)
 	ARPReplies  int // rogue ARP answers sent
 }
 
@@ -65,7 +66,8 @@ type Server struct {
 	nakNext    int
 	requestsBy map[string]int
 	nakClients map[string]bool
-	changed    chan struct{} // closed and replaced on every change
+	offered    map[string]netip.Addr // last address offered, by client
+	changed    chan struct{}         // closed and replaced on every change
 }
 
 // Start opens the server's sockets and serves until ctx ends or Close.
@@ -133,6 +135,7 @@ func newServer(cfg Config, log *slog.Logger) (*Server, error) {
 		table:      newTable(cfg.RangeStart, cfg.RangeEnd, serverID, cfg.Router),
 		rng:        rand.New(rand.NewPCG(seed, seed>>1|1)),
 		requestsBy: map[string]int{},
+		offered:    map[string]netip.Addr{},
 		nakClients: map[string]bool{},
 		changed:    make(chan struct{}),
 	}

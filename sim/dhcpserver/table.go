@@ -129,6 +129,16 @@ func (t *table) offer(client string, requested netip.Addr, hold time.Duration, n
 	return pick, true
 }
 
+// lowestFree is the lowest address client may have, reserving nothing.
+func (t *table) lowestFree(client string, now time.Time) (netip.Addr, bool) {
+	for a := t.start; t.inRange(a); a = a.Next() {
+		if t.usable(client, a, now) {
+			return a, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
 // dropOffer forgets an outstanding offer: the client chose another server.
 func (t *table) dropOffer(client string, now time.Time) {
 	if e := t.clients[client]; e != nil && !e.bound {

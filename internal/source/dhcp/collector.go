@@ -17,6 +17,8 @@ var (
 		"Lease extension requests sent, by phase: renew (unicast after T1), rebind (broadcast after T2).", []string{"phase"}, nil)
 	descDHCPExtended = prometheus.NewDesc("ipvirt_dhcp_extended_total",
 		"Leases extended, by phase (renew, rebind, reboot: an expired lease recovered after a restart).", []string{"phase"}, nil)
+	descDHCPSteered = prometheus.NewDesc("ipvirt_dhcp_steered_requests_total",
+		"REQUESTs for an address near an OFFER another exchange of this host was already requesting (a server that offers one address to every exchange from one MAC, such as dnsmasq).", nil, nil)
 	descDHCPExpiries = prometheus.NewDesc("ipvirt_dhcp_expiries_total",
 		"Leases that ran out unrenewed: their VIPs were withdrawn.", nil, nil)
 	descDHCPTimeouts = prometheus.NewDesc("ipvirt_dhcp_timeouts_total",
@@ -34,7 +36,7 @@ func (s *Source) Metrics() prometheus.Collector { return collector{s} }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descDHCPExchanges, descDHCPRetransmits, descDHCPReceived, descDHCPSent,
-		descDHCPAttempts, descDHCPExtended, descDHCPExpiries, descDHCPTimeouts, descDHCPInflight} {
+		descDHCPAttempts, descDHCPExtended, descDHCPSteered, descDHCPExpiries, descDHCPTimeouts, descDHCPInflight} {
 		ch <- d
 	}
 }
@@ -56,6 +58,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descDHCPExtended, n.Renewals, "renew")
 	counter(descDHCPExtended, n.Rebinds, "rebind")
 	counter(descDHCPExtended, n.Reboots, "reboot")
+	counter(descDHCPSteered, n.Steered)
 	counter(descDHCPExpiries, n.Expiries)
 	counter(descDHCPTimeouts, n.Timeouts)
 	ch <- prometheus.MustNewConstMetric(descDHCPInflight, prometheus.GaugeValue, float64(n.InFlight))

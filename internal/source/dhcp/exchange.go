@@ -130,9 +130,10 @@ func (e *nakError) Error() string {
 
 // ack is the result of a successful REQUEST.
 type ack struct {
-	g    grant
-	mac  []byte
-	sent time.Time // when the answered REQUEST left: the lease counts from then
+	g     grant
+	mac   []byte
+	sent  time.Time  // when the answered REQUEST left: the lease counts from then
+	asked netip.Addr // reserved by ask for the exchange's holder until claimed
 }
 
 // obtain runs the INIT state machine until a lease is bound or ctx ends.
@@ -168,7 +169,9 @@ func (s *Source) obtain(ctx context.Context, b *binding) (lease.Lease, error) {
 			lastErr = err
 			continue
 		}
-		if !s.claim(a.g.Addr, b.key) {
+		claimed := s.claim(a.g.Addr, b.key)
+		s.unask(a.asked, b.key) // claimed now, or taken by another holder
+		if !claimed {
 			// Another holder of ours has it: two servers (or one confused
 			// server) handed it out twice. Tell this server it is taken.
 			s.log.Warn("dhcp: offered address already held by another holder; declining", "holder", b.key, "addr", a.g.Addr)
@@ -255,6 +258,20 @@ func (s *Source) selecting(ctx context.Context, b *binding) (ack, error) {
 	s.stats.offers.Add(1)
 	s.health.answered()
 
+	if !s.ask(offer.Addr, b.key) {
+		// Another exchange of ours is requesting this address: a REQUEST
+		// for it could only be NAKed.
+		if s.canSteer(offer.ServerID) {
+			return s.steer(ctx, b, xid, ch, offer, offerMAC, secs)
+		}
+		return ack{}, &nakError{msg: "offered address already requested by another holder"}
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			s.unask(offer.Addr, b.key)
+		}
+	}()
 	for n := 0; n < requestSends; n++ {
 		if n > 0 {
 			s.stats.retransmits.Add(1)
@@ -262,31 +279,11 @@ func (s *Source) selecting(ctx context.Context, b *binding) (ack, error) {
 		req := s.message(dhcpv4.MessageTypeRequest, xid, b.clientID, secs(),
 			dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(offer.Addr.AsSlice())),
 			dhcpv4.WithOption(dhcpv4.OptServerIdentifier(offer.ServerID.AsSlice())))
-		var got ack
-		got.sent = time.Now()
+		got := ack{sent: time.Now(), asked: offer.Addr}
 		if err := s.tr.send(req, dest{}); err != nil {
 			return ack{}, fmt.Errorf("send REQUEST: %w", err)
 		}
-		var nak *nakError
-		in, err := s.await(ctx, ch, s.backoff(n), func(m *dhcpv4.DHCPv4) bool {
-			if sid, ok := optAddr(m, dhcpv4.OptionServerIdentifier); !ok || sid != offer.ServerID {
-				return false // an answer from a server we did not choose
-			}
-			switch m.MessageType() {
-			case dhcpv4.MessageTypeNak:
-				nak = &nakError{msg: m.Message()}
-				return true
-			case dhcpv4.MessageTypeAck:
-				g, err := parseGrant(m, s.ifc.Prefix)
-				if err != nil || g.Addr != offer.Addr {
-					s.log.Debug("dhcp: ignoring bad ACK", "err", err, "addr", g.Addr)
-					return false
-				}
-				got.g = g
-				return true
-			}
-			return false
-		})
+		in, nak, err := s.awaitAnswer(ctx, ch, s.backoff(n), offer.ServerID, offer.Addr, &got.g)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ack{}, fmt.Errorf("REQUEST for %s: %w", offer.Addr, errNoAck)
@@ -301,6 +298,7 @@ func (s *Source) selecting(ctx context.Context, b *binding) (ack, error) {
 		if got.mac == nil {
 			got.mac = offerMAC
 		}
+		ok = true
 		return got, nil
 	}
 	s.health.unansweredExchange()

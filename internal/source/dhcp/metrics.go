@@ -15,6 +15,7 @@ type Counters struct {
 	Offers         uint64 // OFFERs accepted
 	Acks           uint64
 	Naks           uint64
+	Steered        uint64 // REQUESTs for an address near an OFFER another exchange of ours was requesting
 	Declines       uint64 // DECLINEs sent (ARP conflict, or an address already ours)
 	Releases       uint64 // RELEASEs sent
 	RenewAttempts  uint64 // RENEWING requests sent (unicast, after T1)
@@ -31,6 +32,7 @@ type Counters struct {
 
 type counters struct {
 	exchanges, retransmits, offers, acks, naks, declines, releases atomic.Uint64
+	steered                                                        atomic.Uint64
 	renewAttempts, rebindAttempts, renewals, rebinds, reboots      atomic.Uint64
 	expiries, lost, timeouts                                       atomic.Uint64
 	inflight                                                       atomic.Int64
@@ -39,7 +41,7 @@ type counters struct {
 func (c *counters) snapshot(held int) Counters {
 	return Counters{
 		Exchanges: c.exchanges.Load(), Retransmits: c.retransmits.Load(), Offers: c.offers.Load(),
-		Acks: c.acks.Load(), Naks: c.naks.Load(), Declines: c.declines.Load(), Releases: c.releases.Load(),
+		Acks: c.acks.Load(), Naks: c.naks.Load(), Steered: c.steered.Load(), Declines: c.declines.Load(), Releases: c.releases.Load(),
 		RenewAttempts: c.renewAttempts.Load(), RebindAttempts: c.rebindAttempts.Load(),
 		Renewals: c.renewals.Load(), Rebinds: c.rebinds.Load(), Reboots: c.reboots.Load(),
 		Expiries: c.expiries.Load(), Lost: c.lost.Load(), Timeouts: c.timeouts.Load(),

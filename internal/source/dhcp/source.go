@@ -54,8 +54,11 @@ type Source struct {
 
 	mu       sync.Mutex
 	closed   bool
-	bindings map[string]*binding   // by holder key
-	addrs    map[netip.Addr]string // address → holder key, from ACK on (probing included)
+	bindings map[string]*binding      // by holder key
+	addrs    map[netip.Addr]string    // address → holder key, from ACK on (probing included)
+	asking   map[netip.Addr]string    // address → holder key, while an exchange REQUESTs it
+	refused  map[netip.Addr]time.Time // steered REQUESTs NAKed: not again until then
+	noSteer  map[netip.Addr]bool      // servers that ignored a steered REQUEST
 
 	stats  counters
 	health health
@@ -100,6 +103,9 @@ func New(cfg Config, ifc Interface, hostID []byte, ev source.Events, log *slog.L
 		pending:  map[dhcpv4.TransactionID]chan inbound{},
 		bindings: map[string]*binding{},
 		addrs:    map[netip.Addr]string{},
+		asking:   map[netip.Addr]string{},
+		refused:  map[netip.Addr]time.Time{},
+		noSteer:  map[netip.Addr]bool{},
 	}
 	if len(s.mac) != 6 || isZero(s.mac) {
 		s.mac = fallbackMAC(hostID)
