@@ -116,6 +116,9 @@ type ProgramEntry struct {
 	// From is "config" (the file lists it) or "runtime" (ipvirtctl added
 	// it and it is persisted in the store).
 	From string `json:"from"`
+	// Warning says why the entry cannot match, when it cannot: a script
+	// (its processes show the interpreter), a missing file.
+	Warning string `json:"warning,omitempty"`
 }
 
 // Released is one lease ended by RELEASE; the reply is a list of them.

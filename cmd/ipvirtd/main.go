@@ -15,6 +15,7 @@ import (
 	"github.com/ipvirt/ipvirt/internal/adapter"
 	"github.com/ipvirt/ipvirt/internal/config"
 	"github.com/ipvirt/ipvirt/internal/daemon"
+	"github.com/ipvirt/ipvirt/internal/policy"
 )
 
 const usage = `Usage: ipvirtd [--config FILE] [--check] [--log-level LEVEL] [--log-format text|json]
@@ -83,6 +84,11 @@ func main() {
 				explainAdapters(a)
 			}
 			os.Exit(1)
+		}
+		for i, p := range cfg.Programs {
+			if w := policy.CheckProgram(p); w != "" {
+				fmt.Fprintf(os.Stderr, "ipvirtd: warning: programs[%d]: %s\n", i, w)
+			}
 		}
 		fmt.Printf("ipvirtd: %s is valid: %s mode, source %s, adapter %s (machine IP %s)\n",
 			*cfgPath, cfg.Mode, cfg.Source, a.Name, a.MIP())

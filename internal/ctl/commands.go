@@ -2,6 +2,7 @@ package ctl
 
 import (
 	"fmt"
+	"path/filepath"
 	"strings"
 
 	"github.com/ipvirt/ipvirt/backend/api"
@@ -186,9 +187,9 @@ func programs(g *globals, args []string) int {
 			return g.printJSON(list)
 		}
 		w := g.table()
-		fmt.Fprintln(w, "PROGRAM\tFROM")
+		fmt.Fprintln(w, "PROGRAM\tFROM\tWARNING")
 		for _, p := range list {
-			fmt.Fprintf(w, "%s\t%s\n", p.Path, p.From)
+			fmt.Fprintf(w, "%s\t%s\t%s\n", p.Path, p.From, orDash(p.Warning))
 		}
 		w.Flush()
 		return 0
@@ -213,6 +214,11 @@ func programs(g *globals, args []string) int {
 			}
 			if err != nil {
 				return g.fail(err)
+			}
+			for _, p := range list {
+				if sub == "add" && p.Path == filepath.Clean(a[0]) && p.Warning != "" {
+					fmt.Fprintf(g.errw, "ipvirtctl: warning: %s\n", p.Warning)
+				}
 			}
 			return show(c, asJSON, list)
 		})

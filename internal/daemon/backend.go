@@ -110,7 +110,7 @@ func (d *Daemon) programsFor(cfg config.Config) []api.ProgramEntry {
 		if inFile[p] {
 			from = "config"
 		}
-		out = append(out, api.ProgramEntry{Path: p, From: from})
+		out = append(out, api.ProgramEntry{Path: p, From: from, Warning: policy.CheckProgram(p)})
 	}
 	return out
 }
@@ -171,6 +171,22 @@ func (d *Daemon) applyLocked(why string) {
 	for _, l := range stranded {
 		d.log.Warn("lease kept although the new settings would not grant it; it ends with its holder",
 			"change", why, "holder", l.Holder.Key(), "vip", l.Addr.String())
+	}
+	d.warnProgramsLocked()
+}
+
+// warnProgramsLocked logs each per-program entry that cannot match (a
+// script such as Debian's /usr/bin/psql, a missing file), once per entry
+// and warning.
+func (d *Daemon) warnProgramsLocked() {
+	if d.programWarned == nil {
+		d.programWarned = map[string]string{}
+	}
+	for _, e := range d.programsFor(d.cfg) {
+		if e.Warning != "" && d.programWarned[e.Path] != e.Warning {
+			d.log.Warn("programs: entry will not match", "program", e.Path, "why", e.Warning)
+		}
+		d.programWarned[e.Path] = e.Warning
 	}
 }
 

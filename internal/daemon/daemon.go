@@ -92,9 +92,11 @@ type Daemon struct {
 	users    *identity.Users
 	resolver identity.Resolver
 	scanner  alloc.Scanner // finds the live sessions: the resolver, or a test's stand-in
-	metrics  *metrics.Metrics
-	unix     *server.Unix
-	started  time.Time
+	// programWarned is the last warning logged per program entry.
+	programWarned map[string]string
+	metrics       *metrics.Metrics
+	unix          *server.Unix
+	started       time.Time
 
 	kernel    *kernel // nil: preload only
 	kernelErr error   // why the configured kernel interceptor is not running
@@ -179,6 +181,7 @@ func (d *Daemon) build() error {
 		Users: d.users, MIP: d.adapter.MIP(), Log: d.log, Census: d.census, AcquireTimeout: pendingWait(d.cfg),
 		CensusEveryGrant: d.cfg.Source != static.Name}, d.settings(d.cfg))
 	d.events.m.Store(d.mgr)
+	d.warnProgramsLocked() // nothing serves yet: no lock needed
 	if d.cfg.Interceptor.Kernel() {
 		// Before Restore: the observer sees every adopted lease as a grant.
 		if k, err := openKernel(d.cfg, d.adapter.MIP(), d.log); err != nil {

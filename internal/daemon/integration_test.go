@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/ipvirt/ipvirt/backend/api"
 	"github.com/ipvirt/ipvirt/internal/testenv"
+	"github.com/ipvirt/ipvirt/sim/daemonproc"
 	"github.com/ipvirt/ipvirt/sim/loginsession"
 )
 
@@ -362,5 +364,47 @@ func TestExcludedSessionsGetMachineIP(t *testing.T) {
 	json.Unmarshal(out, &r)
 	if r.Result != "mip" || r.Rule != "no-session" {
 		t.Fatalf("a process in no session got %s (%s)", r.Result, r.Reason)
+	}
+}
+
+// A per-program entry that is a script never matches (its processes show
+// the interpreter): Debian's /usr/bin/psql is one. --check, the daemon's
+// log, `programs list` and `programs add` all say so.
+func TestProgramEntryThatCannotMatchIsReported(t *testing.T) {
+	dir := t.TempDir()
+	script := filepath.Join(dir, "erp-launcher")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\nexec /usr/bin/true\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	added := filepath.Join(dir, "added-launcher")
+	if err := os.Symlink(script, added); err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, "mode: per-program\nprograms: ["+script+"]\n")
+	const want = "is a script run by /bin/sh"
+
+	bin, err := daemonproc.Binary("ipvirtd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(bin, "--check", "--config", e.d.Config).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "warning: programs[0]: "+script+" "+want) {
+		t.Fatalf("--check: %v\n%s", err, out)
+	}
+	list, err := e.client().Programs()
+	if err != nil || len(list) != 1 || !strings.Contains(list[0].Warning, want) {
+		t.Fatalf("programs: %+v %v", list, err)
+	}
+	if !strings.Contains(e.d.Logs(), "programs: entry will not match") {
+		t.Fatalf("no warning in the log:\n%s", e.d.Logs())
+	}
+	testenv.RequireRoot(t) // programs add: root and administrators only
+	var stderr strings.Builder
+	cmd := e.ctlCmd("programs", "add", added)
+	cmd.Stderr = &stderr
+	stdout, err := cmd.Output()
+	if err != nil || !strings.Contains(stderr.String(), "warning: "+added+" (a symlink to "+script+") "+want) ||
+		!strings.Contains(string(stdout), "WARNING") {
+		t.Fatalf("programs add: %v\nstdout:\n%s\nstderr:\n%s", err, stdout, stderr.String())
 	}
 }
