@@ -18,6 +18,7 @@ func init() {
 		"sessions": sessions,
 		"programs": programs,
 		"release":  release,
+		"session":  session,
 		"run":      run,
 	}
 }
@@ -105,6 +106,7 @@ func status(g *globals, args []string) int {
 				{"adapter", s.Adapter + " (machine IP " + s.MachineIP + ")"},
 				{"source", s.Source + ", " + health},
 				{"interceptor", s.Interceptor},
+				{"session trust", fmt.Sprintf("%s, %d sessions registered by PAM", orDash(s.SessionTrust), s.Registered)},
 				{"pool", pool},
 				{"lease store", store},
 				{"leases", fmt.Sprintf("%d active, %d pending", s.Leases, s.Pending)},
