@@ -8,10 +8,11 @@ set -eu
 # binaries; eBPF toolchain (clang, llvm-strip, libbpf headers) for `make generate`,
 # bpftool for inspecting attached programs.
 # Tests and simulator: real peers (curl, netcat, python3, socat), namespaces
-# (iproute2), the DHCP servers ipvirt must interoperate with, and promtool
-# (prometheus) for the alert rules' unit tests.
+# (iproute2), the DHCP servers ipvirt must interoperate with, sshd (with
+# PAM's pam_exec) for logins registered by PAM, and promtool (prometheus)
+# for the alert rules' unit tests.
 PACKAGES="${IPVIRT_PACKAGES:-gcc libc6-dev make iproute2 util-linux procps python3 curl netcat-openbsd socat
-	kea-dhcp4-server dnsmasq-base isc-dhcp-server clang llvm libbpf-dev bpftool prometheus}"
+	kea-dhcp4-server dnsmasq-base isc-dhcp-server openssh-server clang llvm libbpf-dev bpftool prometheus}"
 
 missing=""
 for p in $PACKAGES; do
@@ -30,9 +31,9 @@ else
 fi
 echo "ipvirt: installing Debian packages:$missing" >&2
 export DEBIAN_FRONTEND=noninteractive
-# The DHCP servers are test peers, run by the tests themselves: keep their
-# packages from starting system services on install (policy-rc.d, see
-# invoke-rc.d(8)), unless the host already has a policy.
+# The DHCP servers and sshd are test peers, run by the tests themselves:
+# keep their packages from starting system services on install (policy-rc.d,
+# see invoke-rc.d(8)), unless the host already has a policy.
 if [ ! -e /usr/sbin/policy-rc.d ]; then
 	printf '#!/bin/sh\nexit 101\n' | $run tee /usr/sbin/policy-rc.d >/dev/null
 	$run chmod +x /usr/sbin/policy-rc.d

@@ -1,6 +1,6 @@
 // Package api holds the JSON replies of ipvirtd's control protocol
-// (STATUS, WHOAMI, SESSIONS, PROGRAMS, RELEASE) and the daemon's default
-// socket. The daemon encodes these types and package client decodes them,
+// (STATUS, WHOAMI, SESSIONS, PROGRAMS, RELEASE, SESSION_OPEN/CLOSE) and
+// the daemon's default socket. The daemon encodes these types and package client decodes them,
 // so the two sides cannot drift; it imports nothing of the daemon, so a
 // program that talks to ipvirtd links none of it.
 package api
@@ -47,6 +47,10 @@ type StatusReport struct {
 	// Interceptor is the running interceptor: preload, bpf or both, with
 	// the reason when the configured kernel interceptor could not start.
 	Interceptor string `json:"interceptor"`
+	// SessionTrust is loginuid or pam; Registered counts the sessions PAM
+	// registered (recorded under either setting).
+	SessionTrust string `json:"session_trust"`
+	Registered   int    `json:"registered_sessions"`
 }
 
 // WhoamiReport is the WHOAMI reply: who the daemon takes the caller for,
@@ -97,6 +101,26 @@ type SessionReport struct {
 	RemoteHost string    `json:"remote_host,omitempty"`
 	Type       string    `json:"type,omitempty"`
 	Ending     bool      `json:"ending,omitempty"` // gone, in its grace period
+	// Registered is when PAM registered the session (`ipvirtctl session
+	// open`); zero if it did not.
+	Registered time.Time `json:"registered,omitzero"`
+}
+
+// RegistrationReport answers SESSION_OPEN and SESSION_CLOSE: the caller's
+// audit session, as the kernel shows it, and what became of it.
+type RegistrationReport struct {
+	Session string `json:"session"` // a:42
+	ID      uint32 `json:"id"`
+	UID     uint32 `json:"uid"` // the session's login uid
+	User    string `json:"user"`
+	// Leader is the pid of the process that registered the session: the
+	// parent of the pam_exec command, such as sshd's session process.
+	Leader     int       `json:"leader,omitempty"`
+	Registered time.Time `json:"registered,omitzero"`
+	// Result is "registered", "already registered" (the first registration
+	// is kept), "unregistered", "kept" (a close from another process than
+	// the one that registered it) or "not registered" (nothing to close).
+	Result string `json:"result"`
 }
 
 // ProgramReport is one per-program VIP of a session.

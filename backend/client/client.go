@@ -137,6 +137,20 @@ func (c *Client) Release(session string) ([]Released, error) {
 	return r, c.callJSON(wire.OpRelease, []byte(session), &r)
 }
 
+// SessionOpen registers the audit session the calling process is in
+// (root only; what pam_exec runs at login). note goes to the daemon's log.
+func (c *Client) SessionOpen(note string) (api.RegistrationReport, error) {
+	var r api.RegistrationReport
+	return r, c.callJSON(wire.OpSessionOpen, []byte(note), &r)
+}
+
+// SessionClose unregisters the calling process's audit session (root only;
+// what pam_exec runs at logout).
+func (c *Client) SessionClose(note string) (api.RegistrationReport, error) {
+	var r api.RegistrationReport
+	return r, c.callJSON(wire.OpSessionClose, []byte(note), &r)
+}
+
 // IsPermissionDenied reports whether err is the daemon refusing the caller.
 func IsPermissionDenied(err error) bool {
 	var re *wire.RemoteError

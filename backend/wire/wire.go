@@ -40,6 +40,12 @@ const (
 	OpProgramsAdd    Type = 6
 	OpProgramsRemove Type = 7
 	OpRelease        Type = 8
+	// OpSessionOpen and OpSessionClose register and unregister the
+	// caller's own audit session (session_trust: pam); root only. The
+	// payload is a free-form note for the daemon's log (the PAM user and
+	// service); the session is what the kernel says the caller is in.
+	OpSessionOpen  Type = 9
+	OpSessionClose Type = 10
 )
 
 // Response types.

@@ -165,6 +165,7 @@ func TestErrorPayload(t *testing.T) {
 // the bytes it came from.
 func FuzzReadFrame(f *testing.F) {
 	f.Add(AppendFrame(nil, OpQuery, nil))
+	f.Add(AppendFrame(nil, OpSessionOpen, []byte("user=alice service=sshd type=open_session")))
 	f.Add(AppendFrame(nil, RespAnswer, AppendAnswer(nil, Answer{Kind: KindVIP, Prefix: 24,
 		VIP: netip.MustParseAddr("10.0.0.5"), Reason: "x"})))
 	f.Add(AppendHeader(nil, Header{Version: 9, Type: 1, Length: 1 << 31}))

@@ -32,7 +32,7 @@ type RestoreReport struct {
 // holder has.
 func (m *Manager) Restore() (RestoreReport, error) {
 	rep := RestoreReport{Addrs: map[netip.Addr]bool{}}
-	bootID := readBootID()
+	bootID := ReadBootID()
 	if prev := m.opts.Store.Meta("boot_id"); prev != nil && string(prev) != bootID {
 		rep.Rebooted = true
 	}
@@ -139,7 +139,9 @@ func (m *Manager) Claim(h lease.Holder, addr netip.Addr, uid uint32) (lease.Leas
 	return l, nil
 }
 
-func readBootID() string {
+// ReadBootID returns this boot's id ("unknown" where the kernel has none):
+// session ids, and with them leases and registrations, are per boot.
+func ReadBootID() string {
 	b, err := os.ReadFile(BootIDPath)
 	if err != nil {
 		return "unknown"

@@ -81,6 +81,9 @@ type Config struct {
 	Socket          string          `yaml:"socket"`
 	HTTP            string          `yaml:"http"`
 	SessionIdentity identity.Kind   `yaml:"session_identity"`
+	// SessionTrust says which audit sessions are logins: every one
+	// (loginuid, the default) or only those PAM registered (pam).
+	SessionTrust identity.Trust `yaml:"session_trust"`
 	// ScanInterval is how often live sessions and programs are rescanned to
 	// find holders that ended.
 	ScanInterval Duration `yaml:"scan_interval"`
@@ -169,6 +172,7 @@ func Default() Config {
 		Socket:          DefaultSocket,
 		HTTP:            DefaultHTTP,
 		SessionIdentity: identity.Audit,
+		SessionTrust:    identity.TrustLoginUID,
 		ScanInterval:    Duration(DefaultScanInterval),
 		Interceptor:     InterceptorPreload,
 	}
@@ -237,6 +241,15 @@ func (c *Config) Validate() error {
 	case identity.Audit, identity.POSIX:
 	default:
 		bad("session_identity: %q is not audit or posix", c.SessionIdentity)
+	}
+	switch c.SessionTrust {
+	case identity.TrustLoginUID:
+	case identity.TrustPAM:
+		if c.SessionIdentity == identity.POSIX {
+			bad("session_trust: pam needs session_identity: audit (PAM registers the audit session that pam_loginuid opened)")
+		}
+	default:
+		bad("session_trust: %q is not loginuid or pam", c.SessionTrust)
 	}
 	switch c.Source {
 	case static.Name:

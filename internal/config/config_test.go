@@ -35,6 +35,7 @@ func TestLoadTestdata(t *testing.T) {
 		Socket:          "/run/ipvirt/ipvirt.sock",
 		HTTP:            "127.0.0.1:9477",
 		SessionIdentity: identity.Audit,
+		SessionTrust:    identity.TrustPAM,
 		ScanInterval:    Duration(500 * time.Millisecond),
 		Preallocate:     &yes,
 		Interceptor:     InterceptorBoth,
@@ -49,7 +50,7 @@ func TestLoadTestdata(t *testing.T) {
 		t.Fatal(err)
 	}
 	if min.Source != static.Name || min.PreallocateOn() || min.Mode != policy.PerSession || min.OnExhausted != alloc.ExhaustedMachineIP || min.Grace.Std() != DefaultGrace ||
-		min.Socket != DefaultSocket || min.SessionIdentity != identity.Audit || !min.Enabled {
+		min.Socket != DefaultSocket || min.SessionIdentity != identity.Audit || min.SessionTrust != identity.TrustLoginUID || !min.Enabled {
 		t.Errorf("minimal.yaml did not get the defaults: %+v", min)
 	}
 	if got := min.StaticPool.Size(); got != 241 {
@@ -71,6 +72,8 @@ func TestParseErrors(t *testing.T) {
 		{"bad mode", "adapter: eth0\n" + pool + "mode: per-user\n", `mode: "per-user"`},
 		{"bad on_exhausted", "adapter: eth0\n" + pool + "on_exhausted: fail\n", `on_exhausted: "fail"`},
 		{"bad identity", "adapter: eth0\n" + pool + "session_identity: logind\n", `session_identity: "logind"`},
+		{"bad session_trust", "adapter: eth0\n" + pool + "session_trust: sshd\n", `session_trust: "sshd" is not loginuid or pam`},
+		{"pam with posix sessions", "adapter: eth0\n" + pool + "session_trust: pam\nsession_identity: posix\n", "session_trust: pam needs session_identity: audit"},
 		{"bad source", "adapter: eth0\nsource: ldap\n", `source: "ldap"`},
 		{"bad interceptor", "adapter: eth0\n" + pool + "interceptor: ebpf\n", `interceptor: "ebpf" is not preload, bpf or both`},
 		{"bpf with posix sessions", "adapter: eth0\n" + pool + "interceptor: bpf\nsession_identity: posix\n", "interceptor: bpf needs session_identity: audit"},
@@ -184,6 +187,10 @@ func FuzzParse(f *testing.F) {
 		}
 		if c.Grace < 0 || c.ScanInterval.Std() < 10*time.Millisecond || c.ScanInterval.Std() > time.Minute {
 			t.Fatalf("accepted grace %s scan_interval %s", c.Grace.Std(), c.ScanInterval.Std())
+		}
+		if (c.SessionTrust != identity.TrustLoginUID && c.SessionTrust != identity.TrustPAM) ||
+			(c.SessionTrust == identity.TrustPAM && c.SessionIdentity != identity.Audit) {
+			t.Fatalf("accepted session_trust %q with session_identity %q", c.SessionTrust, c.SessionIdentity)
 		}
 		if c.Source == dhcp.Name {
 			// The durations the DHCP client multiplies (backoff: up to

@@ -19,6 +19,7 @@ func init() {
 		"sessions": sessions,
 		"programs": programs,
 		"release":  release,
+		"session":  session,
 		"run":      run,
 	}
 }
@@ -106,6 +107,7 @@ func status(g *globals, args []string) int {
 				{"adapter", s.Adapter + " (machine IP " + s.MachineIP + ")"},
 				{"source", s.Source + ", " + health},
 				{"interceptor", s.Interceptor},
+				{"session trust", fmt.Sprintf("%s, %d sessions registered by PAM", orDash(s.SessionTrust), s.Registered)},
 				{"pool", pool},
 				{"lease store", store},
 				{"leases", fmt.Sprintf("%d active, %d pending", s.Leases, s.Pending)},

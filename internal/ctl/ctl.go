@@ -26,6 +26,8 @@ Commands:
   programs add PATH       add a program (root and administrators)
   programs remove PATH    remove a program (root and administrators)
   release SESSION         release every VIP of a session now (root and administrators)
+  session open|close      register this login session with ipvirtd, or unregister
+                          it (root; for pam_exec, see session_trust: pam)
   run [--] CMD [ARGS...]  run a command with the LD_PRELOAD interceptor loaded
 
 The daemon's socket is --socket, else $IPVIRT_SOCKET, else /run/ipvirt/ipvirt.sock.

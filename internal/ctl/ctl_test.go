@@ -25,6 +25,14 @@ func TestUsage(t *testing.T) {
 		{[]string{"sessions", "--help"}, 0, "Root and administrators see every session"},
 		{[]string{"run"}, 2, "run needs a command"},
 		{[]string{"--socket", "/nonexistent/ipvirt.sock", "status"}, 1, "cannot reach ipvirtd at /nonexistent/ipvirt.sock"},
+		{[]string{"session"}, 2, "session needs open or close"},
+		{[]string{"session", "frob"}, 2, `unknown subcommand "frob" (want open or close)`},
+		{[]string{"session", "--help"}, 0, "pam_exec.so quiet type=open_session /usr/bin/ipvirtctl session open"},
+		{[]string{"session", "close", "--help"}, 0, "only the leader's close unregisters it"},
+		{[]string{"session", "open", "42"}, 2, "session open takes no arguments"},
+		// A daemon that is not running must not fail a login: exit 0, one
+		// line on stderr.
+		{[]string{"--socket", "/nonexistent/ipvirt.sock", "session", "open"}, 0, "session open: not registered with ipvirtd: cannot reach ipvirtd at /nonexistent/ipvirt.sock"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {

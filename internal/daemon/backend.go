@@ -23,12 +23,18 @@ var _ server.Backend = (*Daemon)(nil)
 
 // Query implements server.Backend.
 func (d *Daemon) Query(ctx context.Context, c identity.Caller) alloc.Answer {
-	return d.mgr.Query(ctx, c)
+	a := d.mgr.Query(ctx, c)
+	d.noteUnregistered(c, a)
+	return a
 }
 
 // QueryNow implements server.Backend.
 func (d *Daemon) QueryNow(c identity.Caller) (alloc.Answer, bool) {
-	return d.mgr.QueryNow(c)
+	a, ok := d.mgr.QueryNow(c)
+	if ok {
+		d.noteUnregistered(c, a)
+	}
+	return a, ok
 }
 
 // NeedsProgram implements server.Backend.
@@ -36,7 +42,13 @@ func (d *Daemon) NeedsProgram() bool { return d.mgr.NeedsProgram() }
 
 // Sessions implements server.Backend.
 func (d *Daemon) Sessions(only *uint32) []api.SessionReport {
-	return d.mgr.Sessions(only, identity.LogindDir)
+	rows := d.mgr.Sessions(only, identity.LogindDir)
+	for i, r := range rows {
+		if reg, ok := d.registry.Get(r.ID); ok && r.Kind == lease.KindAudit.String() {
+			rows[i].Registered = reg.Registered
+		}
+	}
+	return rows
 }
 
 // ReleaseSession implements server.Backend.
@@ -67,7 +79,7 @@ func (d *Daemon) Status() api.StatusReport {
 	return api.StatusReport{Status: d.mgr.Status(), Version: Version, Config: d.path, Started: d.started,
 		Adapter: d.adapter.Name, Identity: string(cfg.SessionIdentity), Programs: programs,
 		StateDir: cfg.StateDir, Socket: cfg.Socket, HTTP: cfg.HTTP, ReloadedAt: reloaded,
-		Interceptor: d.interceptorState(cfg)}
+		Interceptor: d.interceptorState(cfg), SessionTrust: string(cfg.SessionTrust), Registered: d.registry.Len()}
 }
 
 // policyFor is the effective policy: the file's program list with the

@@ -29,6 +29,7 @@ import (
 	"github.com/ipvirt/ipvirt/internal/source/dhcp"
 	"github.com/ipvirt/ipvirt/internal/source/static"
 	"github.com/ipvirt/ipvirt/internal/store"
+	"github.com/ipvirt/ipvirt/internal/trust"
 )
 
 // Version is set at build time (-ldflags -X).
@@ -98,6 +99,11 @@ type Daemon struct {
 	unix          *server.Unix
 	started       time.Time
 
+	// registry holds the sessions PAM registered; under session_trust: pam
+	// the resolver counts no other audit session as a login.
+	registry     *trust.Registry
+	unregistered unregisteredLog
+
 	kernel    *kernel // nil: preload only
 	kernelErr error   // why the configured kernel interceptor is not running
 	census    *poolCensus
@@ -149,11 +155,19 @@ func open(path string, log *slog.Logger, scanner alloc.Scanner) (*Daemon, error)
 	if err != nil {
 		return fail(err, adapterLock)
 	}
-	d := &Daemon{path: path, log: log, adapter: a, store: st, cfg: cfg, started: time.Now(), ln: ln, adapterLock: adapterLock,
-		users: identity.NewUsers(userCacheTTL), resolver: identity.NewResolver(cfg.SessionIdentity, cfg.Scope), scanner: scanner}
-	if d.scanner == nil {
-		d.scanner = d.resolver
+	// Before Restore, which scans: under pam, the sessions it keeps leases
+	// for are the registered ones.
+	reg := trust.Open(st, alloc.ReadBootID(), log)
+	resolver := identity.NewResolver(cfg.SessionIdentity, cfg.Scope)
+	if cfg.SessionTrust == identity.TrustPAM {
+		resolver.Registry = reg
 	}
+	d := &Daemon{path: path, log: log, adapter: a, store: st, cfg: cfg, started: time.Now(), ln: ln, adapterLock: adapterLock,
+		users: identity.NewUsers(userCacheTTL), resolver: resolver, registry: reg}
+	if scanner == nil {
+		scanner = d.resolver
+	}
+	d.scanner = pruningScanner{Scanner: scanner, d: d}
 	if err := d.build(); err != nil {
 		return fail(err, st, adapterLock)
 	}
@@ -304,6 +318,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 		// Returns once the interceptor is closed (its event channel closes).
 		background.Go(func() {
 			d.kernel.watch(func(sid, uid uint32, pid int) {
+				if cfg.SessionTrust == identity.TrustPAM && !d.registry.Registered(sid) {
+					// Reported at pam_loginuid, before PAM registers it (or
+					// written by a service itself): the registration
+					// pre-allocates, or the scan once registered.
+					return
+				}
 				if cfg.Scope != "" {
 					cg, err := d.resolver.Proc.Cgroup(pid)
 					if err != nil || !identity.InScope(cg, cfg.Scope) {
@@ -316,7 +336,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	d.log.Info("ipvirtd ready", "version", Version, "socket", cfg.Socket, "http", cfg.HTTP,
 		"mode", cfg.Mode, "enabled", cfg.Enabled, "source", cfg.Source, "adapter", d.adapter.Name,
-		"machine_ip", d.adapter.MIP().String(), "session_identity", cfg.SessionIdentity)
+		"machine_ip", d.adapter.MIP().String(), "session_identity", cfg.SessionIdentity, "session_trust", cfg.SessionTrust,
+		"registered_sessions", d.registry.Len())
 	if err := notifyReady(); err != nil {
 		d.log.Warn("cannot tell the supervisor that ipvirtd is ready", "NOTIFY_SOCKET", os.Getenv("NOTIFY_SOCKET"), "err", err)
 	}

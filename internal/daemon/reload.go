@@ -39,6 +39,10 @@ var restartOnly = []restartKey{
 	field("http", func(c *config.Config) *string { return &c.HTTP }),
 	field("state_dir", func(c *config.Config) *string { return &c.StateDir }),
 	field("session_identity", func(c *config.Config) *identity.Kind { return &c.SessionIdentity }),
+	// The resolver that applies it is built at start-up and shared by the
+	// socket server, the scan and the census; and switching to pam takes
+	// VIPs from live unregistered sessions, which a reload never does.
+	field("session_trust", func(c *config.Config) *identity.Trust { return &c.SessionTrust }),
 	field("source", func(c *config.Config) *string { return &c.Source }),
 	{
 		// Judged by the interface the key resolves to: a MAC address or a

@@ -22,6 +22,7 @@ func TestRestartOnlyKeepsRunningValues(t *testing.T) {
 	file.HTTP = "127.0.0.1:9999"
 	file.StateDir = "/var/lib/other"
 	file.SessionIdentity = identity.POSIX
+	file.SessionTrust = identity.TrustPAM
 	file.Source = "dhcp"
 	file.Adapter = "eth1"
 	file.ScanInterval = config.Duration(time.Minute)

@@ -29,6 +29,15 @@ type Caller struct {
 	// OutOfScope is the caller's cgroup when it lies outside the
 	// resolver's Scope; Session is then the zero Session.
 	OutOfScope string
+	// Login is the caller's login session as the kernel shows it, before
+	// the scope and session_trust are applied: what `session open`
+	// registers. SessionUID is its user whenever it is valid.
+	Login lease.Session
+	// Unregistered says that, under session_trust: pam, Login is an audit
+	// session PAM never registered (a login uid written by the process
+	// itself, or a login from before the switch); Session is then the
+	// zero Session, as for a service.
+	Unregistered bool
 }
 
 // Kind is how a caller's login session is found.
@@ -43,6 +52,26 @@ const (
 	POSIX Kind = "posix"
 )
 
+// Trust is which audit sessions count as logins (session_trust).
+type Trust string
+
+const (
+	// TrustLoginUID takes every audit session for a login. The kernel lets
+	// any process whose login uid is unset (a service) write it once,
+	// without privilege, so a service can make itself a session of any user.
+	TrustLoginUID Trust = "loginuid"
+	// TrustPAM takes only the audit sessions PAM registered with the daemon
+	// (`ipvirtctl session open`, run as root by pam_exec); any other is
+	// treated as session 0.
+	TrustPAM Trust = "pam"
+)
+
+// Registry answers whether PAM registered an audit session (package trust
+// keeps it).
+type Registry interface {
+	Registered(id uint32) bool
+}
+
 // Resolver turns a peer into a Caller.
 type Resolver struct {
 	Proc     Proc
@@ -52,6 +81,10 @@ type Resolver struct {
 	// Processes outside it are in no session as far as ipvirt is
 	// concerned: never virtualized, never scanned.
 	Scope string
+	// Registry, when set (session_trust: pam), limits login sessions to
+	// the audit sessions it holds: a process of any other is in no session
+	// (Caller.Unregistered), and scans skip it.
+	Registry Registry
 	// logins remembers each audit session's login uid; nil: read it every
 	// time.
 	logins *loginCache
@@ -84,16 +117,14 @@ func (r Resolver) Resolve(pid int, uid, gid uint32) (Caller, error) {
 // the reads, and skips a fifth of identifying the session's next process.
 func (r Resolver) resolve(pid int, uid, gid uint32, exe bool) (c Caller, readLogin bool, err error) {
 	c = Caller{PID: pid, UID: uid, GID: gid, SessionUID: uid}
-	if c.Session, err = r.Session(pid); err != nil {
+	if c.Login, err = r.Session(pid); err != nil {
 		return Caller{}, false, fmt.Errorf("identity: session of pid %d: %w", pid, err)
 	}
-	if c.Session.Valid() {
-		if in, cg := r.inScope(pid); !in {
-			c.Session, c.OutOfScope = lease.Session{}, cg
-		}
-	}
-	if r.Identity != POSIX && c.Session.Valid() {
-		if luid, ok := r.logins.get(c.Session.ID); ok {
+	c.Session = c.Login
+	if r.Identity != POSIX && c.Login.Valid() {
+		// Read before the scope and trust are applied: `session open`
+		// registers the login uid of whatever session the caller is in.
+		if luid, ok := r.logins.get(c.Login.ID); ok {
 			c.SessionUID = luid
 		} else {
 			luid, ok, err := r.Proc.LoginUID(pid)
@@ -104,6 +135,14 @@ func (r Resolver) resolve(pid int, uid, gid uint32, exe bool) (c Caller, readLog
 				c.SessionUID, readLogin = luid, true
 			}
 		}
+	}
+	if c.Session.Valid() {
+		if in, cg := r.inScope(pid); !in {
+			c.Session, c.OutOfScope = lease.Session{}, cg
+		}
+	}
+	if c.Session.Kind == lease.KindAudit && r.Registry != nil && !r.Registry.Registered(c.Session.ID) {
+		c.Session, c.Unregistered = lease.Session{}, true
 	}
 	if !exe {
 		return c, readLogin, nil
@@ -174,7 +213,7 @@ func (r Resolver) ResolveFD(fd int, exe bool) (Caller, error) {
 	}
 	if readLogin && pidfd >= 0 {
 		// A reused pid would have shown another session's login uid.
-		r.logins.put(caller.Session.ID, caller.SessionUID)
+		r.logins.put(caller.Login.ID, caller.SessionUID)
 	}
 	return caller, nil
 }

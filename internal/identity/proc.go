@@ -175,3 +175,41 @@ func (p Proc) Owner(pid int) (uint32, error) {
 	}
 	return st.Uid, nil
 }
+
+// UIDs are a process's real, effective, saved and filesystem uids.
+type UIDs struct{ Real, Effective, Saved, FS uint32 }
+
+// UIDs reads the Uid line of /proc/PID/status. SO_PEERCRED gives only the
+// effective uid; a set-uid program a user started (su) has the user's real
+// uid beside an effective 0.
+func (p Proc) UIDs(pid int) (UIDs, error) {
+	var buf [4096]byte
+	b, err := p.readSmall(pid, "status", buf[:])
+	if err != nil {
+		return UIDs{}, err
+	}
+	return parseStatusUIDs(b)
+}
+
+func parseStatusUIDs(b []byte) (UIDs, error) {
+	for line := range bytes.SplitSeq(b, []byte{'\n'}) {
+		rest, ok := bytes.CutPrefix(line, []byte("Uid:"))
+		if !ok {
+			continue
+		}
+		f := strings.Fields(string(rest))
+		if len(f) != 4 {
+			return UIDs{}, fmt.Errorf("identity: status: Uid line has %d fields, want 4", len(f))
+		}
+		var v [4]uint32
+		for i, s := range f {
+			n, err := strconv.ParseUint(s, 10, 32)
+			if err != nil {
+				return UIDs{}, fmt.Errorf("identity: status: Uid: %w", err)
+			}
+			v[i] = uint32(n)
+		}
+		return UIDs{Real: v[0], Effective: v[1], Saved: v[2], FS: v[3]}, nil
+	}
+	return UIDs{}, errors.New("identity: status: no Uid line")
+}

@@ -20,6 +20,11 @@ type SessionInfo struct {
 // Snapshot is the set of live login sessions at one moment.
 type Snapshot struct {
 	Sessions map[lease.Session]*SessionInfo
+	// Live holds every audit session with a live process, whether in the
+	// scope or not, registered or not: a session's PAM registration is
+	// dropped once it is not here. Nil when the scan did not look (POSIX
+	// sessions, stand-in scanners).
+	Live map[uint32]bool
 }
 
 // Alive reports whether h still has a process: its session has one, and in
@@ -35,10 +40,11 @@ func (s Snapshot) Alive(h lease.Holder) bool {
 	return info.Programs[h.Program] > 0
 }
 
-// Scan walks /proc once and groups processes by login session. Processes
-// that vanish mid-scan are skipped: a scan is a snapshot of a moving system,
-// and a holder missed by one scan is only released after the grace period,
-// by which time later scans have seen it again.
+// Scan walks /proc once and groups processes by login session (under
+// session_trust: pam, registered sessions only). Processes that vanish
+// mid-scan are skipped: a scan is a snapshot of a moving system, and a
+// holder missed by one scan is only released after the grace period, by
+// which time later scans have seen it again.
 func (r Resolver) Scan(withPrograms bool) (Snapshot, error) {
 	d, err := os.Open(r.Proc.Root)
 	if err != nil {
@@ -50,6 +56,12 @@ func (r Resolver) Scan(withPrograms bool) (Snapshot, error) {
 		return Snapshot{}, err
 	}
 	snap := Snapshot{Sessions: map[lease.Session]*SessionInfo{}}
+	if r.Identity != POSIX {
+		snap.Live = map[uint32]bool{}
+	}
+	// unregistered remembers, for this scan, the sessions the registry
+	// does not hold, so that each is looked up once.
+	var unregistered map[lease.Session]bool
 	for _, name := range names {
 		pid, err := strconv.Atoi(name)
 		if err != nil || pid <= 0 {
@@ -73,10 +85,25 @@ func (r Resolver) Scan(withPrograms bool) (Snapshot, error) {
 		if !sess.Valid() {
 			continue
 		}
+		if snap.Live != nil {
+			snap.Live[sess.ID] = true
+		}
 		if in, _ := r.inScope(pid); !in {
 			continue
 		}
 		info := snap.Sessions[sess]
+		if info == nil && r.Registry != nil && sess.Kind == lease.KindAudit {
+			if unregistered[sess] {
+				continue
+			}
+			if !r.Registry.Registered(sess.ID) {
+				if unregistered == nil {
+					unregistered = map[lease.Session]bool{}
+				}
+				unregistered[sess] = true
+				continue
+			}
+		}
 		if info == nil {
 			uid, ok := r.sessionUID(pid)
 			if !ok {

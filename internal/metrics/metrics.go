@@ -69,7 +69,7 @@ var (
 	descAllocations = prometheus.NewDesc("ipvirt_allocations_total",
 		"Answers given, by result: vip, mip (machine IP) or denied.", []string{"result"}, nil)
 	descDecisions = prometheus.NewDesc("ipvirt_decisions_total",
-		"Answers given, by the rule that decided: virtualize, disabled, out-of-scope, no-session, admin, not-listed, exhausted.", []string{"rule"}, nil)
+		"Answers given, by the rule that decided: virtualize, disabled, out-of-scope, unregistered-session, no-session, admin, not-listed, exhausted.", []string{"rule"}, nil)
 	descExhausted = prometheus.NewDesc("ipvirt_exhausted_total",
 		"Callers the rules would virtualize that got no VIP because none was available.", nil, nil)
 	descReleases = prometheus.NewDesc("ipvirt_releases_total",

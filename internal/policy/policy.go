@@ -19,8 +19,11 @@ const (
 	RuleDisabled   Rule = "disabled"
 	RuleNoSession  Rule = "no-session"
 	RuleOutOfScope Rule = "out-of-scope"
-	RuleAdmin      Rule = "admin"
-	RuleNotListed  Rule = "not-listed"
+	// RuleUnregistered: under session_trust: pam, the caller's audit
+	// session was not registered by PAM, so it is treated as session 0.
+	RuleUnregistered Rule = "unregistered-session"
+	RuleAdmin        Rule = "admin"
+	RuleNotListed    Rule = "not-listed"
 )
 
 // Mode is how VIPs are handed out.
@@ -74,13 +77,17 @@ type Verdict struct {
 }
 
 // Decide applies the rules in the order of the Windows original: disabled,
-// session 0, administrator sessions, then per-program filtering.
+// session 0 (out of scope, a session PAM did not register, no session at
+// all), administrator sessions, then per-program filtering.
 func Decide(s Settings, c identity.Caller, admin bool, userName string) Verdict {
 	switch {
 	case !s.Enabled:
 		return Verdict{Rule: RuleDisabled, Reason: "IP virtualization is disabled (enabled: false)"}
 	case c.OutOfScope != "":
 		return Verdict{Rule: RuleOutOfScope, Reason: fmt.Sprintf("process is in cgroup %s, outside the daemon's scope", c.OutOfScope)}
+	case c.Unregistered:
+		return Verdict{Rule: RuleUnregistered, Reason: fmt.Sprintf("audit session %d (login uid %d) was not registered by PAM (session_trust: pam): "+
+			"a forged or unregistered login session is treated as session 0", c.Login.ID, c.SessionUID)}
 	case !c.Session.Valid():
 		return Verdict{Rule: RuleNoSession, Reason: "process is in no login session (session 0: services are never virtualized)"}
 	case admin:

@@ -15,6 +15,8 @@ func TestDecide(t *testing.T) {
 	psql := identity.Caller{PID: 100, Session: sess, SessionUID: 1000, Exe: "/usr/bin/psql"}
 	bash := identity.Caller{PID: 101, Session: sess, SessionUID: 1000, Exe: "/usr/bin/bash"}
 	daemon := identity.Caller{PID: 50, Exe: "/usr/sbin/cron"}
+	// A service that wrote its own login uid, under session_trust: pam.
+	forged := identity.Caller{PID: 60, Login: lease.Session{Kind: lease.KindAudit, ID: 77}, SessionUID: 4002, Unregistered: true, Exe: "/usr/bin/psql"}
 	perSession := Settings{Enabled: true, Mode: PerSession}
 	perProgram := Settings{Enabled: true, Mode: PerProgram, Programs: NewPrograms([]string{"/usr/bin/psql"})}
 
@@ -31,6 +33,9 @@ func TestDecide(t *testing.T) {
 		{"disabled beats admin", Settings{Enabled: false}, psql, true, RuleDisabled, lease.Holder{}, "disabled"},
 		{"session 0", perSession, daemon, false, RuleNoSession, lease.Holder{}, "no login session"},
 		{"session 0 per-program listed", Settings{Enabled: true, Mode: PerProgram, Programs: NewPrograms([]string{"/usr/sbin/cron"})}, daemon, false, RuleNoSession, lease.Holder{}, "session 0"},
+		{"unregistered", perSession, forged, false, RuleUnregistered, lease.Holder{}, "audit session 77 (login uid 4002) was not registered by PAM"},
+		{"unregistered per-program listed", perProgram, forged, false, RuleUnregistered, lease.Holder{}, "session 0"},
+		{"disabled beats unregistered", Settings{Enabled: false}, forged, false, RuleDisabled, lease.Holder{}, "disabled"},
 		{"admin", perSession, psql, true, RuleAdmin, lease.Holder{}, "administrator alice"},
 		{"admin per-program", perProgram, psql, true, RuleAdmin, lease.Holder{}, "administrator"},
 		{"per-session any program", perSession, bash, false, RuleVirtualize, lease.Holder{Session: sess}, ""},

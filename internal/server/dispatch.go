@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -33,6 +34,10 @@ func opName(t wire.Type) string {
 		return "programs-remove"
 	case wire.OpRelease:
 		return "release"
+	case wire.OpSessionOpen:
+		return "session-open"
+	case wire.OpSessionClose:
+		return "session-close"
 	default:
 		return "unknown"
 	}
@@ -102,10 +107,44 @@ func (s *Unix) dispatch(c identity.Caller, f wire.Frame) (wire.Type, []byte) {
 			out = append(out, api.Released{Holder: l.Holder.Key(), VIP: l.Addr.String()})
 		}
 		return jsonReply(out)
+	case wire.OpSessionOpen, wire.OpSessionClose:
+		return s.registration(c, f)
 	default:
 		return errReply(wire.CodeBadRequest, "unknown request type %d", f.Type)
 	}
 }
+
+// registration answers SESSION_OPEN and SESSION_CLOSE. Root alone may
+// register, not administrators: under session_trust: pam a registration
+// is what makes a session a login, and PAM runs its session stack as root.
+func (s *Unix) registration(c identity.Caller, f wire.Frame) (wire.Type, []byte) {
+	name := "session open"
+	if f.Type == wire.OpSessionClose {
+		name = "session close"
+	}
+	if c.UID != 0 {
+		return errReply(wire.CodePermissionDenied, "%s: only root may register login sessions (pam_exec runs it as root); you are uid %d", name, c.UID)
+	}
+	note := string(f.Payload)
+	var r api.RegistrationReport
+	var err error
+	if f.Type == wire.OpSessionOpen {
+		r, err = s.Backend.OpenSession(c, note)
+	} else {
+		r, err = s.Backend.CloseSession(c, note)
+	}
+	switch {
+	case errors.Is(err, ErrNotPermitted):
+		return errReply(wire.CodePermissionDenied, "%s: %v", name, err)
+	case err != nil:
+		return errReply(wire.CodeBadRequest, "%s: %v", name, err)
+	}
+	return jsonReply(r)
+}
+
+// ErrNotPermitted, wrapped in a Backend's error, makes the reply
+// permission-denied rather than bad-request.
+var ErrNotPermitted = errors.New("not permitted")
 
 // ParseSessionArg reads a session as given on the command line: a bare
 // number is an audit session id, or the text form a:42 / p:1234.

@@ -104,9 +104,15 @@ func (answering) ReleaseSession(lease.Session) []lease.Lease            { return
 func (answering) Programs() []api.ProgramEntry                          { return nil }
 func (answering) AddProgram(string) ([]api.ProgramEntry, error)         { return nil, nil }
 func (answering) RemoveProgram(string) ([]api.ProgramEntry, error)      { return nil, nil }
-func (answering) IsAdmin(uint32) bool                                   { return false }
-func (answering) UserName(uint32) string                                { return "" }
-func (answering) MIP() netip.Addr                                       { return netip.MustParseAddr("192.0.2.1") }
+func (answering) OpenSession(identity.Caller, string) (api.RegistrationReport, error) {
+	return api.RegistrationReport{}, nil
+}
+func (answering) CloseSession(identity.Caller, string) (api.RegistrationReport, error) {
+	return api.RegistrationReport{}, nil
+}
+func (answering) IsAdmin(uint32) bool    { return false }
+func (answering) UserName(uint32) string { return "" }
+func (answering) MIP() netip.Addr        { return netip.MustParseAddr("192.0.2.1") }
 
 // TestPathsAnswerAlike: the accept thread and the goroutines send the same
 // frames for the same QUERY, whether the answer is at hand or not, and

@@ -41,6 +41,11 @@ type Backend interface {
 	Programs() []api.ProgramEntry
 	AddProgram(path string) ([]api.ProgramEntry, error)
 	RemoveProgram(path string) ([]api.ProgramEntry, error)
+	// OpenSession registers the caller's own audit session, and
+	// CloseSession unregisters it (session_trust: pam); the server lets
+	// only root ask. note is for the log alone.
+	OpenSession(c identity.Caller, note string) (api.RegistrationReport, error)
+	CloseSession(c identity.Caller, note string) (api.RegistrationReport, error)
 	// IsAdmin reports whether uid may change settings and see every session.
 	IsAdmin(uid uint32) bool
 	UserName(uid uint32) string

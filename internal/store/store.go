@@ -31,6 +31,7 @@ var (
 	bucketMeta     = []byte("meta")
 	bucketLeases   = []byte("leases")
 	bucketPrograms = []byte("programs")
+	bucketSessions = []byte("sessions")
 )
 
 // schemaVersion is bumped when the on-disk encoding changes incompatibly.
@@ -125,7 +126,7 @@ func Open(dir string) (*Store, error) {
 // initBuckets creates the buckets of a new file and checks the schema and
 // instance of an existing one; it returns the file's instance id.
 func initBuckets(tx *bolt.Tx, seal seal) (string, error) {
-	for _, b := range [][]byte{bucketMeta, bucketLeases, bucketPrograms} {
+	for _, b := range [][]byte{bucketMeta, bucketLeases, bucketPrograms, bucketSessions} {
 		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 			return "", err
 		}
