@@ -10,8 +10,11 @@ set -eu
 # Tests and simulator: real peers (curl, netcat, python3, socat), namespaces
 # (iproute2), the DHCP servers ipvirt must interoperate with, and promtool
 # (prometheus) for the alert rules' unit tests.
+# The Debian package (make deb, deploy/deb_test.go): strip and objdump
+# (binutils), and systemd-analyze (systemd) to verify the unit; dpkg-deb
+# comes with dpkg.
 PACKAGES="${IPVIRT_PACKAGES:-gcc libc6-dev make iproute2 util-linux procps python3 curl netcat-openbsd socat
-	kea-dhcp4-server dnsmasq-base isc-dhcp-server clang llvm libbpf-dev bpftool prometheus}"
+	kea-dhcp4-server dnsmasq-base isc-dhcp-server clang llvm libbpf-dev bpftool prometheus binutils systemd}"
 
 missing=""
 for p in $PACKAGES; do
