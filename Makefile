@@ -7,6 +7,8 @@
 #                CI=true makes them required)
 #   make bench   run the load benchmarks and print their ratios
 #   make build   binaries into bin/
+#   make deb     build, then the Debian package bin/ipvirt_<version>_<arch>.deb
+#                (scripts/deb.sh; README "Debian package")
 #   make deps    install the Debian packages the build and tests need
 #   make fuzz    every fuzz target for FUZZTIME (30s) each, a summary line
 #                per target (FUZZ=regexp picks targets)
@@ -19,7 +21,7 @@ BIN     := $(CURDIR)/bin
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/ipvirt/ipvirt/internal/daemon.Version=$(VERSION)
 
-.PHONY: all build deps test demo bench generate fuzz fuzz-long install clean
+.PHONY: all build deb deps test demo bench generate fuzz fuzz-long install clean
 
 all: build
 
@@ -32,6 +34,11 @@ build: deps
 	@for d in lsp/preload sim/dbclient; do \
 		if [ -f $$d/Makefile ]; then $(MAKE) --no-print-directory -C $$d OUT=$(BIN) || exit 1; fi; \
 	done
+
+# The package holds the binaries of build, stripped, in Debian's paths
+# (/usr, not PREFIX); scripts/deb.sh prints the path of the .deb it wrote.
+deb: build
+	@./scripts/deb.sh $(BIN) $(BIN)
 
 # Regenerates the eBPF objects from lsp/bpf/*.bpf.c (bpf2go). The objects are
 # committed, so only someone editing the C needs clang.
@@ -76,14 +83,17 @@ fuzz-long:
 	@RAPID_CHECKS=$(RAPID_CHECKS) ./scripts/fuzz.sh $(FUZZTIME)
 
 # Installs into PREFIX (default /usr/local) and DESTDIR: the daemon in sbin,
-# ipvirtctl in bin, the preload library in lib/ipvirt, the systemd unit, and
-# an example config (never overwriting /etc/ipvirt/ipvirt.yaml).
+# ipvirtctl in bin, the preload library in lib/ipvirt, the systemd unit (its
+# /usr/local paths made PREFIX), and an example config (never overwriting
+# /etc/ipvirt/ipvirt.yaml).
 PREFIX ?= /usr/local
 install: build
 	install -D -m 0755 $(BIN)/ipvirtd $(DESTDIR)$(PREFIX)/sbin/ipvirtd
 	install -D -m 0755 $(BIN)/ipvirtctl $(DESTDIR)$(PREFIX)/bin/ipvirtctl
 	@if [ -f $(BIN)/libipvirt.so ]; then install -D -m 0755 $(BIN)/libipvirt.so $(DESTDIR)$(PREFIX)/lib/ipvirt/libipvirt.so; fi
-	install -D -m 0644 deploy/ipvirtd.service $(DESTDIR)/etc/systemd/system/ipvirtd.service
+	@mkdir -p $(DESTDIR)/etc/systemd/system
+	sed 's#/usr/local/#$(PREFIX)/#g' deploy/ipvirtd.service > $(DESTDIR)/etc/systemd/system/ipvirtd.service
+	chmod 0644 $(DESTDIR)/etc/systemd/system/ipvirtd.service
 	install -D -m 0644 deploy/ipvirt.yaml $(DESTDIR)/etc/ipvirt/ipvirt.yaml.example
 	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/ipvirt/README.md
 	install -D -m 0644 deploy/prometheus/ipvirt-rules.yml $(DESTDIR)$(PREFIX)/share/ipvirt/prometheus/ipvirt-rules.yml

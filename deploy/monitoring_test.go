@@ -1,7 +1,9 @@
 // Package deploy holds what an administrator installs beside ipvirt: the
-// systemd unit, the example configuration, the Prometheus alert rules and
-// the Grafana dashboard. Its tests check that the monitoring files name
-// only metrics the daemon really exports.
+// systemd unit, the example configuration, the PAM profile, the Debian
+// maintainer scripts, the Prometheus alert rules and the Grafana
+// dashboard. Its tests check that the monitoring files name only metrics
+// the daemon really exports, and that the Debian package (scripts/deb.sh)
+// installs, runs and purges cleanly (deb_test.go).
 package deploy
 
 import (
