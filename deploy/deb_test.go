@@ -673,13 +673,21 @@ func TestPAMProfile(t *testing.T) {
 	session := func(args ...string) []string {
 		t.Helper()
 		run(t, env, tool, append([]string{"--root", root}, args...)...)
-		var lines []string
-		for _, l := range strings.Split(readFile(t, filepath.Join(root, "etc/pam.d/common-session")), "\n") {
-			if strings.Contains(l, "ipvirt") {
-				lines = append(lines, l)
+		// Both stacks: cron and other non-interactive logins set a login
+		// uid too, and under session_trust: pam are virtualized only if
+		// registered.
+		var stacks [2][]string
+		for i, name := range []string{"common-session", "common-session-noninteractive"} {
+			for _, l := range strings.Split(readFile(t, filepath.Join(root, "etc/pam.d", name)), "\n") {
+				if strings.Contains(l, "ipvirt") {
+					stacks[i] = append(stacks[i], l)
+				}
 			}
 		}
-		return lines
+		if !slices.Equal(stacks[0], stacks[1]) {
+			t.Errorf("common-session has %q, common-session-noninteractive %q", stacks[0], stacks[1])
+		}
+		return stacks[0]
 	}
 	// As libpam-runtime's postinst makes the stacks on a new system.
 	if got := session("--package", "--force"); len(got) != 0 {
