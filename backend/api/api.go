@@ -150,3 +150,18 @@ type Released struct {
 	Holder string `json:"holder"`
 	VIP    string `json:"vip"`
 }
+
+// FarmLease is one VIP in use anywhere in an etcd farm (the FARM reply is a
+// list of them, by address).
+type FarmLease struct {
+	VIP    string    `json:"vip"`
+	Host   string    `json:"host"`
+	HostID string    `json:"host_id"`
+	Holder string    `json:"holder"`
+	UID    uint32    `json:"uid"`
+	Since  time.Time `json:"since"`
+	// Mine is true for the VIPs of the host that answered.
+	Mine bool `json:"mine"`
+	// Bad says why the record could not be read; the address is taken.
+	Bad string `json:"bad,omitempty"`
+}

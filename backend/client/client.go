@@ -107,6 +107,12 @@ func (c *Client) Sessions() ([]api.SessionReport, error) {
 	return r, c.callJSON(wire.OpSessions, nil, &r)
 }
 
+// Farm lists the VIPs of every host of an etcd farm the caller may see.
+func (c *Client) Farm() ([]api.FarmLease, error) {
+	var r []api.FarmLease
+	return r, c.callJSON(wire.OpFarm, nil, &r)
+}
+
 // Programs returns the effective per-program list.
 func (c *Client) Programs() ([]api.ProgramEntry, error) {
 	var r []api.ProgramEntry

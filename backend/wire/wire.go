@@ -46,6 +46,10 @@ const (
 	// service); the session is what the kernel says the caller is in.
 	OpSessionOpen  Type = 9
 	OpSessionClose Type = 10
+	// OpFarm lists every VIP in use on any host of an etcd farm (source:
+	// etcd): all of them for root and administrators, a user's own for
+	// anyone else.
+	OpFarm Type = 11
 )
 
 // Response types.

@@ -376,7 +376,7 @@ func (m *Manager) leaseFor(ctx context.Context, h lease.Holder, uid uint32) (lea
 // acquire gets an address from the source and makes it durable and usable
 // before anyone waiting on e learns of it.
 func (m *Manager) acquire(e *entry, h lease.Holder, uid uint32) {
-	ctx, cancel := context.WithTimeout(context.Background(), m.opts.AcquireTimeout)
+	ctx, cancel := context.WithTimeout(source.WithUser(context.Background(), uid), m.opts.AcquireTimeout)
 	defer cancel()
 	l, err := m.opts.Source.Acquire(ctx, h)
 	if err == nil && m.guard != nil {

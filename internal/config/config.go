@@ -18,6 +18,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"time"
 
@@ -28,6 +29,7 @@ import (
 	"github.com/ipvirt/ipvirt/internal/identity"
 	"github.com/ipvirt/ipvirt/internal/policy"
 	"github.com/ipvirt/ipvirt/internal/source/dhcp"
+	"github.com/ipvirt/ipvirt/internal/source/etcd"
 	"github.com/ipvirt/ipvirt/internal/source/static"
 )
 
@@ -72,7 +74,10 @@ type Config struct {
 	Source     string        `yaml:"source"`
 	StaticPool static.Config `yaml:"static_pool"`
 	// DHCP configures the DHCP client (source: dhcp): see dhcp.Config.
-	DHCP            dhcp.Config     `yaml:"dhcp"`
+	DHCP dhcp.Config `yaml:"dhcp"`
+	// Etcd is the farm's cluster (source: etcd, static_pool's range
+	// shared by every host): see etcd.Config.
+	Etcd            etcd.Config     `yaml:"etcd"`
 	Programs        []string        `yaml:"programs"`
 	Admins          alloc.Admins    `yaml:"admins"`
 	OnExhausted     alloc.Exhausted `yaml:"on_exhausted"`
@@ -123,12 +128,18 @@ func (c Config) PinDir() string {
 // state_dir (lsp/bpf's default).
 const DefaultPinDir = "/sys/fs/bpf/ipvirt"
 
+// UsesPool reports whether VIPs come from static_pool's range (source
+// static, or etcd sharing it across a farm).
+func (c Config) UsesPool() bool { return c.Source == static.Name || c.Source == etcd.Name }
+
 // PreallocateOn resolves Preallocate and its source-dependent default.
 func (c Config) PreallocateOn() bool {
 	if c.Preallocate != nil {
 		return *c.Preallocate
 	}
-	return c.Source == dhcp.Name || c.Interceptor.Kernel()
+	// A VIP that needs the network (a DHCP exchange, an etcd
+	// transaction) is better had before the first connect waits for it.
+	return c.Source == dhcp.Name || c.Source == etcd.Name || c.Interceptor.Kernel()
 }
 
 // EnforceOn resolves Enforce and its default.
@@ -263,8 +274,18 @@ func (c *Config) Validate() error {
 		if c.StaticPool != (static.Config{}) {
 			bad("static_pool: set, but source is dhcp (the default); write source: static to use the pool")
 		}
+	case etcd.Name:
+		if err := c.StaticPool.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("%w (source: etcd shares static_pool's range across the farm)", err))
+		}
+		if err := c.Etcd.Validate(); err != nil {
+			errs = append(errs, err)
+		}
 	default:
-		bad("source: %q is not static or dhcp", c.Source)
+		bad("source: %q is not static, dhcp or etcd", c.Source)
+	}
+	if c.Source != etcd.Name && !reflect.DeepEqual(c.Etcd, etcd.Config{}) {
+		bad("etcd: set, but source is %s; write source: etcd to share the pool through etcd", c.Source)
 	}
 	if c.Adapter == "" && c.Enabled {
 		bad("adapter: missing; name the interface (eth0), its MAC address, or a subnet (10.0.0.0/24)")

@@ -125,8 +125,12 @@ func status(g *globals, args []string) int {
 }
 
 func sessions(g *globals, args []string) int {
+	if len(args) > 0 && (args[0] == "--farm" || args[0] == "-farm") {
+		return farm(g, args[1:])
+	}
 	return withClient(g, "sessions", "", "Lists every live login session with its VIP (or MIP/denied and why), its\n"+
-		"per-program VIPs and since when. Root and administrators see every session;\nother users see their own.", args, 0,
+		"per-program VIPs and since when. Root and administrators see every session;\nother users see their own.\n"+
+		"With --farm (source: etcd): every VIP of every host of the farm, from etcd.", args, 0,
 		func(c *client.Client, asJSON bool, _ []string) int {
 			list, err := c.Sessions()
 			if err != nil {
@@ -162,6 +166,37 @@ func sessions(g *globals, args []string) int {
 				}
 				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", s.Session, s.User, s.Mode, addr,
 					orDash(strings.Join(progs, " ")), since(s.Since), s.Processes, orDash(note))
+			}
+			w.Flush()
+			return 0
+		})
+}
+
+func farm(g *globals, args []string) int {
+	return withClient(g, "sessions --farm", "", "Lists every VIP in use on any host of the etcd farm (source: etcd), as etcd\n"+
+		"has them now: host, holder, user and since when. Root and administrators see\nevery VIP; other users their own.", args, 0,
+		func(c *client.Client, asJSON bool, _ []string) int {
+			list, err := c.Farm()
+			if err != nil {
+				return g.fail(err)
+			}
+			if asJSON {
+				if list == nil {
+					list = []api.FarmLease{}
+				}
+				return g.printJSON(list)
+			}
+			w := g.table()
+			fmt.Fprintln(w, "VIP\tHOST\tHOLDER\tUID\tSINCE\tNOTE")
+			for _, l := range list {
+				note := ""
+				if l.Mine {
+					note = "this host"
+				}
+				if l.Bad != "" {
+					note = "unreadable record: " + l.Bad
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\n", l.VIP, orDash(l.Host), orDash(l.Holder), l.UID, since(l.Since), orDash(note))
 			}
 			w.Flush()
 			return 0

@@ -22,6 +22,7 @@ Commands:
   status                  pool size, free addresses, leases, source health
   sessions                every live session and its VIP (only your own unless
                           you are root or an administrator)
+  sessions --farm         every VIP of every host of an etcd farm (source: etcd)
   programs list           the per-program list
   programs add PATH       add a program (root and administrators)
   programs remove PATH    remove a program (root and administrators)

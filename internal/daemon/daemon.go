@@ -69,7 +69,7 @@ func checkHost(cfg config.Config) (adapter.Adapter, error) {
 	if err != nil {
 		return a, err
 	}
-	if cfg.Source == static.Name {
+	if cfg.UsesPool() {
 		if err := adapter.ValidatePool(cfg.StaticPool.Start, cfg.StaticPool.End, a); err != nil {
 			return a, err
 		}
@@ -232,7 +232,7 @@ func (d *Daemon) build() error {
 	}
 	d.log.Info("leases restored", "adopted", rep.Adopted, "released", rep.Released,
 		"host_rebooted", rep.Rebooted, "conflicts", rep.Conflicts)
-	if d.cfg.Source != static.Name {
+	if !d.cfg.UsesPool() {
 		// The restored leases say which subnet the server's addresses
 		// come from.
 		d.census.scope.Store(scopeFor(d.cfg, d.adapter, d.mgr.Leases()))

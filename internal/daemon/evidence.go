@@ -31,7 +31,6 @@ import (
 	"github.com/ipvirt/ipvirt/internal/identity"
 	"github.com/ipvirt/ipvirt/internal/lease"
 	"github.com/ipvirt/ipvirt/internal/policy"
-	"github.com/ipvirt/ipvirt/internal/source/static"
 	"github.com/ipvirt/ipvirt/lsp/bpf"
 )
 
@@ -57,7 +56,7 @@ func scopeFor(cfg config.Config, a adapter.Adapter, leases []lease.Lease) *scope
 	if mip := a.MIP(); mip.IsValid() {
 		sc.exclude = append(sc.exclude, netip.PrefixFrom(mip, mip.BitLen()))
 	}
-	if cfg.Source == static.Name {
+	if cfg.UsesPool() {
 		sc.include = census.RangePrefixes(cfg.StaticPool.Start, cfg.StaticPool.End)
 		return sc
 	}

@@ -10,7 +10,6 @@ import (
 
 	"github.com/ipvirt/ipvirt/internal/config"
 	"github.com/ipvirt/ipvirt/internal/lease"
-	"github.com/ipvirt/ipvirt/internal/source/static"
 	"github.com/ipvirt/ipvirt/lsp/bpf"
 )
 
@@ -38,7 +37,7 @@ func openKernel(cfg config.Config, mip netip.Addr, log *slog.Logger) (*kernel, e
 		}
 		opts.CgroupPath = dir
 	}
-	if cfg.Source == static.Name {
+	if cfg.UsesPool() {
 		opts.Pool = []bpf.Range{{Start: cfg.StaticPool.Start, End: cfg.StaticPool.End}}
 	}
 	ic, err := bpf.Open(opts)

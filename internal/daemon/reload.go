@@ -9,6 +9,7 @@ import (
 	"github.com/ipvirt/ipvirt/internal/config"
 	"github.com/ipvirt/ipvirt/internal/identity"
 	"github.com/ipvirt/ipvirt/internal/source"
+	"github.com/ipvirt/ipvirt/internal/source/etcd"
 )
 
 // restartKey is a configuration key that a reload cannot change.
@@ -54,6 +55,29 @@ var restartOnly = []restartKey{
 	field("scan_interval", func(c *config.Config) *config.Duration { return &c.ScanInterval }),
 	field("interceptor", func(c *config.Config) *config.Interceptor { return &c.Interceptor }),
 	field("scope", func(c *config.Config) *string { return &c.Scope }),
+	{
+		// The cluster a farm shares; its endpoints are a list.
+		name:  "etcd",
+		value: func(c config.Config, _ adapter.Adapter) any { return fmt.Sprintf("%+v", c.Etcd) },
+		keep:  func(next *config.Config, running config.Config) { next.Etcd = running.Etcd },
+	},
+	{
+		// Every host of an etcd farm lists the same range; one host
+		// changing it alone would hand out addresses the others never
+		// see as the farm's. A static pool's own reload stays.
+		name: "static_pool (source: etcd)",
+		value: func(c config.Config, _ adapter.Adapter) any {
+			if c.Source == etcd.Name {
+				return c.StaticPool
+			}
+			return nil
+		},
+		keep: func(next *config.Config, running config.Config) {
+			if running.Source == etcd.Name {
+				next.StaticPool = running.StaticPool
+			}
+		},
+	},
 	{
 		// Judged by its effect: unset and an explicit default are the same.
 		name:  "enforce",

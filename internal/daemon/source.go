@@ -14,6 +14,7 @@ import (
 	"github.com/ipvirt/ipvirt/internal/lease"
 	"github.com/ipvirt/ipvirt/internal/source"
 	"github.com/ipvirt/ipvirt/internal/source/dhcp"
+	"github.com/ipvirt/ipvirt/internal/source/etcd"
 	"github.com/ipvirt/ipvirt/internal/source/static"
 )
 
@@ -32,12 +33,23 @@ func (d *Daemon) newSource(cfg config.Config) (source.Source, error) {
 			return nil, fmt.Errorf("source dhcp: %w", err)
 		}
 		return src, nil
+	case etcd.Name:
+		hostID, err := d.hostID()
+		if err != nil {
+			return nil, err
+		}
+		src, err := etcd.New(cfg.Etcd, cfg.StaticPool.Range(), hostID, cfg.StateDir, &d.events, d.log)
+		if err != nil {
+			return nil, fmt.Errorf("source etcd: %w", err)
+		}
+		return src, nil
 	default:
 		return nil, fmt.Errorf("source: %q is not available", cfg.Source)
 	}
 }
 
-// hostID is the stable id DHCP client identifiers derive from, so that a
+// hostID is the stable id DHCP client identifiers derive from (and etcd
+// records name their host by), so that a
 // restarted daemon asks for (and usually gets) the same addresses. It is the
 // systemd machine id where there is one (a cloned VM image gets a new one,
 // and must not share client ids with its original), else a random id drawn

@@ -38,6 +38,8 @@ func opName(t wire.Type) string {
 		return "session-open"
 	case wire.OpSessionClose:
 		return "session-close"
+	case wire.OpFarm:
+		return "farm"
 	default:
 		return "unknown"
 	}
@@ -72,6 +74,24 @@ func (s *Unix) dispatch(c identity.Caller, f wire.Frame) (wire.Type, []byte) {
 			only = &c.UID
 		}
 		return jsonReply(s.Backend.Sessions(only))
+	case wire.OpFarm:
+		list, err := s.Backend.Farm(ctx)
+		if err != nil {
+			return errReply(wire.CodeBadRequest, "farm: %v", err)
+		}
+		if !admin {
+			mine := list[:0]
+			for _, l := range list {
+				if l.UID == c.UID && l.Bad == "" {
+					mine = append(mine, l)
+				}
+			}
+			list = mine
+		}
+		if list == nil {
+			list = []api.FarmLease{}
+		}
+		return jsonReply(list)
 	case wire.OpProgramsList:
 		return jsonReply(s.Backend.Programs())
 	case wire.OpProgramsAdd, wire.OpProgramsRemove:

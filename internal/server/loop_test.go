@@ -103,6 +103,7 @@ func (answering) Status() api.StatusReport                              { return
 func (answering) ReleaseSession(lease.Session) []lease.Lease            { return nil }
 func (answering) Programs() []api.ProgramEntry                          { return nil }
 func (answering) AddProgram(string) ([]api.ProgramEntry, error)         { return nil, nil }
+func (answering) Farm(context.Context) ([]api.FarmLease, error)         { return nil, nil }
 func (answering) RemoveProgram(string) ([]api.ProgramEntry, error)      { return nil, nil }
 func (answering) OpenSession(identity.Caller, string) (api.RegistrationReport, error) {
 	return api.RegistrationReport{}, nil

@@ -36,6 +36,9 @@ type Backend interface {
 	// caller's executable; the accept thread reads it only then.
 	NeedsProgram() bool
 	Sessions(only *uint32) []api.SessionReport
+	// Farm lists every VIP of the farm (source: etcd), or fails naming
+	// why (another source, etcd unreachable).
+	Farm(ctx context.Context) ([]api.FarmLease, error)
 	Status() api.StatusReport
 	ReleaseSession(s lease.Session) []lease.Lease
 	Programs() []api.ProgramEntry

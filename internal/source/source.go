@@ -120,3 +120,20 @@ type Events interface {
 	// Lost reports that h no longer holds addr (expired unrenewed, NAK).
 	Lost(h lease.Holder, addr netip.Addr, reason error)
 }
+
+type userKey struct{}
+
+// WithUser tells Acquire whose session the holder is: the user's uid, for
+// sources that record it where others can see it (etcd).
+func WithUser(ctx context.Context, uid uint32) context.Context {
+	return context.WithValue(ctx, userKey{}, uid)
+}
+
+// UserFrom returns the uid WithUser put in ctx.
+func UserFrom(ctx context.Context) (uint32, bool) {
+	if ctx == nil {
+		return 0, false
+	}
+	uid, ok := ctx.Value(userKey{}).(uint32)
+	return uid, ok
+}

@@ -1,0 +1,93 @@
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// StartEtcd runs one real etcd member (Debian's etcd-server) on loopback
+// ports of its own, with its data in the test's temporary directory, until
+// the test ends, and returns its client URL. Without the binary the test
+// is skipped, or fails under CI=true.
+func StartEtcd(t *testing.T) string {
+	endpoint, _ := StartEtcdStoppable(t)
+	return endpoint
+}
+
+// StartEtcdStoppable is StartEtcd, with a function that signals the
+// process: SIGSTOP freezes the cluster (every client's requests time out),
+// SIGCONT thaws it.
+func StartEtcdStoppable(t *testing.T) (string, func(syscall.Signal)) {
+	t.Helper()
+	bin, err := exec.LookPath("etcd")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("etcd not installed (Debian package etcd-server; CI=true: not skipping)")
+		}
+		t.Skip("etcd not installed (Debian package etcd-server)")
+	}
+	client, peer := freePort(t), freePort(t)
+	dir := t.TempDir()
+	cu, pu := fmt.Sprintf("http://127.0.0.1:%d", client), fmt.Sprintf("http://127.0.0.1:%d", peer)
+	cmd := exec.Command(bin, "--name", "m0", "--data-dir", filepath.Join(dir, "data"),
+		"--listen-client-urls", cu, "--advertise-client-urls", cu,
+		"--listen-peer-urls", pu, "--initial-advertise-peer-urls", pu,
+		"--initial-cluster", "m0="+pu, "--initial-cluster-state", "new", "--logger", "zap", "--log-level", "warn")
+	logf, err := os.Create(filepath.Join(dir, "log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGCONT)
+		cmd.Process.Kill()
+		cmd.Wait()
+		if t.Failed() {
+			if b, err := os.ReadFile(filepath.Join(dir, "log")); err == nil && len(b) > 0 && len(b) < 1<<16 {
+				t.Logf("etcd log:\n%s", b)
+			}
+		}
+	})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{cu}, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := cli.Get(ctx, "health")
+		cancel()
+		if err == nil {
+			return cu, func(sig syscall.Signal) { cmd.Process.Signal(sig) }
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("etcd at %s did not answer: %v", cu, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
