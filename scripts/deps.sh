@@ -8,10 +8,11 @@ set -eu
 # binaries; eBPF toolchain (clang, llvm-strip, libbpf headers) for `make generate`,
 # bpftool for inspecting attached programs.
 # Tests and simulator: real peers (curl, netcat, python3, socat), namespaces
-# (iproute2), the DHCP servers ipvirt must interoperate with, and promtool
-# (prometheus) for the alert rules' unit tests.
+# (iproute2), the DHCP servers ipvirt must interoperate with, promtool
+# (prometheus) for the alert rules' unit tests, and strace, which counts the
+# system calls of libipvirt.so's hot path.
 PACKAGES="${IPVIRT_PACKAGES:-gcc libc6-dev make iproute2 util-linux procps python3 curl netcat-openbsd socat
-	kea-dhcp4-server dnsmasq-base isc-dhcp-server clang llvm libbpf-dev bpftool prometheus}"
+	kea-dhcp4-server dnsmasq-base isc-dhcp-server clang llvm libbpf-dev bpftool prometheus strace}"
 
 missing=""
 for p in $PACKAGES; do
