@@ -10,13 +10,15 @@ set -eu
 # Tests and simulator: real peers (curl, netcat, python3, socat), namespaces
 # (iproute2), the DHCP servers ipvirt must interoperate with, sshd (with
 # PAM's pam_exec) for logins registered by PAM, etcd (etcd-server) for the
-# farm pool (source: etcd), and promtool (prometheus)
-# for the alert rules' unit tests.
+# farm pool (source: etcd), promtool (prometheus) for the alert rules' unit
+# tests, and strace, which counts the system calls of libipvirt.so's hot path.
 # The Debian package (make deb, deploy/deb_test.go): strip and objdump
 # (binutils), and systemd-analyze (systemd) to verify the unit; dpkg-deb
 # comes with dpkg.
+# make bench: nftables, for the SNAT-by-uid peer (bench/peers).
 PACKAGES="${IPVIRT_PACKAGES:-gcc libc6-dev make iproute2 util-linux procps python3 curl netcat-openbsd socat
-	kea-dhcp4-server dnsmasq-base isc-dhcp-server openssh-server etcd-server clang llvm libbpf-dev bpftool prometheus binutils systemd}"
+	kea-dhcp4-server dnsmasq-base isc-dhcp-server openssh-server etcd-server clang llvm libbpf-dev bpftool prometheus
+	binutils systemd strace nftables}"
 
 missing=""
 for p in $PACKAGES; do

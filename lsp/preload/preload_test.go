@@ -39,7 +39,8 @@ var (
 	buildOnce sync.Once
 	buildDir  string // the library (unless $IPVIRT_BIN has one) and C probes
 	libPath   string
-	probePath string
+	probePath string // testdata/sockprobe.c
+	fdPath    string // testdata/fdprobe.c
 	buildErr  error
 )
 
@@ -87,8 +88,13 @@ func build(t testing.TB) {
 			}
 		}
 		probePath = filepath.Join(buildDir, "sockprobe")
-		if out, err := exec.Command("gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread", "-o", probePath, "testdata/sockprobe.c").CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("gcc testdata/sockprobe.c: %v\n%s", err, out)
+		fdPath = filepath.Join(buildDir, "fdprobe")
+		for _, p := range []string{probePath, fdPath} {
+			src := filepath.Join("testdata", filepath.Base(p)+".c")
+			if out, err := exec.Command("gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread", "-o", p, src).CombinedOutput(); err != nil {
+				buildErr = fmt.Errorf("gcc %s: %v\n%s", src, err, out)
+				return
+			}
 		}
 	})
 	if buildErr != nil {

@@ -3,20 +3,22 @@
  * Each looks at its address argument first, which costs nothing: anything
  * but IPv4, or IPv6 carrying a v4-mapped address, goes straight to libc
  * without a syscall or a question to the daemon. Then the socket must be
- * TCP or UDP (two getsockopt calls), and only then is the cached answer
- * consulted. errno is saved on entry and restored before the real call, so
- * the library's own work never shows in it. */
+ * TCP or UDP, which the descriptor table (fdtable.c) knows for sockets the
+ * program made with socket(), and only then is the cached answer
+ * consulted. What is left is the bind the rule asks for, and that call's
+ * own result tells whether the socket was bound already (EINVAL), so the
+ * hot path is the bind alone (with IP_BIND_ADDRESS_NO_PORT for TCP), and
+ * a socket bound once needs nothing more. errno is saved on entry and
+ * restored before the real call, so the library's own work never shows
+ * in it. */
 #define _GNU_SOURCE
 #include "ipvirt.h"
 
 #include <dlfcn.h>
 #include <errno.h>
-#include <stdatomic.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
-
-#define IPV_EXPORT __attribute__((visibility("default")))
 
 typedef int (*bind_fn)(int, const struct sockaddr *, socklen_t);
 typedef int (*connect_fn)(int, const struct sockaddr *, socklen_t);
@@ -52,12 +54,6 @@ static _Atomic(sendto_fn) real_sendto;
 static _Atomic(sendmsg_fn) real_sendmsg;
 static _Atomic(sendmmsg_fn) real_sendmmsg;
 
-#define RESOLVE(var, name, fallback)                                         \
-	do {                                                                 \
-		void *p = dlsym(RTLD_NEXT, name);                            \
-		atomic_store_explicit(&var, p ? (__typeof__(fallback) *)p : fallback, memory_order_release); \
-	} while (0)
-
 /* resolve looks the real functions up. The constructor does it, and so does
  * any wrapper that runs before it (another library's constructor). It is
  * the only work done at load time. */
@@ -77,16 +73,6 @@ __attribute__((constructor)) static void ipvirt_init(void)
 	resolve();
 	ipv_note_stderr();
 }
-
-#define REAL(var)                                                             \
-	({                                                                    \
-		__typeof__(atomic_load(&var)) f_ = atomic_load_explicit(&var, memory_order_acquire); \
-		if (!f_) {                                                    \
-			resolve();                                            \
-			f_ = atomic_load_explicit(&var, memory_order_acquire); \
-		}                                                             \
-		f_;                                                           \
-	})
 
 int ipv_real_connect(int fd, const struct sockaddr *sa, socklen_t len)
 {
@@ -125,22 +111,6 @@ static int v4_of(const struct sockaddr *sa, socklen_t len, in_addr_t *out, int *
 	return 0;
 }
 
-/* tcp_or_udp reports the socket's type when it is a TCP or UDP socket, else
- * 0: raw, ICMP, SCTP, MPTCP and non-sockets pass through. */
-static int tcp_or_udp(int fd)
-{
-	int type, proto;
-	socklen_t l = sizeof type;
-	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l) < 0)
-		return 0;
-	l = sizeof proto;
-	if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &l) < 0)
-		return 0;
-	if ((type == SOCK_STREAM && proto == IPPROTO_TCP) || (type == SOCK_DGRAM && proto == IPPROTO_UDP))
-		return type;
-	return 0;
-}
-
 static int v6only(int fd)
 {
 	int on = 1;
@@ -148,25 +118,137 @@ static int v6only(int fd)
 	return getsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, &l) < 0 || on;
 }
 
-/* bind_vip binds an unbound socket of family fam to the VIP, port 0. TCP
- * asks for IP_BIND_ADDRESS_NO_PORT, so the port is picked at connect() from
- * the full 4-tuple space instead of being reserved now (a busy client would
- * otherwise run out of ephemeral ports). */
-static int bind_vip(int fd, int fam, int type, in_addr_t vip)
+/* unbound reports whether the kernel shows fd's local address as the
+ * wildcard with no port; *fam is set to the socket's family. A socket
+ * whose address cannot be read counts as bound: it is left alone. */
+static int unbound(int fd, int *fam)
 {
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof ss;
+	*fam = AF_UNSPEC;
+	if (getsockname(fd, (struct sockaddr *)&ss, &sl) < 0)
+		return 0;
+	*fam = ss.ss_family;
+	if (ss.ss_family == AF_INET) {
+		const struct sockaddr_in *s = (const struct sockaddr_in *)&ss;
+		return s->sin_addr.s_addr == 0 && s->sin_port == 0;
+	}
+	if (ss.ss_family == AF_INET6) {
+		const struct sockaddr_in6 *s = (const struct sockaddr_in6 *)&ss;
+		return IN6_IS_ADDR_UNSPECIFIED(&s->sin6_addr) && s->sin6_port == 0;
+	}
+	return 0;
+}
+
+/* learn asks the kernel about a descriptor the table does not know (one
+ * the program did not make with socket(), or one past the table): its
+ * type, protocol and local address, the three calls every call cost before
+ * the table, and records the answer. Returns the entry, IPV_FD_OTHER for
+ * anything the rules leave alone. */
+static unsigned learn(int fd)
+{
+	int type, proto, fam;
+	socklen_t l = sizeof type;
+	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l) < 0)
+		return IPV_FD_OTHER; /* not a socket, or not open: nothing to record */
+	l = sizeof proto;
+	if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &l) < 0)
+		return IPV_FD_OTHER;
+	unsigned e;
+	if (type == SOCK_STREAM && proto == IPPROTO_TCP)
+		e = IPV_FD_TCP;
+	else if (type == SOCK_DGRAM && proto == IPPROTO_UDP)
+		e = IPV_FD_UDP;
+	else
+		e = IPV_FD_OTHER;
+	if (e != IPV_FD_OTHER) {
+		if (!unbound(fd, &fam))
+			e |= IPV_FD_DECIDED;
+		if (fam == AF_INET6)
+			e |= IPV_FD_INET6;
+		else if (fam != AF_INET)
+			return IPV_FD_OTHER;
+	}
+	ipv_fd_update(fd, IPV_FD_UNKNOWN, e);
+	return e;
+}
+
+/* entry is fd's table entry, asking the kernel when the table has none. */
+static unsigned entry(int fd)
+{
+	unsigned e = ipv_fd_get(fd);
+	return e != IPV_FD_UNKNOWN ? e : learn(fd);
+}
+
+/* socktype is the socket type of a TCP or UDP entry, else 0. */
+static int socktype(unsigned e)
+{
+	switch (e & IPV_FD_CLASS) {
+	case IPV_FD_TCP:
+		return SOCK_STREAM;
+	case IPV_FD_UDP:
+		return SOCK_DGRAM;
+	}
+	return 0;
+}
+
+/* decided marks a TCP or UDP entry e of fd as bound: nothing more to do. */
+static void decided(int fd, unsigned e)
+{
+	if (socktype(e) && !(e & IPV_FD_DECIDED))
+		ipv_fd_update(fd, e, e | IPV_FD_DECIDED);
+}
+
+/* bind_vip binds a socket of family fam that the rules apply to to the
+ * VIP, port 0. TCP asks for IP_BIND_ADDRESS_NO_PORT, so the port is picked
+ * at connect() from the full 4-tuple space instead of being reserved now
+ * (a busy client would otherwise run out of ephemeral ports).
+ *
+ * Whether the socket is bound already is not asked first: the bind says
+ * so, failing with EINVAL, and such a socket is left alone, as the
+ * program (or the kernel, at an earlier call) bound it. The one bind that
+ * leaves no port behind for that test, the program's own with
+ * IP_BIND_ADDRESS_NO_PORT and port 0, went through bind() below, which
+ * marked the socket decided. On AF_INET6, EINVAL also means IPV6_V6ONLY
+ * (the call then fails anyway: a v6-only socket cannot reach IPv4), which
+ * the program may still turn off: that socket is not marked.
+ * Returns 0 to go on with the real call, or -1 with bind's errno. */
+static int bind_vip(int fd, int fam, int type, unsigned e, in_addr_t vip)
+{
+	int r;
 	if (type == SOCK_STREAM) {
 		int one = 1;
 		setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
 	}
 	if (fam == AF_INET) {
 		struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = vip};
-		return REAL(real_bind)(fd, (struct sockaddr *)&a, sizeof a);
+		r = REAL(real_bind)(fd, (struct sockaddr *)&a, sizeof a);
+	} else {
+		struct sockaddr_in6 a6 = {.sin6_family = AF_INET6};
+		a6.sin6_addr.s6_addr[10] = 0xff;
+		a6.sin6_addr.s6_addr[11] = 0xff;
+		memcpy(&a6.sin6_addr.s6_addr[12], &vip, 4);
+		r = REAL(real_bind)(fd, (struct sockaddr *)&a6, sizeof a6);
 	}
-	struct sockaddr_in6 a6 = {.sin6_family = AF_INET6};
-	a6.sin6_addr.s6_addr[10] = 0xff;
-	a6.sin6_addr.s6_addr[11] = 0xff;
-	memcpy(&a6.sin6_addr.s6_addr[12], &vip, 4);
-	return REAL(real_bind)(fd, (struct sockaddr *)&a6, sizeof a6);
+	if (r < 0 && errno != EINVAL)
+		return -1;
+	if (r < 0 && fam == AF_INET6 && v6only(fd))
+		return 0;
+	decided(fd, e);
+	return 0;
+}
+
+/* refuse applies a DENIED answer: an unbound socket that can reach IPv4
+ * fails with EACCES. Not the hot path, so the kernel is asked, as before
+ * the table: a socket bound already (by the kernel at an earlier call to a
+ * destination out of scope, say) is left alone. */
+static int refuse(int fd)
+{
+	int fam;
+	if (!unbound(fd, &fam) || (fam == AF_INET6 && v6only(fd)))
+		return 0;
+	errno = EACCES;
+	return -1;
 }
 
 /* prepare applies the outgoing rule before connect() or an addressed send
@@ -175,39 +257,34 @@ static int bind_vip(int fd, int fam, int type, in_addr_t vip)
  * the real call, or -1 with errno (EACCES when denied, bind's errno). */
 static int prepare(int fd, int dst_family, in_addr_t dst)
 {
-	int type = tcp_or_udp(fd);
-	if (!type)
+	unsigned e = entry(fd);
+	int type = socktype(e);
+	if (!type || (e & IPV_FD_DECIDED))
 		return 0;
-	struct sockaddr_storage ss;
-	socklen_t sl = sizeof ss;
-	if (getsockname(fd, (struct sockaddr *)&ss, &sl) < 0)
+	int fam = e & IPV_FD_INET6 ? AF_INET6 : AF_INET;
+	if (fam == AF_INET && dst_family != AF_INET)
 		return 0;
-	if (ss.ss_family == AF_INET) {
-		const struct sockaddr_in *s = (const struct sockaddr_in *)&ss;
-		if (dst_family != AF_INET || s->sin_addr.s_addr != 0 || s->sin_port != 0)
-			return 0; /* bound already (by the program, or by us) */
-	} else if (ss.ss_family == AF_INET6) {
-		const struct sockaddr_in6 *s = (const struct sockaddr_in6 *)&ss;
-		if (!IN6_IS_ADDR_UNSPECIFIED(&s->sin6_addr) || s->sin6_port != 0)
-			return 0;
-		/* TCP6 refuses AF_INET destinations; UDP6 takes them. */
-		if (dst_family == AF_INET && type != SOCK_DGRAM)
-			return 0;
-		if (v6only(fd))
-			return 0;
-	} else {
+	/* TCP6 refuses AF_INET destinations; UDP6 takes them. */
+	if (fam == AF_INET6 && dst_family == AF_INET && type != SOCK_DGRAM)
 		return 0;
-	}
 	/* connect() to 0.0.0.0 reaches this host over loopback. */
 	int dst_loop = dst == 0 || loopback(dst);
 	const struct ipv_answer *a = ipv_current();
 	if (a->kind == IPV_MIP || dst_loop != a->loopback_scope)
 		return 0;
-	if (a->kind == IPV_DENIED) {
-		errno = EACCES;
-		return -1;
-	}
-	return bind_vip(fd, ss.ss_family, type, a->vip) < 0 ? -1 : 0;
+	if (a->kind == IPV_DENIED)
+		return refuse(fd);
+	return bind_vip(fd, fam, type, e, a->vip);
+}
+
+/* passed notes a call the rules did not look at (an IPv6 destination, an
+ * IP_PKTINFO send, no address): once it succeeded, the kernel has bound
+ * the socket, which later calls then leave alone without looking at the
+ * answer, as they did when they asked the kernel. */
+static void passed(int fd, int ok)
+{
+	if (ok)
+		decided(fd, ipv_fd_get(fd));
 }
 
 IPV_EXPORT int connect(int fd, const struct sockaddr *sa, socklen_t len)
@@ -215,8 +292,16 @@ IPV_EXPORT int connect(int fd, const struct sockaddr *sa, socklen_t len)
 	connect_fn real = REAL(real_connect);
 	int saved = errno, any6;
 	in_addr_t dst;
-	if (!v4_of(sa, len, &dst, &any6) || any6)
-		return real(fd, sa, len);
+	if (!v4_of(sa, len, &dst, &any6) || any6) {
+		int r = real(fd, sa, len);
+		/* AF_UNSPEC dissolves an association, and unbinds what the
+		 * kernel bound for it: ask the kernel next time. */
+		if (sa && len >= (socklen_t)sizeof(sa_family_t) && sa->sa_family == AF_UNSPEC)
+			ipv_fd_forget(fd);
+		else
+			passed(fd, r == 0);
+		return r;
+	}
 	if (prepare(fd, sa->sa_family, dst) < 0)
 		return -1;
 	errno = saved;
@@ -228,8 +313,11 @@ IPV_EXPORT ssize_t sendto(int fd, const void *buf, size_t n, int flags, const st
 	sendto_fn real = REAL(real_sendto);
 	int saved = errno, any6;
 	in_addr_t dst;
-	if (!v4_of(sa, len, &dst, &any6) || any6)
-		return real(fd, buf, n, flags, sa, len);
+	if (!v4_of(sa, len, &dst, &any6) || any6) {
+		ssize_t r = real(fd, buf, n, flags, sa, len);
+		passed(fd, r >= 0);
+		return r;
+	}
 	if (prepare(fd, sa->sa_family, dst) < 0)
 		return -1;
 	errno = saved;
@@ -261,8 +349,11 @@ IPV_EXPORT ssize_t sendmsg(int fd, const struct msghdr *m, int flags)
 	sendmsg_fn real = REAL(real_sendmsg);
 	int saved = errno;
 	in_addr_t dst;
-	if (!addressed(m, &dst))
-		return real(fd, m, flags);
+	if (!addressed(m, &dst)) {
+		ssize_t r = real(fd, m, flags);
+		passed(fd, r >= 0);
+		return r;
+	}
 	if (prepare(fd, ((const struct sockaddr *)m->msg_name)->sa_family, dst) < 0)
 		return -1;
 	errno = saved;
@@ -274,47 +365,56 @@ IPV_EXPORT ssize_t sendmsg(int fd, const struct msghdr *m, int flags)
 IPV_EXPORT int sendmmsg(int fd, struct mmsghdr *v, unsigned int n, int flags)
 {
 	sendmmsg_fn real = REAL(real_sendmmsg);
-	int saved = errno;
+	int saved = errno, looked = 0;
 	in_addr_t dst;
 	for (unsigned int i = 0; v && i < n; i++) {
 		if (!v[i].msg_hdr.msg_name)
 			continue;
-		if (addressed(&v[i].msg_hdr, &dst) &&
-		    prepare(fd, ((const struct sockaddr *)v[i].msg_hdr.msg_name)->sa_family, dst) < 0)
-			return -1;
+		if (addressed(&v[i].msg_hdr, &dst)) {
+			if (prepare(fd, ((const struct sockaddr *)v[i].msg_hdr.msg_name)->sa_family, dst) < 0)
+				return -1;
+			looked = 1;
+		}
 		break;
 	}
 	errno = saved;
-	return real(fd, v, n, flags);
+	int r = real(fd, v, n, flags);
+	if (!looked)
+		passed(fd, r > 0);
+	return r;
 }
 
-/* bind() to the wildcard or to the machine IP becomes a bind to the VIP on
- * the same port; any other address is the program's choice and kept. */
-IPV_EXPORT int bind(int fd, const struct sockaddr *sa, socklen_t len)
+/* wildcard reports whether sa is 0.0.0.0 or [::] with port 0: a bind that
+ * may leave the socket as unbound as it was (IP_BIND_ADDRESS_NO_PORT). */
+static int wildcard(const struct sockaddr *sa, socklen_t len)
 {
-	bind_fn real = REAL(real_bind);
-	int saved = errno, any6;
 	in_addr_t addr;
-	if (!v4_of(sa, len, &addr, &any6))
-		return real(fd, sa, len);
-	if (!tcp_or_udp(fd) || (sa->sa_family == AF_INET6 && v6only(fd))) {
-		errno = saved;
-		return real(fd, sa, len);
-	}
-	const struct ipv_answer *a = ipv_current();
-	if (a->kind == IPV_MIP || (addr != 0 && addr != a->mip)) {
-		errno = saved;
-		return real(fd, sa, len);
-	}
-	if (a->kind == IPV_DENIED) {
-		errno = EACCES;
-		return -1;
-	}
-	errno = saved;
+	int any6;
+	if (!v4_of(sa, len, &addr, &any6) || addr != 0)
+		return 0;
+	if (sa->sa_family == AF_INET)
+		return ((const struct sockaddr_in *)sa)->sin_port == 0;
+	return ((const struct sockaddr_in6 *)sa)->sin6_port == 0;
+}
+
+/* program_bind makes the program's own bind, and records a socket it
+ * bound as decided: the rules never rebind it. A bind to the wildcard
+ * and port 0 is left for the next call to find out. */
+static int program_bind(bind_fn real, int fd, const struct sockaddr *sa, socklen_t len)
+{
+	int r = real(fd, sa, len);
+	if (r == 0 && !wildcard(sa, len))
+		decided(fd, ipv_fd_get(fd));
+	return r;
+}
+
+/* bind_as_vip makes the bind with the VIP in place of sa's address. */
+static int bind_as_vip(bind_fn real, int fd, const struct sockaddr *sa, in_addr_t vip)
+{
 	if (sa->sa_family == AF_INET) {
 		struct sockaddr_in c;
 		memcpy(&c, sa, sizeof c);
-		c.sin_addr.s_addr = a->vip;
+		c.sin_addr.s_addr = vip;
 		return real(fd, (struct sockaddr *)&c, sizeof c);
 	}
 	struct sockaddr_in6 c6;
@@ -322,7 +422,39 @@ IPV_EXPORT int bind(int fd, const struct sockaddr *sa, socklen_t len)
 	memset(c6.sin6_addr.s6_addr, 0, 10);
 	c6.sin6_addr.s6_addr[10] = 0xff;
 	c6.sin6_addr.s6_addr[11] = 0xff;
-	memcpy(&c6.sin6_addr.s6_addr[12], &a->vip, 4);
+	memcpy(&c6.sin6_addr.s6_addr[12], &vip, 4);
 	c6.sin6_scope_id = 0;
 	return real(fd, (struct sockaddr *)&c6, sizeof c6);
+}
+
+/* bind() to the wildcard or to the machine IP becomes a bind to the VIP on
+ * the same port; any other address is the program's choice and kept. An
+ * AF_INET6 address costs one question (IPV6_V6ONLY) before the daemon's
+ * answer is looked at: a v6-only server never asks the daemon. */
+IPV_EXPORT int bind(int fd, const struct sockaddr *sa, socklen_t len)
+{
+	bind_fn real = REAL(real_bind);
+	int saved = errno, any6;
+	in_addr_t addr;
+	if (!v4_of(sa, len, &addr, &any6))
+		return program_bind(real, fd, sa, len);
+	unsigned e = entry(fd);
+	if (!socktype(e) || (sa->sa_family == AF_INET6 && v6only(fd))) {
+		errno = saved;
+		return program_bind(real, fd, sa, len);
+	}
+	const struct ipv_answer *a = ipv_current();
+	if (a->kind == IPV_MIP || (addr != 0 && addr != a->mip)) {
+		errno = saved;
+		return program_bind(real, fd, sa, len);
+	}
+	if (a->kind == IPV_DENIED) {
+		errno = EACCES;
+		return -1;
+	}
+	errno = saved;
+	int r = bind_as_vip(real, fd, sa, a->vip);
+	if (r == 0)
+		decided(fd, e);
+	return r;
 }

@@ -1,18 +1,22 @@
 /* Internal interface of libipvirt.so, the LD_PRELOAD interceptor.
  *
- * Three parts: intercept.c (the exported bind/connect/send* wrappers and
- * their rules), answer.c (the per-process cached answer, fail-open policy and
- * the one stderr line), query.c (one round trip of the ipvirt protocol).
- * Everything here is hidden; only the five wrappers are exported. */
+ * Four parts: intercept.c (the exported bind/connect/send* wrappers and
+ * their rules), fdtable.c (what the library knows of each descriptor, and
+ * the socket/close/dup wrappers that keep it), answer.c (the per-process
+ * cached answer, fail-open policy and the one stderr line), query.c (one
+ * round trip of the ipvirt protocol). Everything here is hidden; only the
+ * wrappers are exported. */
 #ifndef IPVIRT_H
 #define IPVIRT_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 
 #define IPV_HIDDEN __attribute__((visibility("hidden")))
+#define IPV_EXPORT __attribute__((visibility("default")))
 
 /* Answer kinds, as on the wire (PROTOCOL.md, "The ANSWER payload"). */
 enum { IPV_VIP = 1, IPV_MIP = 2, IPV_DENIED = 3 };
@@ -57,8 +61,97 @@ IPV_HIDDEN int ipv_parse_header(const unsigned char *h, uint32_t *payload_len, c
 IPV_HIDDEN int ipv_parse_answer(const unsigned char *p, uint32_t payload_len, struct ipv_reply *out, char *err, size_t errlen);
 
 /* The real libc functions, resolved with dlsym(RTLD_NEXT) (raw syscalls if
- * dlsym finds nothing, so the library never calls itself). */
+ * dlsym finds nothing, so the library never calls itself). Each file that
+ * wraps functions has a static resolve() looking its own up: its
+ * constructor calls it, and so does REAL for a wrapper that runs first
+ * (another library's constructor). */
 IPV_HIDDEN int ipv_real_connect(int fd, const struct sockaddr *sa, socklen_t len);
+
+#define RESOLVE(var, name, fallback)                                         \
+	do {                                                                 \
+		void *p = dlsym(RTLD_NEXT, name);                            \
+		atomic_store_explicit(&var, p ? (__typeof__(fallback) *)p : fallback, memory_order_release); \
+	} while (0)
+
+#define REAL(var)                                                             \
+	({                                                                    \
+		__typeof__(atomic_load(&var)) f_ = atomic_load_explicit(&var, memory_order_acquire); \
+		if (!f_) {                                                    \
+			resolve();                                            \
+			f_ = atomic_load_explicit(&var, memory_order_acquire); \
+		}                                                             \
+		f_;                                                           \
+	})
+
+/* The descriptor table (fdtable.c): one byte per descriptor below IPV_FDS,
+ * what the library learnt of it when the program made it with socket(), so
+ * that connect() and send*() need not ask the kernel. A descriptor the
+ * table does not know (0: made some other way, inherited, closed since, or
+ * past the table) is asked about with system calls, as every call was
+ * before the table. Entries are read and written with relaxed atomics:
+ * threads race on one descriptor only when the program itself does. */
+#define IPV_FDS 65536
+enum {
+	IPV_FD_UNKNOWN = 0,
+	IPV_FD_TCP = 1,   /* AF_INET or AF_INET6, SOCK_STREAM, IPPROTO_TCP */
+	IPV_FD_UDP = 2,   /* AF_INET or AF_INET6, SOCK_DGRAM, IPPROTO_UDP */
+	IPV_FD_OTHER = 3, /* any other IP socket (raw, ICMP, SCTP, MPTCP, ...): never touched */
+	IPV_FD_CLASS = 3,
+	IPV_FD_INET6 = 4,   /* an AF_INET6 socket */
+	IPV_FD_DECIDED = 8, /* bound (by the library, the program or the kernel): left alone */
+};
+
+IPV_HIDDEN extern _Atomic unsigned char ipv_fds[IPV_FDS];
+/* One more than the highest descriptor ever given an entry, so that
+ * forgetting a range (close_range, closefrom) stops there. */
+IPV_HIDDEN extern atomic_int ipv_fds_top;
+
+static inline unsigned ipv_fd_get(int fd)
+{
+	if (fd < 0 || fd >= IPV_FDS)
+		return IPV_FD_UNKNOWN;
+	return atomic_load_explicit(&ipv_fds[fd], memory_order_relaxed);
+}
+
+/* ipv_fd_raise_top makes room for fd in the ranges forgotten. */
+static inline void ipv_fd_raise_top(int fd)
+{
+	int top = atomic_load_explicit(&ipv_fds_top, memory_order_relaxed);
+	while (top <= fd && !atomic_compare_exchange_weak_explicit(&ipv_fds_top, &top, fd + 1, memory_order_relaxed,
+								   memory_order_relaxed))
+		;
+}
+
+/* ipv_fd_set records what fd is now: socket() made it. */
+static inline void ipv_fd_set(int fd, unsigned e)
+{
+	if (fd < 0 || fd >= IPV_FDS)
+		return;
+	if (e != IPV_FD_UNKNOWN)
+		ipv_fd_raise_top(fd);
+	/* A store of 0 over 0 would still dirty the page: most descriptors
+	 * of most programs never have an entry. */
+	if (e != IPV_FD_UNKNOWN || atomic_load_explicit(&ipv_fds[fd], memory_order_relaxed) != IPV_FD_UNKNOWN)
+		atomic_store_explicit(&ipv_fds[fd], (unsigned char)e, memory_order_relaxed);
+}
+
+/* ipv_fd_update replaces the entry old by e, unless the entry changed
+ * meanwhile (another thread closed the descriptor, or made it again): a
+ * late update must not bring back an entry that close() removed. */
+static inline void ipv_fd_update(int fd, unsigned old, unsigned e)
+{
+	if (fd < 0 || fd >= IPV_FDS)
+		return;
+	ipv_fd_raise_top(fd);
+	unsigned char o = (unsigned char)old;
+	atomic_compare_exchange_strong_explicit(&ipv_fds[fd], &o, (unsigned char)e, memory_order_relaxed,
+						memory_order_relaxed);
+}
+
+static inline void ipv_fd_forget(int fd)
+{
+	ipv_fd_set(fd, IPV_FD_UNKNOWN);
+}
 
 /* Monotonic clock in milliseconds (CLOCK_MONOTONIC, vDSO: no syscall). */
 IPV_HIDDEN uint64_t ipv_mono_ms(void);

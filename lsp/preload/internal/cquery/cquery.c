@@ -5,8 +5,8 @@
  * as headers, so that the go command hashes them (a change to the library
  * rebuilds the harness; it tracks no file outside the package) without
  * compiling them on their own. answer.c brings the string helpers query.c
- * uses; intercept.c (the exported wrappers) is left out, so that the test
- * binary's own connect() is libc's. */
+ * uses; intercept.c and fdtable.c (the exported wrappers) are left out, so
+ * that the test binary's own socket calls are libc's. */
 #include "query_c.h"
 #include "answer_c.h"
 
