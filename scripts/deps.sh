@@ -10,8 +10,10 @@ set -eu
 # Tests and simulator: real peers (curl, netcat, python3, socat), namespaces
 # (iproute2), the DHCP servers ipvirt must interoperate with, and promtool
 # (prometheus) for the alert rules' unit tests.
+# Benchmarks: nft (nftables) for bench/peers' SNAT-by-uid peer, which it
+# runs in a network namespace of its own.
 PACKAGES="${IPVIRT_PACKAGES:-gcc libc6-dev make iproute2 util-linux procps python3 curl netcat-openbsd socat
-	kea-dhcp4-server dnsmasq-base isc-dhcp-server clang llvm libbpf-dev bpftool prometheus}"
+	kea-dhcp4-server dnsmasq-base isc-dhcp-server clang llvm libbpf-dev bpftool prometheus nftables}"
 
 missing=""
 for p in $PACKAGES; do
