@@ -5,7 +5,8 @@
 #                target briefly (FUZZTIME_CI=1s each) and every test (root
 #                runs the namespace, eBPF and audit-session tests too;
 #                CI=true makes them required)
-#   make bench   run the load benchmarks and print their ratios
+#   make bench   run the load benchmarks and print their ratios (LOAD=1 adds
+#                the 2,000-session load run, about five minutes)
 #   make build   binaries into bin/
 #   make deb     build, then the Debian package bin/ipvirt_<version>_<arch>.deb
 #                (scripts/deb.sh; README "Debian package")

@@ -14,7 +14,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -22,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ipvirt/ipvirt/bench/internal/benchkit"
 	"github.com/ipvirt/ipvirt/lsp/bpf"
 	"github.com/ipvirt/ipvirt/sim/daemonproc"
 	"github.com/ipvirt/ipvirt/sim/loginsession"
@@ -48,16 +48,11 @@ func run(rounds, n int) error {
 	}
 	defer os.RemoveAll(work)
 	os.Chmod(work, 0o755)
-	loop := filepath.Join(work, "connectloop")
-	if out, err := exec.Command("cc", "-O2", "-Wall", "-o", loop, "bench/connectloop/connectloop.c").CombinedOutput(); err != nil {
-		return fmt.Errorf("build connectloop (run from the repository root): %v\n%s", err, out)
+	tools, err := benchkit.Build(work)
+	if err != nil {
+		return err
 	}
-	lib := filepath.Join(work, "libipvirt.so")
-	if dir := os.Getenv(daemonproc.BinEnv); dir != "" && exists(filepath.Join(dir, "libipvirt.so")) {
-		lib = filepath.Join(dir, "libipvirt.so")
-	} else if out, err := exec.Command("make", "-s", "-C", "lsp/preload", "OUT="+work).CombinedOutput(); err != nil {
-		return fmt.Errorf("build libipvirt.so: %v\n%s", err, out)
-	}
+	loop, lib := tools.Loop, tools.Lib
 
 	ddir := filepath.Join(work, "d")
 	if err := os.Mkdir(ddir, 0o755); err != nil {
@@ -164,8 +159,6 @@ func inSession(s *loginsession.Session, work string, env []string, prog string, 
 		time.Sleep(5 * time.Millisecond)
 	}
 }
-
-func exists(p string) bool { _, err := os.Stat(p); return err == nil }
 
 func median(v []float64) float64 {
 	s := slices.Clone(v)

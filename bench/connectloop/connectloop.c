@@ -13,6 +13,18 @@
  *       LD_PRELOAD too), each timing only its own first connect; prints
  *       "first NS NS ..." — the cost of a process's first call, which for
  *       libipvirt.so includes its one round trip to ipvirtd
+ *   connectloop loopbind N HOST PORT SRC [OUT]
+ *       as loop, but each socket is bound to SRC first, the way a program
+ *       that picks its own source does it: IP_BIND_ADDRESS_NO_PORT, bind
+ *       to SRC port 0, connect (all inside the timing); prints
+ *       "loopbind NS_PER_OP SOURCE". The kernel's own floor under any
+ *       interceptor that binds: no interception, just the two extra calls
+ *   connectloop think N HOST PORT MEAN_US SEED OUT
+ *       a session's realistic use: N times, sleep an exponentially
+ *       distributed think time (mean MEAN_US µs, drand48 seeded with SEED,
+ *       so a run can be replayed), then socket + connect + close, timing
+ *       connect alone; writes "think N" and then one line per connect,
+ *       "NS SOURCE", in order (the first is the process's first call)
  *   connectloop once HOST PORT
  *       one timed connect; prints "NS SOURCE"
  *
@@ -22,6 +34,7 @@
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -42,6 +55,8 @@ static long long now_ns(void)
 }
 
 static struct sockaddr_in dst;
+/* bindsrc, when its family is set (loopbind), is bound before connect. */
+static struct sockaddr_in bindsrc;
 
 /* conn connects once; returns the connect time and fills src. */
 static long long conn(char *src, size_t n)
@@ -50,6 +65,14 @@ static long long conn(char *src, size_t n)
 	if (fd < 0) {
 		perror("connectloop: socket");
 		exit(1);
+	}
+	if (bindsrc.sin_family == AF_INET) {
+		int one = 1;
+		if (setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one) != 0 ||
+		    bind(fd, (struct sockaddr *)&bindsrc, sizeof bindsrc) != 0) {
+			perror("connectloop: bind");
+			exit(1);
+		}
 	}
 	long long t0 = now_ns();
 	if (connect(fd, (struct sockaddr *)&dst, sizeof dst) != 0) {
@@ -116,14 +139,50 @@ static long long once_child(char *self, const char *host, const char *port)
 	return atoll(buf);
 }
 
+/* think runs the think mode: see the comment at the top. */
+static int think(long n, double mean_us, long seed, const char *out)
+{
+	long long *took = malloc(n * sizeof *took);
+	char (*srcs)[INET_ADDRSTRLEN] = malloc(n * sizeof *srcs);
+	size_t cap = 32 + (size_t)n * (24 + INET_ADDRSTRLEN), len = 0;
+	char *line = malloc(cap);
+	if (!took || !srcs || !line) {
+		perror("connectloop");
+		return 1;
+	}
+	srand48(seed);
+	for (long i = 0; i < n; i++) {
+		/* Inverse transform: 1 - drand48() is in (0, 1], so the log is finite. */
+		double us = -mean_us * log(1 - drand48());
+		struct timespec ts = {.tv_sec = (time_t)(us / 1e6), .tv_nsec = (long)fmod(us * 1e3, 1e9)};
+		while (clock_nanosleep(CLOCK_MONOTONIC, 0, &ts, &ts) == EINTR)
+			;
+		took[i] = conn(srcs[i], sizeof srcs[i]);
+	}
+	len += snprintf(line, cap, "think %ld\n", n);
+	for (long i = 0; i < n; i++)
+		len += snprintf(line + len, cap - len, "%lld %s\n", took[i], srcs[i]);
+	emit(out, line);
+	return 0;
+}
+
+static int usage(void)
+{
+	fputs("usage: connectloop loop N HOST PORT [OUT] | loopbind N HOST PORT SRC [OUT] |\n"
+	      "       first K HOST PORT [OUT] | think N HOST PORT MEAN_US SEED OUT | once HOST PORT\n",
+	      stderr);
+	return 2;
+}
+
 int main(int argc, char **argv)
 {
-	if (argc < 4) {
-		fputs("usage: connectloop loop N HOST PORT [OUT] | first K HOST PORT [OUT] | once HOST PORT\n", stderr);
-		return 2;
-	}
-	int once = !strcmp(argv[1], "once");
+	if (argc < 4)
+		return usage();
+	const char *mode = argv[1];
+	int once = !strcmp(mode, "once");
 	const char *host = argv[once ? 2 : 3], *port = argv[once ? 3 : 4];
+	if (!once && argc < 5)
+		return usage();
 	dst.sin_family = AF_INET;
 	dst.sin_port = htons(atoi(port));
 	if (inet_pton(AF_INET, host, &dst.sin_addr) != 1) {
@@ -137,23 +196,42 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	long n = atol(argv[2]);
-	const char *out = argc > 5 ? argv[5] : NULL;
 	if (n <= 0) {
 		fprintf(stderr, "connectloop: bad count %s\n", argv[2]);
 		return 2;
 	}
-	if (!strcmp(argv[1], "loop")) {
+	/* Arguments after PORT: the mode's own, then OUT. */
+	int own = !strcmp(mode, "loopbind") ? 1 : !strcmp(mode, "think") ? 2 : 0;
+	if (argc < 5 + own)
+		return usage();
+	const char *out = argc > 5 + own ? argv[5 + own] : NULL;
+	if (!strcmp(mode, "think")) {
+		double mean = atof(argv[5]);
+		if (!out || mean < 0) {
+			fprintf(stderr, "connectloop: think needs MEAN_US >= 0 and OUT\n");
+			return 2;
+		}
+		return think(n, mean, atol(argv[6]), out);
+	}
+	if (!strcmp(mode, "loopbind")) {
+		bindsrc.sin_family = AF_INET;
+		if (inet_pton(AF_INET, argv[5], &bindsrc.sin_addr) != 1) {
+			fprintf(stderr, "connectloop: bad source %s\n", argv[5]);
+			return 2;
+		}
+	}
+	if (!strcmp(mode, "loop") || !strcmp(mode, "loopbind")) {
 		conn(NULL, 0); /* the first call, outside the timing */
 		long long t0 = now_ns();
 		for (long i = 0; i < n - 1; i++)
 			conn(NULL, 0);
 		conn(src, sizeof src);
 		char line[128];
-		snprintf(line, sizeof line, "loop %lld %s\n", (now_ns() - t0) / n, src);
+		snprintf(line, sizeof line, "%s %lld %s\n", mode, (now_ns() - t0) / n, src);
 		emit(out, line);
 		return 0;
 	}
-	if (!strcmp(argv[1], "first")) {
+	if (!strcmp(mode, "first")) {
 		size_t cap = 32 + (size_t)n * 24, len = 0;
 		char *line = malloc(cap);
 		char self[4096];
@@ -170,6 +248,6 @@ int main(int argc, char **argv)
 		emit(out, line);
 		return 0;
 	}
-	fprintf(stderr, "connectloop: unknown mode %s\n", argv[1]);
+	fprintf(stderr, "connectloop: unknown mode %s\n", mode);
 	return 2;
 }
