@@ -18,7 +18,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"reflect"
 	"strings"
 	"time"
 
@@ -284,9 +283,7 @@ func (c *Config) Validate() error {
 	default:
 		bad("source: %q is not static, dhcp or etcd", c.Source)
 	}
-	if c.Source != etcd.Name && !reflect.DeepEqual(c.Etcd, etcd.Config{}) {
-		bad("etcd: set, but source is %s; write source: etcd to share the pool through etcd", c.Source)
-	}
+
 	if c.Adapter == "" && c.Enabled {
 		bad("adapter: missing; name the interface (eth0), its MAC address, or a subnet (10.0.0.0/24)")
 	}

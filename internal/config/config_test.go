@@ -14,6 +14,7 @@ import (
 	"github.com/ipvirt/ipvirt/internal/policy"
 	"github.com/ipvirt/ipvirt/internal/pool"
 	"github.com/ipvirt/ipvirt/internal/source/dhcp"
+	"github.com/ipvirt/ipvirt/internal/source/etcd"
 	"github.com/ipvirt/ipvirt/internal/source/static"
 )
 
@@ -27,6 +28,13 @@ func TestLoadTestdata(t *testing.T) {
 		Enabled: true, Mode: policy.PerProgram, Adapter: "52:54:00:12:34:56", Source: static.Name,
 		StaticPool: static.Config{Start: netip.MustParseAddr("10.20.0.100"),
 			End: netip.MustParseAddr("10.20.0.199"), SubnetMask: netip.MustParseAddr("255.255.255.0")},
+		DHCP: dhcp.Config{Server: "10.20.0.1:67", RelayAddress: "10.20.0.5", VendorClass: "ts-vip", Hostname: "ts01",
+			LeaseWait: 30 * time.Second, MaxInflight: 16, RetransmitBase: 2 * time.Second, RenewRetryMin: 30 * time.Second,
+			ARPProbe: &no, ARPProbeWait: 500 * time.Millisecond, ClientPort: 68, ServerPort: 67},
+		Etcd: etcd.Config{Endpoints: []string{"https://10.20.0.11:2379", "https://10.20.0.12:2379", "https://10.20.0.13:2379"},
+			Prefix: "/ts-farm/", LeaseTTL: 15 * time.Second, DialTimeout: 3 * time.Second, CA: "/etc/ipvirt/etcd-ca.pem",
+			Cert: "/etc/ipvirt/etcd-client.pem", Key: "/etc/ipvirt/etcd-client-key.pem", Username: "ts01",
+			PasswordFile: "/etc/ipvirt/etcd-password"},
 		Programs:        []string{"/usr/bin/psql", "/opt/erp/bin/client"},
 		Admins:          alloc.Admins{Users: []string{"root", "backup"}, Groups: []string{"sudo", "wheel"}},
 		OnExhausted:     alloc.ExhaustedDeny,
@@ -37,6 +45,7 @@ func TestLoadTestdata(t *testing.T) {
 		SessionIdentity: identity.Audit,
 		SessionTrust:    identity.TrustPAM,
 		ScanInterval:    Duration(500 * time.Millisecond),
+		Scope:           "/user.slice",
 		Preallocate:     &yes,
 		Interceptor:     InterceptorBoth,
 		Enforce:         &no,

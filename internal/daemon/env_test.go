@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -52,10 +53,23 @@ func sessionKind() (loginsession.Kind, string) {
 
 // daemonConfig prefixes body with what every test daemon runs with: the
 // session identity of this machine, and grace and scan intervals short
-// enough for releases to happen within a test.
+// enough for releases to happen within a test. A key body sets itself
+// keeps body's value (YAML refuses a key given twice): the tests of one
+// key's effect (keys_test.go) set these too.
 func daemonConfig(body string) string {
 	_, identity := sessionKind()
-	return fmt.Sprintf("session_identity: %s\ngrace: 1s\nscan_interval: 100ms\n", identity) + body
+	var prefix string
+	for _, kv := range [][2]string{{"session_identity", identity}, {"grace", "1s"}, {"scan_interval", "100ms"}} {
+		if !hasKey(body, kv[0]) {
+			prefix += kv[0] + ": " + kv[1] + "\n"
+		}
+	}
+	return prefix + body
+}
+
+// hasKey reports whether the YAML body sets the top-level key.
+func hasKey(body, key string) bool {
+	return regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(key) + `:`).MatchString(body)
 }
 
 // staticConfig is a static source on loopback, with a default pool unless
@@ -184,10 +198,11 @@ func (e *env) session(uid uint32) *loginsession.Session {
 }
 
 // whoami runs `ipvirtctl -o json whoami` inside the session, as a real
-// process of it, and returns the daemon's answer.
-func (e *env) whoami(s *loginsession.Session) (api.WhoamiReport, error) {
+// process of it, and returns the daemon's answer; flags are ipvirtctl's
+// further global flags (--timeout).
+func (e *env) whoami(s *loginsession.Session, flags ...string) (api.WhoamiReport, error) {
 	out := filepath.Join(e.t.TempDir(), "whoami.json")
-	pid, err := s.Run("/bin/sh", "-c", `exec "$1" --socket "$2" -o json whoami > "$3" 2>&1`, "sh", e.ctl, e.d.Socket, out)
+	pid, err := s.Run("/bin/sh", append([]string{"-c", `out=$1; shift; exec "$@" -o json whoami > "$out" 2>&1`, "sh", out, e.ctl, "--socket", e.d.Socket}, flags...)...)
 	if err != nil {
 		return api.WhoamiReport{}, err
 	}

@@ -29,16 +29,9 @@ type kernel struct {
 // not root) gets a clear error; the daemon then runs preload-only, never
 // half-attached (bpf.Open undoes its own partial work).
 func openKernel(cfg config.Config, mip netip.Addr, log *slog.Logger) (*kernel, error) {
-	opts := bpf.Options{Enforce: cfg.EnforceOn(), MachineIP: mip, ReplaceStale: true, Logger: log, PinDir: cfg.PinDir()}
-	if cfg.Scope != "" {
-		dir, err := bpf.CgroupDir(cfg.Scope)
-		if err != nil {
-			return nil, err
-		}
-		opts.CgroupPath = dir
-	}
-	if cfg.UsesPool() {
-		opts.Pool = []bpf.Range{{Start: cfg.StaticPool.Start, End: cfg.StaticPool.End}}
+	opts, err := kernelOptions(cfg, mip, log)
+	if err != nil {
+		return nil, err
 	}
 	ic, err := bpf.Open(opts)
 	if err != nil {
@@ -48,6 +41,24 @@ func openKernel(cfg config.Config, mip netip.Addr, log *slog.Logger) (*kernel, e
 	log.Info("kernel interceptor attached", "cgroup", ic.CgroupPath(), "pins", ic.PinDir(),
 		"adopted", ic.Adopted(), "enforce", opts.Enforce, "session_events", ic.SessionEvents())
 	return k, nil
+}
+
+// kernelOptions is what the configuration asks of the kernel interceptor:
+// enforce, the pin directory state_dir names, scope's cgroup as the attach
+// point, and the static pool (the addresses enforcement guards).
+func kernelOptions(cfg config.Config, mip netip.Addr, log *slog.Logger) (bpf.Options, error) {
+	opts := bpf.Options{Enforce: cfg.EnforceOn(), MachineIP: mip, ReplaceStale: true, Logger: log, PinDir: cfg.PinDir()}
+	if cfg.Scope != "" {
+		dir, err := bpf.CgroupDir(cfg.Scope)
+		if err != nil {
+			return bpf.Options{}, err
+		}
+		opts.CgroupPath = dir
+	}
+	if cfg.UsesPool() {
+		opts.Pool = []bpf.Range{{Start: cfg.StaticPool.Start, End: cfg.StaticPool.End}}
+	}
+	return opts, nil
 }
 
 // exe returns the ExeID of a listed program path, cached: per-program

@@ -30,6 +30,15 @@ var uplinkHosts atomic.Int32
 // its name.
 func uplinkHost(t *testing.T, cidrs ...string) string {
 	t.Helper()
+	name, _ := uplinkLAN(t, cidrs...)
+	return name
+}
+
+// uplinkLAN is uplinkHost that also returns the peers' namespace (the
+// LAN: eth0p, eth1p, ..., down and without addresses), open until the test
+// ends, for a test that puts hosts of its own there.
+func uplinkLAN(t *testing.T, cidrs ...string) (string, netns.NsHandle) {
+	t.Helper()
 	testenv.RequireRoot(t)
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -63,7 +72,7 @@ func uplinkHost(t *testing.T, cidrs ...string) string {
 			t.Fatal(err)
 		}
 	}
-	return name
+	return name, lan
 }
 
 func TestCheckRefusesPerSessionOnTwoAdapters(t *testing.T) {

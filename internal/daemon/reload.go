@@ -10,6 +10,7 @@ import (
 	"github.com/ipvirt/ipvirt/internal/identity"
 	"github.com/ipvirt/ipvirt/internal/source"
 	"github.com/ipvirt/ipvirt/internal/source/etcd"
+	"github.com/ipvirt/ipvirt/internal/source/dhcp"
 )
 
 // restartKey is a configuration key that a reload cannot change.
@@ -20,6 +21,9 @@ type restartKey struct {
 	value func(c config.Config, a adapter.Adapter) any
 	// keep copies the running value into a reloaded configuration.
 	keep func(next *config.Config, running config.Config)
+	// applies, when set, says whether the key matters to the running
+	// configuration at all (the dhcp section does only with source: dhcp).
+	applies func(running config.Config) bool
 }
 
 // field is a restart-only key that is one field of the configuration,
@@ -29,6 +33,19 @@ func field[T comparable](name string, f func(c *config.Config) *T) restartKey {
 		name:  name,
 		value: func(c config.Config, _ adapter.Adapter) any { return *f(&c) },
 		keep:  func(next *config.Config, running config.Config) { *f(next) = *f(&running) },
+	}
+}
+
+// dhcpField is a key of the dhcp section: a reload cannot change the
+// running DHCP client, whose exchanges and bindings hold the settings it
+// was built with. Judged by its effective value: unset and an explicit
+// default are the same.
+func dhcpField[T comparable](name string, f func(d dhcp.Config) T) restartKey {
+	return restartKey{
+		name:    "dhcp." + name,
+		value:   func(c config.Config, _ adapter.Adapter) any { return f(c.DHCP.WithDefaults()) },
+		keep:    func(next *config.Config, running config.Config) { next.DHCP = running.DHCP },
+		applies: func(running config.Config) bool { return running.Source == dhcp.Name },
 	}
 }
 
@@ -84,6 +101,18 @@ var restartOnly = []restartKey{
 		value: func(c config.Config, _ adapter.Adapter) any { return c.EnforceOn() },
 		keep:  func(next *config.Config, running config.Config) { next.Enforce = running.Enforce },
 	},
+	dhcpField("server", func(d dhcp.Config) string { return d.Server }),
+	dhcpField("relay_address", func(d dhcp.Config) string { return d.RelayAddress }),
+	dhcpField("vendor_class", func(d dhcp.Config) string { return d.VendorClass }),
+	dhcpField("hostname", func(d dhcp.Config) string { return d.Hostname }),
+	dhcpField("lease_wait", func(d dhcp.Config) time.Duration { return d.LeaseWait }),
+	dhcpField("max_inflight", func(d dhcp.Config) int { return d.MaxInflight }),
+	dhcpField("retransmit_base", func(d dhcp.Config) time.Duration { return d.RetransmitBase }),
+	dhcpField("renew_retry_min", func(d dhcp.Config) time.Duration { return d.RenewRetryMin }),
+	dhcpField("arp_probe", func(d dhcp.Config) bool { return *d.ARPProbe }),
+	dhcpField("arp_probe_wait", func(d dhcp.Config) time.Duration { return d.ARPProbeWait }),
+	dhcpField("client_port", func(d dhcp.Config) int { return d.ClientPort }),
+	dhcpField("server_port", func(d dhcp.Config) int { return d.ServerPort }),
 }
 
 // Reload re-reads the configuration (SIGHUP). A file that fails validation
@@ -103,13 +132,18 @@ func (d *Daemon) Reload() error {
 	// Every key is judged against the file as written before any running
 	// value is put back: enforce's effect depends on interceptor.
 	for _, k := range restartOnly {
+		if k.applies != nil && !k.applies(old) {
+			continue
+		}
 		if running, file := k.value(old, d.adapter), k.value(cfg, a); running != file {
 			d.log.Warn("reload: change needs a restart; keeping the running value", "key", k.name,
 				"running", fmt.Sprint(running), "file", fmt.Sprint(file))
 		}
 	}
 	for _, k := range restartOnly {
-		k.keep(&cfg, old)
+		if k.applies == nil || k.applies(old) {
+			k.keep(&cfg, old)
+		}
 	}
 
 	if r, ok := d.src.(source.Reconfigurer); ok && cfg.StaticPool != old.StaticPool {

@@ -1,13 +1,18 @@
 package daemon
 
 import (
+	"os"
 	"reflect"
+	"regexp"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/ipvirt/ipvirt/internal/adapter"
 	"github.com/ipvirt/ipvirt/internal/config"
 	"github.com/ipvirt/ipvirt/internal/identity"
+	"github.com/ipvirt/ipvirt/internal/source/dhcp"
 	"github.com/ipvirt/ipvirt/internal/source/static"
 )
 
@@ -16,20 +21,25 @@ import (
 // values gives back the running configuration.
 func TestRestartOnlyKeepsRunningValues(t *testing.T) {
 	running := config.Default()
-	running.Adapter, running.Source = "eth0", static.Name
+	// The running source is DHCP, so that its section's keys count.
+	running.Adapter, running.Source = "eth0", dhcp.Name
 	file := running
 	file.Socket = "/run/other.sock"
 	file.HTTP = "127.0.0.1:9999"
 	file.StateDir = "/var/lib/other"
 	file.SessionIdentity = identity.POSIX
 	file.SessionTrust = identity.TrustPAM
-	file.Source = "dhcp"
+	file.Source = static.Name
 	file.Adapter = "eth1"
 	file.ScanInterval = config.Duration(time.Minute)
 	file.Interceptor = config.InterceptorBPF
 	file.Scope = "/user.slice"
 	on := true
 	file.Enforce = &on
+	off := false
+	file.DHCP = dhcp.Config{Server: "10.0.0.1", RelayAddress: "10.0.0.2", VendorClass: "other", Hostname: "other",
+		LeaseWait: time.Second, MaxInflight: 1, RetransmitBase: time.Second, RenewRetryMin: time.Second,
+		ARPProbe: &off, ARPProbeWait: time.Millisecond, ClientPort: 1068, ServerPort: 1067}
 	runningAdapter, fileAdapter := adapter.Adapter{Name: "eth0"}, adapter.Adapter{Name: "eth1"}
 
 	for _, k := range restartOnly {
@@ -42,5 +52,47 @@ func TestRestartOnlyKeepsRunningValues(t *testing.T) {
 	}
 	if !reflect.DeepEqual(file, running) {
 		t.Fatalf("after keeping the running values:\n got  %+v\n want %+v", file, running)
+	}
+}
+
+// TestRestartKeysDocumented: README.md's reload paragraph names exactly the
+// keys restartOnly keeps (`dhcp.*` standing for the dhcp section's), in
+// its order.
+func TestRestartKeysDocumented(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, para, ok := strings.Cut(strings.Join(strings.Fields(string(b)), " "), "Keys that need a restart (")
+	if !ok {
+		t.Fatal(`README.md has no "Keys that need a restart (" paragraph`)
+	}
+	para, _, _ = strings.Cut(para, ") keep their running values")
+	var documented []string
+	// Key names only: `source: dhcp` is a condition, not a key.
+	for _, m := range regexp.MustCompile("`([a-z_.*]+)`").FindAllStringSubmatch(para, -1) {
+		documented = append(documented, m[1])
+	}
+	var keys []string
+	for _, k := range restartOnly {
+		name := k.name
+		if strings.HasPrefix(name, "dhcp.") {
+			name = "dhcp.*"
+		}
+		if !slices.Contains(keys, name) {
+			keys = append(keys, name)
+		}
+	}
+	if !slices.Equal(documented, keys) {
+		t.Fatalf("README.md says these need a restart:\n  %v\nrestartOnly keeps:\n  %v", documented, keys)
+	}
+	// With a static source the dhcp section is unused: its changes are
+	// neither reported nor undone.
+	running := config.Default()
+	running.Source = static.Name
+	for _, k := range restartOnly {
+		if strings.HasPrefix(k.name, "dhcp.") && k.applies(running) {
+			t.Errorf("%s counts with source: static", k.name)
+		}
 	}
 }

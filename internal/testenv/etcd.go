@@ -28,6 +28,25 @@ func StartEtcd(t *testing.T) string {
 // process: SIGSTOP freezes the cluster (every client's requests time out),
 // SIGCONT thaws it.
 func StartEtcdStoppable(t *testing.T) (string, func(syscall.Signal)) {
+	return StartEtcdWith(t, EtcdOptions{})
+}
+
+// EtcdOptions change how StartEtcdWith runs the member.
+type EtcdOptions struct {
+	// TLS, when set, serves clients over https with these files (PEM):
+	// the member's certificate and key, and the CA client certificates
+	// must be signed by (client-cert-auth).
+	TLS *EtcdTLS
+	// Ready says whether the member answers; nil: an unauthenticated Get
+	// over http.
+	Ready func(endpoint string) error
+}
+
+// EtcdTLS are the files of a TLS member.
+type EtcdTLS struct{ Cert, Key, ClientCA string }
+
+// StartEtcdWith is StartEtcdStoppable with options.
+func StartEtcdWith(t *testing.T, o EtcdOptions) (string, func(syscall.Signal)) {
 	t.Helper()
 	bin, err := exec.LookPath("etcd")
 	if err != nil {
@@ -38,11 +57,20 @@ func StartEtcdStoppable(t *testing.T) (string, func(syscall.Signal)) {
 	}
 	client, peer := freePort(t), freePort(t)
 	dir := t.TempDir()
-	cu, pu := fmt.Sprintf("http://127.0.0.1:%d", client), fmt.Sprintf("http://127.0.0.1:%d", peer)
-	cmd := exec.Command(bin, "--name", "m0", "--data-dir", filepath.Join(dir, "data"),
+	scheme := "http"
+	if o.TLS != nil {
+		scheme = "https"
+	}
+	cu, pu := fmt.Sprintf("%s://127.0.0.1:%d", scheme, client), fmt.Sprintf("http://127.0.0.1:%d", peer)
+	args := []string{"--name", "m0", "--data-dir", filepath.Join(dir, "data"),
 		"--listen-client-urls", cu, "--advertise-client-urls", cu,
 		"--listen-peer-urls", pu, "--initial-advertise-peer-urls", pu,
-		"--initial-cluster", "m0="+pu, "--initial-cluster-state", "new", "--logger", "zap", "--log-level", "warn")
+		"--initial-cluster", "m0=" + pu, "--initial-cluster-state", "new", "--logger", "zap", "--log-level", "warn"}
+	if o.TLS != nil {
+		args = append(args, "--cert-file", o.TLS.Cert, "--key-file", o.TLS.Key,
+			"--client-cert-auth", "--trusted-ca-file", o.TLS.ClientCA)
+	}
+	cmd := exec.Command(bin, args...)
 	logf, err := os.Create(filepath.Join(dir, "log"))
 	if err != nil {
 		t.Fatal(err)
@@ -62,16 +90,23 @@ func StartEtcdStoppable(t *testing.T) (string, func(syscall.Signal)) {
 			}
 		}
 	})
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{cu}, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
+	ready := o.Ready
+	if ready == nil {
+		ready = func(endpoint string) error {
+			cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, Logger: zap.NewNop()})
+			if err != nil {
+				return err
+			}
+			defer cli.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			_, err = cli.Get(ctx, "health")
+			return err
+		}
 	}
-	defer cli.Close()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_, err := cli.Get(ctx, "health")
-		cancel()
+		err := ready(cu)
 		if err == nil {
 			return cu, func(sig syscall.Signal) { cmd.Process.Signal(sig) }
 		}

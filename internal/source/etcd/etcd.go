@@ -51,7 +51,7 @@ type Source struct {
 	hostID string
 	host   string
 	state  string // file keeping the lease id across restarts
-	cli    *clientv3.Client
+	ccfg   clientv3.Config
 	ev     source.Events
 	log    *slog.Logger
 	margin time.Duration
@@ -63,9 +63,40 @@ type Source struct {
 	expires time.Time        // when the cluster may expire the lease, at the earliest
 	fenced  time.Time        // zero while serving
 
+	cmu     sync.Mutex
+	cli     *clientv3.Client // nil until connected
+	lastErr string           // the last connection error logged
+
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+}
+
+// client returns the connection to the cluster, connecting first if there
+// is none (for at most dial_timeout).
+func (s *Source) client() (*clientv3.Client, error) {
+	s.cmu.Lock()
+	defer s.cmu.Unlock()
+	if s.cli != nil {
+		return s.cli, nil
+	}
+	if err := s.ctx.Err(); err != nil {
+		return nil, err
+	}
+	c := s.ccfg
+	c.Context = s.ctx
+	cli, err := clientv3.New(c)
+	if err != nil {
+		err = fmt.Errorf("etcd: connect to %s: %w", strings.Join(s.cfg.Endpoints, ","), err)
+		if msg := err.Error(); msg != s.lastErr {
+			s.lastErr = msg
+			s.log.Warn("etcd: no connection; this host stays fenced until there is one", "err", err)
+		}
+		return nil, err
+	}
+	s.lastErr = ""
+	s.cli = cli
+	return cli, nil
 }
 
 var (
@@ -106,18 +137,17 @@ func New(cfg Config, rng source.Range, hostID []byte, stateDir string, ev source
 	if ev == nil {
 		ev = nopEvents{}
 	}
-	// No DialTimeout: New must not block on a cluster that is down; every
-	// request has its own deadline instead.
-	cli, err := clientv3.New(clientv3.Config{Endpoints: cfg.Endpoints, TLS: tlsCfg, Username: cfg.Username, Password: pw,
+	// Connecting (and authenticating) is left to the first request, each
+	// bounded by dial_timeout: New must not block on a cluster that is
+	// down, and a host that starts partitioned starts fenced.
+	ccfg := clientv3.Config{Endpoints: cfg.Endpoints, TLS: tlsCfg, Username: cfg.Username, Password: pw,
+		DialTimeout: cfg.DialTimeout,
 		// Its own logger says every retry; the source logs what matters.
-		Logger: zap.NewNop()})
-	if err != nil {
-		return nil, fmt.Errorf("etcd: client for %s: %w", strings.Join(cfg.Endpoints, ","), err)
-	}
+		Logger: zap.NewNop()}
 	hostname, _ := os.Hostname()
 	s := &Source{
 		cfg: cfg, rng: rng, size: p.Size(), hostID: hex.EncodeToString(hostID), host: hostname,
-		state: filepath.Join(stateDir, "etcd-lease"), cli: cli, ev: ev, margin: Margin(cfg.LeaseTTL),
+		state: filepath.Join(stateDir, "etcd-lease"), ccfg: ccfg, ev: ev, margin: Margin(cfg.LeaseTTL),
 		log:  log.With("source", Name),
 		held: map[netip.Addr]lease.Holder{}, last: map[string]kept{},
 		fenced: time.Now(),
@@ -216,9 +246,13 @@ func (s *Source) inRange(a netip.Addr) bool {
 // lease) is h's.
 func (s *Source) take(ctx context.Context, id clientv3.LeaseID, a netip.Addr, h lease.Holder, val string) (bool, error) {
 	key := vipKey(s.cfg.Prefix, a)
+	cli, err := s.client()
+	if err != nil {
+		return false, fmt.Errorf("etcd: take %s: %w: %w", a, err, source.ErrExhausted)
+	}
 	c, cancel := s.call(ctx)
 	defer cancel()
-	resp, err := s.cli.Txn(c).
+	resp, err := cli.Txn(c).
 		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 		Then(clientv3.OpPut(key, val, clientv3.WithLease(id))).
 		Else(clientv3.OpGet(key)).Commit()
@@ -279,9 +313,13 @@ func (s *Source) reservedLocked(key string) map[netip.Addr]bool {
 // random point of the range so that hosts starting together do not all try
 // the same ones.
 func (s *Source) free(ctx context.Context, n int, reserved map[netip.Addr]bool) ([]netip.Addr, error) {
+	cli, err := s.client()
+	if err != nil {
+		return nil, fmt.Errorf("etcd: list VIPs: %w: %w", err, source.ErrExhausted)
+	}
 	c, cancel := s.call(ctx)
 	defer cancel()
-	resp, err := s.cli.Get(c, s.cfg.Prefix+"vips/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	resp, err := cli.Get(c, s.cfg.Prefix+"vips/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	if err != nil {
 		return nil, fmt.Errorf("etcd: list VIPs: %w: %w", err, source.ErrExhausted)
 	}
@@ -349,9 +387,14 @@ func (s *Source) Release(l lease.Lease) {
 	go func() {
 		defer s.wg.Done()
 		key := vipKey(s.cfg.Prefix, l.Addr)
+		cli, err := s.client()
+		if err != nil {
+			s.log.Warn("etcd: release: the key stays until this host's lease ends", "vip", l.Addr, "err", err)
+			return
+		}
 		c, cancel := s.call(nil)
 		defer cancel()
-		_, err := s.cli.Txn(c).If(clientv3.Compare(clientv3.LeaseValue(key), "=", id)).Then(clientv3.OpDelete(key)).Commit()
+		_, err = cli.Txn(c).If(clientv3.Compare(clientv3.LeaseValue(key), "=", id)).Then(clientv3.OpDelete(key)).Commit()
 		if err != nil {
 			s.log.Warn("etcd: release: the key stays until this host's lease ends", "vip", l.Addr, "err", err)
 		}
@@ -376,6 +419,11 @@ func (s *Source) Stats() source.Stats {
 func (s *Source) Close() error {
 	s.cancel()
 	s.wg.Wait()
+	s.cmu.Lock()
+	defer s.cmu.Unlock()
+	if s.cli == nil {
+		return nil
+	}
 	return s.cli.Close()
 }
 

@@ -86,8 +86,8 @@ func TestFarmNeverSharesAnAddress(t *testing.T) {
 	}
 }
 
-// A host cut off from etcd withdraws every VIP before its lease can run
-// out at the cluster, answers exhausted while cut off, and once back gets
+// A host cut off from etcd withdraws every VIP before its lease (lease_ttl)
+// can run out at the cluster, answers exhausted while cut off, and once back gets
 // its holders' addresses again where no other host took them meanwhile.
 // Another host takes the cut-off host's addresses only after the TTL.
 func TestPartitionedHostFencesItself(t *testing.T) {
@@ -191,5 +191,23 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 			t.Fatalf("timed out after %s waiting for %s", d, what)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// A host that starts while etcd is out of reach starts fenced (New does not
+// wait for the cluster) and serves once it answers.
+func TestStartPartitioned(t *testing.T) {
+	t.Parallel()
+	c := startEtcd(t)
+	lk := newLink(t, c.endpoint)
+	lk.partition(true)
+	a, _ := host(t, lk.endpoint, "sh-a", "", 3*time.Second, nil)
+	if _, err := a.Acquire(context.Background(), holder(1)); !errors.Is(err, source.ErrExhausted) {
+		t.Fatalf("acquire while partitioned: %v", err)
+	}
+	lk.partition(false)
+	waitFor(t, 10*time.Second, "the host to get a lease", func() bool { return a.Stats().Healthy })
+	if _, err := a.Acquire(context.Background(), holder(1)); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -20,9 +20,13 @@ type FarmLease struct {
 
 // Farm lists every VIP of the farm, by address.
 func (s *Source) Farm(ctx context.Context) ([]FarmLease, error) {
+	cli, err := s.client()
+	if err != nil {
+		return nil, err
+	}
 	c, cancel := s.call(ctx)
 	defer cancel()
-	resp, err := s.cli.Get(c, s.cfg.Prefix+"vips/", clientv3.WithPrefix())
+	resp, err := cli.Get(c, s.cfg.Prefix+"vips/", clientv3.WithPrefix())
 	if err != nil {
 		return nil, fmt.Errorf("etcd: list the farm's VIPs: %w", err)
 	}

@@ -20,9 +20,13 @@ const retryWait = 500 * time.Millisecond
 // etcd does not answer the host starts fenced and keep tries again.
 func (s *Source) resume() {
 	if id := s.savedLeaseID(); id != 0 {
+		cli, err := s.client()
+		if err != nil {
+			return // fenced; keep connects and takes it back if it is alive
+		}
 		sent := time.Now()
 		c, cancel := s.call(nil)
-		resp, err := s.cli.KeepAliveOnce(c, id)
+		resp, err := cli.KeepAliveOnce(c, id)
 		cancel()
 		if err == nil && resp.TTL > 0 {
 			s.mu.Lock()
@@ -81,10 +85,14 @@ func (s *Source) renew() bool {
 	s.mu.Lock()
 	id, serving := s.leaseID, s.leaseID != 0 && s.fenced.IsZero()
 	s.mu.Unlock()
+	cli, err := s.client()
+	if err != nil {
+		return false
+	}
 	sent := time.Now()
 	if serving {
 		c, cancel := s.call(nil)
-		resp, err := s.cli.KeepAliveOnce(c, id)
+		resp, err := cli.KeepAliveOnce(c, id)
 		cancel()
 		switch {
 		case err == nil && resp.TTL > 0:
@@ -103,14 +111,14 @@ func (s *Source) renew() bool {
 		// The keys of a withdrawn lease are VIPs this host no longer
 		// uses: revoking frees them now, not at the TTL.
 		c, cancel := s.call(nil)
-		_, err := s.cli.Revoke(c, id)
+		_, err := cli.Revoke(c, id)
 		cancel()
 		if err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
 			return false
 		}
 	}
 	c, cancel := s.call(nil)
-	g, err := s.cli.Grant(c, int64(s.cfg.LeaseTTL/time.Second))
+	g, err := cli.Grant(c, int64(s.cfg.LeaseTTL/time.Second))
 	cancel()
 	if err != nil {
 		return false
