@@ -258,9 +258,10 @@ func TestReleasedVIPWithLiveSocketsNotRegranted(t *testing.T) {
 	if r.Result != "mip" {
 		t.Fatalf("the newcomer got %s (%s), want the machine IP: the only free address has sockets on it", r.Result, r.Reason)
 	}
-	if !strings.Contains(e.d.Logs(), "set aside until its sockets are closed") {
-		t.Fatalf("the daemon did not say why the address is not granted:\n%s", e.d.Logs())
-	}
+	// The log comes through a pipe: it may lag the answer.
+	eventually(t, "the daemon to say why the address is not granted", func() bool {
+		return strings.Contains(e.d.Logs(), "set aside until its sockets are closed")
+	})
 	if v, err := e.d.Metric("ipvirt_addresses_set_aside"); err != nil || v != 1 {
 		t.Fatalf("ipvirt_addresses_set_aside = %v, %v; want 1", v, err)
 	}

@@ -3,6 +3,7 @@ package daemon
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/ipvirt/ipvirt/internal/adapter"
@@ -73,29 +74,6 @@ var restartOnly = []restartKey{
 	field("interceptor", func(c *config.Config) *config.Interceptor { return &c.Interceptor }),
 	field("scope", func(c *config.Config) *string { return &c.Scope }),
 	{
-		// The cluster a farm shares; its endpoints are a list.
-		name:  "etcd",
-		value: func(c config.Config, _ adapter.Adapter) any { return fmt.Sprintf("%+v", c.Etcd) },
-		keep:  func(next *config.Config, running config.Config) { next.Etcd = running.Etcd },
-	},
-	{
-		// Every host of an etcd farm lists the same range; one host
-		// changing it alone would hand out addresses the others never
-		// see as the farm's. A static pool's own reload stays.
-		name: "static_pool (source: etcd)",
-		value: func(c config.Config, _ adapter.Adapter) any {
-			if c.Source == etcd.Name {
-				return c.StaticPool
-			}
-			return nil
-		},
-		keep: func(next *config.Config, running config.Config) {
-			if running.Source == etcd.Name {
-				next.StaticPool = running.StaticPool
-			}
-		},
-	},
-	{
 		// Judged by its effect: unset and an explicit default are the same.
 		name:  "enforce",
 		value: func(c config.Config, _ adapter.Adapter) any { return c.EnforceOn() },
@@ -113,6 +91,35 @@ var restartOnly = []restartKey{
 	dhcpField("arp_probe_wait", func(d dhcp.Config) time.Duration { return d.ARPProbeWait }),
 	dhcpField("client_port", func(d dhcp.Config) int { return d.ClientPort }),
 	dhcpField("server_port", func(d dhcp.Config) int { return d.ServerPort }),
+	etcdField("endpoints", func(e etcd.Config) string { return strings.Join(e.Endpoints, ",") }),
+	etcdField("prefix", func(e etcd.Config) string { return e.Prefix }),
+	etcdField("lease_ttl", func(e etcd.Config) time.Duration { return e.LeaseTTL }),
+	etcdField("dial_timeout", func(e etcd.Config) time.Duration { return e.DialTimeout }),
+	etcdField("ca", func(e etcd.Config) string { return e.CA }),
+	etcdField("cert", func(e etcd.Config) string { return e.Cert }),
+	etcdField("key", func(e etcd.Config) string { return e.Key }),
+	etcdField("username", func(e etcd.Config) string { return e.Username }),
+	etcdField("password_file", func(e etcd.Config) string { return e.PasswordFile }),
+	{
+		// Every host of an etcd farm lists the same range: one host
+		// changing it alone would hand out addresses the others do not
+		// count as the farm's. A static source reloads its pool.
+		name:    "static_pool",
+		value:   func(c config.Config, _ adapter.Adapter) any { return c.StaticPool },
+		keep:    func(next *config.Config, running config.Config) { next.StaticPool = running.StaticPool },
+		applies: func(running config.Config) bool { return running.Source == etcd.Name },
+	},
+}
+
+// etcdField is a key of the etcd section: the running source keeps the
+// connection, lease and prefix it started with.
+func etcdField[T comparable](name string, f func(e etcd.Config) T) restartKey {
+	return restartKey{
+		name:    "etcd." + name,
+		value:   func(c config.Config, _ adapter.Adapter) any { return f(c.Etcd.WithDefaults()) },
+		keep:    func(next *config.Config, running config.Config) { next.Etcd = running.Etcd },
+		applies: func(running config.Config) bool { return running.Source == etcd.Name },
+	}
 }
 
 // Reload re-reads the configuration (SIGHUP). A file that fails validation

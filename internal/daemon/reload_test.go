@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"net/netip"
 	"os"
 	"reflect"
 	"regexp"
@@ -13,6 +14,7 @@ import (
 	"github.com/ipvirt/ipvirt/internal/config"
 	"github.com/ipvirt/ipvirt/internal/identity"
 	"github.com/ipvirt/ipvirt/internal/source/dhcp"
+	"github.com/ipvirt/ipvirt/internal/source/etcd"
 	"github.com/ipvirt/ipvirt/internal/source/static"
 )
 
@@ -41,17 +43,40 @@ func TestRestartOnlyKeepsRunningValues(t *testing.T) {
 		LeaseWait: time.Second, MaxInflight: 1, RetransmitBase: time.Second, RenewRetryMin: time.Second,
 		ARPProbe: &off, ARPProbeWait: time.Millisecond, ClientPort: 1068, ServerPort: 1067}
 	runningAdapter, fileAdapter := adapter.Adapter{Name: "eth0"}, adapter.Adapter{Name: "eth1"}
+	checkRestartKeys(t, running, file, runningAdapter, fileAdapter)
 
+	// A farm host: the etcd section and the shared static_pool count.
+	running.Source = etcd.Name
+	running.StaticPool = static.Config{Start: netip.MustParseAddr("10.0.0.10"), End: netip.MustParseAddr("10.0.0.20"),
+		SubnetMask: netip.MustParseAddr("255.255.255.0")}
+	running.Etcd = etcd.Config{Endpoints: []string{"http://10.0.0.5:2379"}}
+	file.DHCP = running.DHCP
+	file.StaticPool = static.Config{Start: netip.MustParseAddr("10.0.0.30"), End: netip.MustParseAddr("10.0.0.40"),
+		SubnetMask: netip.MustParseAddr("255.255.255.0")}
+	file.Etcd = etcd.Config{Endpoints: []string{"https://10.0.0.6:2379"}, Prefix: "/other/", LeaseTTL: time.Minute,
+		DialTimeout: 5 * time.Second, CA: "/ca", Cert: "/c", Key: "/k", Username: "u", PasswordFile: "/p"}
+	checkRestartKeys(t, running, file, runningAdapter, fileAdapter)
+}
+
+// checkRestartKeys: every restart key that applies to running sees file's
+// change, and keeping the running values gives running back.
+func checkRestartKeys(t *testing.T, running, file config.Config, ra, fa adapter.Adapter) {
+	t.Helper()
 	for _, k := range restartOnly {
-		if k.value(running, runningAdapter) == k.value(file, fileAdapter) {
-			t.Errorf("%s: change not seen", k.name)
+		if k.applies != nil && !k.applies(running) {
+			continue
+		}
+		if k.value(running, ra) == k.value(file, fa) {
+			t.Errorf("source %s: %s: change not seen", running.Source, k.name)
 		}
 	}
 	for _, k := range restartOnly {
-		k.keep(&file, running)
+		if k.applies == nil || k.applies(running) {
+			k.keep(&file, running)
+		}
 	}
 	if !reflect.DeepEqual(file, running) {
-		t.Fatalf("after keeping the running values:\n got  %+v\n want %+v", file, running)
+		t.Fatalf("source %s: after keeping the running values:\n got  %+v\n want %+v", running.Source, file, running)
 	}
 }
 
@@ -76,8 +101,8 @@ func TestRestartKeysDocumented(t *testing.T) {
 	var keys []string
 	for _, k := range restartOnly {
 		name := k.name
-		if strings.HasPrefix(name, "dhcp.") {
-			name = "dhcp.*"
+		if section, _, ok := strings.Cut(name, "."); ok {
+			name = section + ".*"
 		}
 		if !slices.Contains(keys, name) {
 			keys = append(keys, name)
