@@ -141,3 +141,55 @@ func TestKernelInterceptor(t *testing.T) {
 		t.Fatalf("after SIGTERM %d programs attached, want %d", got, before)
 	}
 }
+
+// A reload that moves static_pool moves what enforcement guards: the
+// kernel refuses the new pool's addresses to sessions that do not hold
+// them. (The kernel was once told the pool at start-up only, so after a
+// reload it guarded the old range and let anyone bind the new one.)
+func TestReloadedPoolIsEnforced(t *testing.T) {
+	testenv.RequireRoot(t)
+	e := newEnv(t, "interceptor: bpf\nstatic_pool: {start: 127.73.1.10, end: 127.73.1.20, subnet_mask: 255.255.255.0}\nadmins: {users: [], groups: []}\n")
+	s := e.session(63101)
+	eventually(t, "a VIP for the session", func() bool { return e.sessionVIP(s.ID) != "" })
+	// One line: the session runs commands it reads line by line.
+	const script = `import errno, socket, sys; exec("try:\n s=socket.socket(); s.bind((sys.argv[1], 0)); print('ok')\nexcept OSError as e:\n print(errno.errorcode[e.errno])")`
+	bind := func(addr string) string {
+		t.Helper()
+		// The session's user writes the answer: a directory it can reach
+		// (t.TempDir's parent is root's alone).
+		dir, err := os.MkdirTemp("", "ipvirt-bind-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer os.RemoveAll(dir)
+		os.Chmod(dir, 0o777)
+		out := filepath.Join(dir, "bind")
+		pid, err := s.Run("/bin/sh", "-c", `exec /usr/bin/python3 -c "$1" "$2" > "$3" 2>&1`, "sh", script, addr, out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Reap(pid)
+		b, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatalf("bind %s: %v", addr, err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	const next = "127.73.2.15"
+	if got := bind(next); got != "ok" {
+		t.Fatalf("bind %s, outside the pool, before the reload: %s", next, got)
+	}
+	b, err := os.ReadFile(e.d.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	moved := strings.Replace(string(b), "start: 127.73.1.10, end: 127.73.1.20", "start: 127.73.2.10, end: 127.73.2.20", 1)
+	if err := os.WriteFile(e.d.Config, []byte(moved), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.d.Signal(syscall.SIGHUP)
+	eventually(t, "the reload", func() bool { return strings.Contains(e.d.Logs(), "configuration reloaded") })
+	if got := bind(next); got != "EPERM" {
+		t.Fatalf("bind %s, in the reloaded pool and not the session's: %s, want EPERM", next, got)
+	}
+}

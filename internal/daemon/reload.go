@@ -12,6 +12,7 @@ import (
 	"github.com/ipvirt/ipvirt/internal/source"
 	"github.com/ipvirt/ipvirt/internal/source/dhcp"
 	"github.com/ipvirt/ipvirt/internal/source/etcd"
+	"github.com/ipvirt/ipvirt/lsp/bpf"
 )
 
 // restartKey is a configuration key that a reload cannot change.
@@ -168,6 +169,14 @@ func (d *Daemon) Reload() error {
 		for _, addr := range stranded {
 			d.log.Warn("reload: VIP outside the new static_pool stays with its holder until it ends",
 				"vip", addr.String(), "pool", fmt.Sprintf("%s-%s", cfg.StaticPool.Start, cfg.StaticPool.End))
+		}
+		if d.kernel != nil {
+			// Enforcement guards the pool the kernel was told of: the new
+			// one from now on. A stranded VIP stays guarded as a held
+			// address (the owners map) until its holder ends.
+			if err := d.kernel.ic.SetPoolRanges([]bpf.Range{{Start: cfg.StaticPool.Start, End: cfg.StaticPool.End}}); err != nil {
+				d.log.Error("reload: kernel interceptor keeps guarding the old pool", "err", err)
+			}
 		}
 	}
 	d.cfg = cfg

@@ -69,7 +69,7 @@ func TestCurl(t *testing.T) {
 			t.Fatalf("curl exit %d: %s", res.code, res.stderr)
 		}
 		if strings.TrimSpace(res.stdout) != vip {
-			t.Errorf("session %d: server answered curl %q, want the VIP %s", s.ID, res.stdout, vip)
+			t.Errorf("session %d: server answered curl %q, want the VIP %s; curl's stderr:\n%s", s.ID, res.stdout, vip, res.stderr)
 		}
 	}
 	mu.Lock()

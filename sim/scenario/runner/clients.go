@@ -119,6 +119,7 @@ func (r *fileRun) runClient(ctx context.Context, ph *phaseRun, s *liveSession, s
 	var env []string
 	if p.Interceptor == "preload" {
 		env = []string{"LD_PRELOAD=" + r.bins.Preload, "IPVIRT_SOCKET=" + r.daemon.Socket}
+		env = append(env, r.opts.ClientEnv...)
 	}
 	env = append(env, spec.Env...)
 	errPath := out + ".stderr"

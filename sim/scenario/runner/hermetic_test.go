@@ -72,7 +72,7 @@ func TestScenariosAreHermetic(t *testing.T) {
 		}
 		wg.Go(func() {
 			var out bytes.Buffer
-			res, err := Run(ctx, f, Options{Out: &out})
+			res, err := Run(ctx, f, Options{Out: &out, ClientEnv: testClientEnv})
 			switch {
 			case err != nil:
 				t.Errorf("%s: %v\n%s", name, err, out.String())

@@ -40,6 +40,13 @@ type Options struct {
 	Metrics *Metrics // where connect latencies go (default: a private set)
 	// Keep leaves the work directory (daemon configs, logs, state) behind.
 	Keep bool
+	// ClientEnv is added to every preloaded client's environment before
+	// the scenario's own env (which wins). The test suite sets a longer
+	// IPVIRT_TIMEOUT_MS there: it runs its scenarios beside every other
+	// package's tests, where a freshly started daemon can miss the
+	// library's 200 ms default and the client rightly falls back to the
+	// machine IP. make demo and ipvirt-sim run keep the default.
+	ClientEnv []string
 }
 
 // Result is what one scenario file showed.
