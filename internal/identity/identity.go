@@ -183,14 +183,19 @@ func (r Resolver) ResolveConn(c *net.UnixConn) (Caller, error) {
 // identification a process's first connect waits for.
 func (r Resolver) ResolveFD(fd int, exe bool) (Caller, error) {
 	cred, err := unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED)
-	pidfd := -1
-	if err == nil {
-		if v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, soPeerPIDFD); err == nil {
-			pidfd = v
-		}
-	}
 	if err != nil {
 		return Caller{}, fmt.Errorf("identity: SO_PEERCRED: %w", err)
+	}
+	return r.ResolveFDCred(fd, cred, exe)
+}
+
+// ResolveFDCred is ResolveFD for a connection whose SO_PEERCRED the caller
+// has read already (the accept loop does, to count connections per uid):
+// one system call fewer on the path of every first connect.
+func (r Resolver) ResolveFDCred(fd int, cred *unix.Ucred, exe bool) (Caller, error) {
+	pidfd := -1
+	if v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, soPeerPIDFD); err == nil {
+		pidfd = v
 	}
 	if pidfd < 0 {
 		// Older kernels: a pidfd opened now still catches a pid reused

@@ -40,6 +40,7 @@ type fastPath struct {
 	wakeR    int
 	wakeW    int
 	fds      [2]unix.PollFd // accept's: the listener and wakeR
+	cred     *unix.Ucred    // the connection being served's SO_PEERCRED
 	stopOnce sync.Once
 	done     chan struct{}
 }
@@ -111,7 +112,17 @@ func (f *fastPath) accept() (int, error) {
 
 func (f *fastPath) refuse(fd int) { unix.Close(fd) }
 
-func (f *fastPath) peerUID(fd int) (uint32, error) { return peerUID(fd) }
+// peerUID keeps the whole credential for serve, which identifies the caller
+// from it: the accept thread handles one connection at a time.
+func (f *fastPath) peerUID(fd int) (uint32, error) {
+	cred, err := unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED)
+	if err != nil {
+		f.cred = nil
+		return 0, err
+	}
+	f.cred = cred
+	return cred.Uid, nil
+}
 
 // serve lets first answer what it can on this thread and closes the
 // connection here if the client then hangs up; any other connection goes to
@@ -143,12 +154,18 @@ func (f *fastPath) first(fd int) (caller *identity.Caller, pending *wire.Frame, 
 	// (a logon storm, clients descheduled between connect and send) waiting
 	// fastWait per connection would serialise into seconds; the goroutine
 	// then reads the request instead.
-	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}, {Fd: int32(f.lfd), Events: unix.POLLIN}}
-	if n, _ := unix.Poll(pfd, fastWaitMS); n < 1 || pfd[0].Revents&unix.POLLIN == 0 {
-		return nil, nil, false
-	}
+	// The request is usually there already (the library sends it right
+	// after connecting, while this thread was being woken): peek first,
+	// and poll only if it is not.
 	var hdr [wire.HeaderSize]byte
 	n, _, err := unix.Recvfrom(fd, hdr[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+	if errors.Is(err, unix.EAGAIN) {
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}, {Fd: int32(f.lfd), Events: unix.POLLIN}}
+		if n, _ := unix.Poll(pfd, fastWaitMS); n < 1 || pfd[0].Revents&unix.POLLIN == 0 {
+			return nil, nil, false
+		}
+		n, _, err = unix.Recvfrom(fd, hdr[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+	}
 	if err != nil || n != len(hdr) {
 		return nil, nil, false
 	}
@@ -169,7 +186,12 @@ func (f *fastPath) first(fd int) (caller *identity.Caller, pending *wire.Frame, 
 		unix.Write(fd, f.s.pendingFrame())
 		return nil, &wire.Frame{Version: wire.Version, Type: wire.OpQuery, Flags: wire.FlagAcceptPending}, false
 	}
-	who, err := f.s.Resolver.ResolveFD(fd, f.s.Backend.NeedsProgram())
+	var who identity.Caller
+	if f.cred != nil {
+		who, err = f.s.Resolver.ResolveFDCred(fd, f.cred, f.s.Backend.NeedsProgram())
+	} else {
+		who, err = f.s.Resolver.ResolveFD(fd, f.s.Backend.NeedsProgram())
+	}
 	if err != nil {
 		return nil, nil, false
 	}
