@@ -38,17 +38,29 @@ func field[T comparable](name string, f func(c *config.Config) *T) restartKey {
 	}
 }
 
-// dhcpField is a key of the dhcp section: a reload cannot change the
-// running DHCP client, whose exchanges and bindings hold the settings it
-// was built with. Judged by its effective value: unset and an explicit
-// default are the same.
-func dhcpField[T comparable](name string, f func(d dhcp.Config) T) restartKey {
+// sectionKey is a key of a source's own section (dhcp, etcd), which counts
+// only while that source runs: the running source keeps the settings it
+// was built with (the DHCP client's exchanges and bindings, the etcd
+// connection, lease and prefix). Judged by its effective value: unset and
+// an explicit default are the same. section reads the section with its
+// defaults; swap puts the running section into the next configuration.
+func sectionKey[S any, T comparable](source, name string, section func(config.Config) S, swap func(next *config.Config, running config.Config), f func(S) T) restartKey {
 	return restartKey{
-		name:    "dhcp." + name,
-		value:   func(c config.Config, _ adapter.Adapter) any { return f(c.DHCP.WithDefaults()) },
-		keep:    func(next *config.Config, running config.Config) { next.DHCP = running.DHCP },
-		applies: func(running config.Config) bool { return running.Source == dhcp.Name },
+		name:    source + "." + name,
+		value:   func(c config.Config, _ adapter.Adapter) any { return f(section(c)) },
+		keep:    swap,
+		applies: func(running config.Config) bool { return running.Source == source },
 	}
+}
+
+func dhcpField[T comparable](name string, f func(d dhcp.Config) T) restartKey {
+	return sectionKey(dhcp.Name, name, func(c config.Config) dhcp.Config { return c.DHCP.WithDefaults() },
+		func(next *config.Config, running config.Config) { next.DHCP = running.DHCP }, f)
+}
+
+func etcdField[T comparable](name string, f func(e etcd.Config) T) restartKey {
+	return sectionKey(etcd.Name, name, func(c config.Config) etcd.Config { return c.Etcd.WithDefaults() },
+		func(next *config.Config, running config.Config) { next.Etcd = running.Etcd }, f)
 }
 
 // restartOnly lists every key that needs a restart, in the order a reload
@@ -110,17 +122,6 @@ var restartOnly = []restartKey{
 		keep:    func(next *config.Config, running config.Config) { next.StaticPool = running.StaticPool },
 		applies: func(running config.Config) bool { return running.Source == etcd.Name },
 	},
-}
-
-// etcdField is a key of the etcd section: the running source keeps the
-// connection, lease and prefix it started with.
-func etcdField[T comparable](name string, f func(e etcd.Config) T) restartKey {
-	return restartKey{
-		name:    "etcd." + name,
-		value:   func(c config.Config, _ adapter.Adapter) any { return f(c.Etcd.WithDefaults()) },
-		keep:    func(next *config.Config, running config.Config) { next.Etcd = running.Etcd },
-		applies: func(running config.Config) bool { return running.Source == etcd.Name },
-	}
 }
 
 // Reload re-reads the configuration (SIGHUP). A file that fails validation

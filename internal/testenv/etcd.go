@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"os"
@@ -37,8 +38,10 @@ type EtcdOptions struct {
 	// the member's certificate and key, and the CA client certificates
 	// must be signed by (client-cert-auth).
 	TLS *EtcdTLS
-	// Ready says whether the member answers; nil: an unauthenticated Get
-	// over http.
+	// ClientTLS is how the readiness check connects to a TLS member.
+	ClientTLS *tls.Config
+	// Ready says whether the member answers; nil: a Get (over ClientTLS
+	// when set).
 	Ready func(endpoint string) error
 }
 
@@ -93,7 +96,7 @@ func StartEtcdWith(t *testing.T, o EtcdOptions) (string, func(syscall.Signal)) {
 	ready := o.Ready
 	if ready == nil {
 		ready = func(endpoint string) error {
-			cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, Logger: zap.NewNop()})
+			cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, TLS: o.ClientTLS, Logger: zap.NewNop()})
 			if err != nil {
 				return err
 			}

@@ -18,16 +18,6 @@ type cluster struct{ endpoint string }
 
 func startEtcd(t *testing.T) *cluster { return &cluster{endpoint: testenv.StartEtcd(t)} }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // link is a TCP proxy between one host and etcd that the test can cut: a
 // partition of that host alone, the others keep talking to the cluster.
 type link struct {

@@ -98,24 +98,12 @@ func waitServing(t *testing.T, s *Source, want bool) {
 func TestTLSClientCertificates(t *testing.T) {
 	t.Parallel()
 	p := newPKI(t, t.TempDir())
-	ready := func(endpoint string) error {
-		cfg := Config{Endpoints: []string{endpoint}, CA: p.ca, Cert: p.clientCert, Key: p.clientKey}
-		tc, err := cfg.tlsConfig()
-		if err != nil {
-			return err
-		}
-		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, TLS: tc, Logger: zap.NewNop()})
-		if err != nil {
-			return err
-		}
-		defer cli.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		_, err = cli.Get(ctx, "health")
-		return err
+	tc, err := Config{CA: p.ca, Cert: p.clientCert, Key: p.clientKey}.tlsConfig()
+	if err != nil {
+		t.Fatal(err)
 	}
 	endpoint, _ := testenv.StartEtcdWith(t, testenv.EtcdOptions{
-		TLS: &testenv.EtcdTLS{Cert: p.serverCert, Key: p.serverKey, ClientCA: p.ca}, Ready: ready})
+		TLS: &testenv.EtcdTLS{Cert: p.serverCert, Key: p.serverKey, ClientCA: p.ca}, ClientTLS: tc})
 
 	with := Config{Endpoints: []string{endpoint}, CA: p.ca, Cert: p.clientCert, Key: p.clientKey, DialTimeout: 500 * time.Millisecond}
 	s, err := New(with, testRange, []byte("tls-host-0123456789"), t.TempDir(), nil, nil)
