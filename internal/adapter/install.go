@@ -58,6 +58,9 @@ func (in Installer) Add(vip netip.Addr, bits int, lifetime time.Duration) error 
 	if err := netlink.AddrReplace(link, a); err != nil {
 		return fmt.Errorf("adapter: add %s/%d to %s: %w", vip, bits, in.Adapter.Name, err)
 	}
+	// The address is usable now; a failed announcement only leaves stale
+	// neighbour caches to expire by themselves, so it does not undo it.
+	_ = in.announce(vip)
 	return nil
 }
 
