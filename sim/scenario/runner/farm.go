@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -320,4 +321,12 @@ func (r *fileRun) farmStep(ctx context.Context, s *scenario.Step) (bool, error) 
 		return true, nil
 	}
 	return false, nil
+}
+
+// machineIPOf is host's own address (a farm host's), else the topology's.
+func (r *fileRun) machineIPOf(host string) netip.Addr {
+	if f := r.farmTopo(); f != nil && host != "" {
+		return f.Addr(host)
+	}
+	return r.topo.MachineIP()
 }
