@@ -146,7 +146,7 @@ func (w *wireRun) synFromVIP() Outcome {
 		case i < 0:
 			problems = append(problems, fmt.Sprintf("%s: no SYN from %s on the wire", c.Session, c.Source))
 		case !w.fromHostOf(c, syns[i].SrcMAC):
-			problems = append(problems, fmt.Sprintf("%s: SYN %s > %s sent by %s, not the session's host", c.Session, syns[i].Src, syns[i].Dst, syns[i].SrcMAC))
+			problems = append(problems, fmt.Sprintf("%s: SYN %s > %s sent by %s, not the session host", c.Session, syns[i].Src, syns[i].Dst, syns[i].SrcMAC))
 		case syns[i].Src.Addr() != c.VIP:
 			problems = append(problems, fmt.Sprintf("%s: SYN %s > %s carries %s, want VIP %s",
 				c.Session, syns[i].Src, syns[i].Dst, syns[i].Src.Addr(), c.VIP))
