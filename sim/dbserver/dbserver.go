@@ -31,6 +31,9 @@ type Conn struct {
 	Source   netip.AddrPort
 	Accepted bool
 	At       time.Time
+	// Closed is when an accepted connection ended (zero while it is open):
+	// with At it says which connections overlapped in time.
+	Closed time.Time
 }
 
 // Server is a running database server.
@@ -40,6 +43,7 @@ type Server struct {
 	mu   sync.Mutex
 	live map[netip.Addr]int // live accepted connections per source address
 	seen []Conn
+	gen  int // counts Resets: a connection closing after one has no row
 	open map[net.Conn]struct{}
 
 	accepted, refused prometheus.Counter
@@ -115,6 +119,7 @@ func (s *Server) handle(c net.Conn) {
 	ip := src.Addr().Unmap()
 	s.mu.Lock()
 	ok := s.live[ip] == 0
+	row, gen := len(s.seen), s.gen
 	s.seen = append(s.seen, Conn{Source: netip.AddrPortFrom(ip, src.Port()), Accepted: ok, At: time.Now()})
 	if ok {
 		s.live[ip]++
@@ -146,6 +151,9 @@ func (s *Server) handle(c net.Conn) {
 				delete(s.live, ip)
 			}
 			s.liveGauge.Dec()
+		}
+		if gen == s.gen && row < len(s.seen) {
+			s.seen[row].Closed = time.Now()
 		}
 		s.mu.Unlock()
 	}()
@@ -182,6 +190,7 @@ func (s *Server) Drop() {
 func (s *Server) Reset() {
 	s.mu.Lock()
 	s.seen = nil
+	s.gen++
 	s.mu.Unlock()
 }
 

@@ -151,6 +151,9 @@ func (p *Phase) validate(i int, servers []string) error {
 		if g.Count < 0 || g.Count > 10000 {
 			return strictyaml.Errorf(g.line, "%s: count %d out of range 1..10000", gw, g.Count)
 		}
+		if g.Host < 0 {
+			return strictyaml.Errorf(g.line, "%s: host %d: farm hosts are numbered from 1 (0: round robin)", gw, g.Host)
+		}
 		if g.NoSession && (g.Admin || g.UID != nil) {
 			return strictyaml.Errorf(g.line, "%s: no_session: a process in no session has no user; drop uid/admin", gw)
 		}
@@ -201,6 +204,14 @@ func (p *Phase) validate(i int, servers []string) error {
 		case "logoff":
 			if !groups[s.Target] {
 				return strictyaml.Errorf(s.line, "%s: target %q: no such session group in this phase", sw, s.Target)
+			}
+		case "partition", "heal", "etcd-freeze", "etcd-thaw", "etcd-kill", "etcd-start":
+			want := "host"
+			if strings.HasPrefix(s.Do, "etcd-") {
+				want = "etcd"
+			}
+			if n, err := strconv.Atoi(strings.TrimPrefix(s.Target, want)); err != nil || n < 1 || !strings.HasPrefix(s.Target, want) {
+				return strictyaml.Errorf(s.line, "%s: target %q: want %s1, %s2, ...", sw, s.Target, want, want)
 			}
 		case "wait-metric":
 			if s.Metric == nil {

@@ -61,6 +61,10 @@ func TestParseErrors(t *testing.T) {
 		{"empty wire block", "    sessions:", "    expect: {wire: {}}\n    sessions:", "wire: no check enabled"},
 		{"metric without value", "    sessions:", "    expect: {metrics: [{name: x}]}\n    sessions:", "equals, min or max"},
 		{"bad duration", "    sessions:", "    expect: {connect_p99_below: soon}\n    sessions:", `bad duration "soon"`},
+		{"negative host", "      - name: s", "      - name: s\n        host: -1", "host -1: farm hosts are numbered from 1"},
+		{"partition target", "    sessions:", "    steps: [{at: 1s, do: partition, target: session2}]\n    sessions:", `target "session2": want host1, host2`},
+		{"etcd step target", "    sessions:", "    steps: [{at: 1s, do: etcd-kill, target: host1}]\n    sessions:", `target "host1": want etcd1, etcd2`},
+		{"wire farm check typo", "    sessions:", "    expect: {wire: {one_host_per_addres: true}}\n    sessions:", "one_host_per_addres"},
 		{"typo in expect", "    sessions:", "    expect: {acepted: 1}\n    sessions:", `unknown key "acepted"`},
 	}
 	for _, tt := range tests {

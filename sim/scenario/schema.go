@@ -161,8 +161,11 @@ type SessionGroup struct {
 	At *strictyaml.Duration `yaml:"at"`
 	// Together starts the group's sessions and clients all at once (a logon
 	// storm) instead of one by one.
-	Together bool     `yaml:"together"`
-	Run      []Client `yaml:"run"`
+	Together bool `yaml:"together"`
+	// Host is the farm host (1, 2, ...; topology kind farm) the group's
+	// sessions log on to; 0, the default, spreads them round robin.
+	Host int      `yaml:"host"`
+	Run  []Client `yaml:"run"`
 
 	line int
 }
@@ -214,8 +217,10 @@ type Step struct {
 	// each waiting for its time.
 	At strictyaml.Duration `yaml:"at"`
 	Do string              `yaml:"do"`
-	// Target names the DHCP server (dhcp-offline, dhcp-online) or the
-	// session group (logoff) the step acts on.
+	// Target names the DHCP server (dhcp-offline, dhcp-online), the
+	// session group (logoff), the farm host (partition, heal; kill-daemon,
+	// start-daemon in a farm: host2) or etcd member (etcd-*: etcd1) the
+	// step acts on.
 	Target string `yaml:"target"`
 	// Daemon changes the config before reload-daemon / restart-daemon.
 	Daemon map[string]any `yaml:"daemon"`
@@ -248,6 +253,13 @@ var stepActions = map[string]string{
 	"logoff":         "end every session of group `target` (its clients die, its VIPs are released after grace)",
 	"wait-metric":    "wait until ipvirtd's `metric` holds (equals or min), at most `timeout`",
 	"sleep":          "nothing: the timeline just reaches `at`",
+	// A farm's faults (topology kind farm).
+	"partition":   "cut farm host `target` (host2) off every etcd member (nft drop rules in its namespace)",
+	"heal":        "undo partition of farm host `target`",
+	"etcd-freeze": "freeze etcd member `target` (etcd1: SIGSTOP)",
+	"etcd-thaw":   "thaw etcd member `target` (SIGCONT)",
+	"etcd-kill":   "SIGKILL etcd member `target` (etcd-start brings it back on its data)",
+	"etcd-start":  "start etcd member `target` again on its data",
 }
 
 // PhaseExpect are the phase-wide expectations.

@@ -236,3 +236,26 @@ func cloneMAC(b []byte) net.HardwareAddr {
 	}
 	return append(net.HardwareAddr{}, b...)
 }
+
+// Use is one frame using an address as its source: an IP packet from it,
+// or an ARP packet with it as sender (not a probe, whose sender is 0.0.0.0).
+type Use struct {
+	At     time.Time
+	Addr   netip.Addr
+	EthSrc net.HardwareAddr
+}
+
+// Uses lists every use of a source address in frames, in frame order: with
+// the ethernet source it tells which host used which address when.
+func Uses(frames []Frame) []Use {
+	return collect(frames, func(f Frame, p gopacket.Packet) (Use, bool) {
+		if a, ok := decodeARP(f, p); ok {
+			return Use{At: f.At, Addr: a.SenderIP, EthSrc: a.EthSrc}, a.SenderIP.IsValid() && !a.SenderIP.IsUnspecified()
+		}
+		eth := ethernet(p)
+		if src, _, ok := ipSrcDst(p); ok && eth != nil && !src.IsUnspecified() {
+			return Use{At: f.At, Addr: src.Unmap(), EthSrc: cloneMAC(eth.SrcMAC)}, true
+		}
+		return Use{}, false
+	})
+}

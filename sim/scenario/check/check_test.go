@@ -17,7 +17,7 @@ import (
 // Every key a phase's expect block takes is a registered check.
 func TestCheckKeys(t *testing.T) {
 	want := []string{"accepted", "alerts", "connect_p50_below", "connect_p99_below", "denied", "dhcp",
-		"distinct_sources", "metrics", "refused", "sources_match_report", "wire"}
+		"distinct_sources", "metrics", "one_host_per_address", "refused", "sources_match_report", "wire"}
 	if got := Keys(); !slices.Equal(got, want) {
 		t.Fatalf("registered %v, want %v", got, want)
 	}
@@ -102,4 +102,37 @@ func loopbackTopo(t *testing.T) topo.Topology {
 		t.Fatal(err)
 	}
 	return top
+}
+
+// one_host_per_address fails only when two hosts used one address at the
+// same instant: a refused connection counts (its source was in use), an
+// address that moved after its first host hung up does not.
+func TestOneHostPerAddress(t *testing.T) {
+	a, b := netip.MustParseAddr("10.78.0.100"), netip.MustParseAddr("10.78.0.101")
+	t0 := time.Now().Add(-time.Minute)
+	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
+	client := func(host string, src netip.Addr, port uint16) *ClientResult {
+		return &ClientResult{Host: host, Source: netip.AddrPortFrom(src, port), Expect: &ClientExpect{}}
+	}
+	env := &Env{
+		Topology: loopbackTopo(t),
+		Clients:  []*ClientResult{client("session", a, 1), client("session2", a, 2), client("session", b, 3), client("session3", b, 4)},
+		Server: []dbserver.Conn{
+			// a: host 1 from 0 s to 5 s, then host 2 from 6 s: moved, fine.
+			{Source: netip.AddrPortFrom(a, 1), Accepted: true, At: at(0), Closed: at(5)},
+			{Source: netip.AddrPortFrom(a, 2), Accepted: true, At: at(6)},
+			// b: host 1 holds it when host 3's connection is refused.
+			{Source: netip.AddrPortFrom(b, 3), Accepted: true, At: at(0)},
+			{Source: netip.AddrPortFrom(b, 4), At: at(2)},
+		},
+	}
+	end, err := parseCheck(t, "one_host_per_address", "true").Begin(context.Background(), env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := end(context.Background())
+	if len(out) != 1 || out[0].OK || out[0].Got != "10.78.0.101 from session and session3 at once" ||
+		!strings.Contains(out[0].What, "(2 addresses from 3 hosts)") {
+		t.Fatalf("got %+v", out)
+	}
 }

@@ -35,7 +35,6 @@ func (x *ClientExpect) Validate() error {
 func Clients(env *Env) []Outcome {
 	var out []Outcome
 	add := func(ok bool, what, got string) { out = append(out, Outcome{OK: ok, What: what, Got: got}) }
-	mip := env.Topology.MachineIP()
 	var order []*ClientExpect
 	byEntry := map[*ClientExpect][]*ClientResult{}
 	for _, c := range env.Clients {
@@ -50,7 +49,7 @@ func Clients(env *Env) []Outcome {
 		if x.Source != "" {
 			var bad []string
 			for _, c := range cs {
-				if !sourceIs(c, x.Source, mip) {
+				if !sourceIs(c, x.Source, machineIP(env, c)) {
 					bad = append(bad, fmt.Sprintf("%s left from %s (VIP reported: %s)%s", c.Session, addrOrNone(c.Source), addrOrNone(c.VIP), c.why()))
 				}
 			}

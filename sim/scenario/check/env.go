@@ -38,6 +38,9 @@ type ClientResult struct {
 	Session string // its session's label: "alice#2"
 	Key     string // the daemon's session key (a:42, p:1234); "-" in no session
 	UID     uint32
+	// Host is the topology host the session ran on ("session"; a farm's
+	// hosts are session, session2, ...).
+	Host string
 	// Expect is the scenario entry the client ran for: every client the
 	// entry started shares it, and is judged with the others.
 	Expect      *ClientExpect
@@ -52,6 +55,15 @@ type ClientResult struct {
 	// Stderr is what the client wrote there by the time it reported, such
 	// as the preload library's one line when it could not ask the daemon.
 	Stderr string
+}
+
+// machineIP is the address c leaves from when not virtualized: its own
+// host's in a farm.
+func machineIP(env *Env, c *ClientResult) netip.Addr {
+	if f, ok := env.Topology.(topo.Farm); ok && c.Host != "" {
+		return f.Addr(c.Host)
+	}
+	return env.Topology.MachineIP()
 }
 
 // why is the client's stderr, for a failed expectation: "" or " [...]".

@@ -22,10 +22,9 @@ func init() {
 }
 
 func matchReport(_ context.Context, env *Env) []Outcome {
-	mip := env.Topology.MachineIP()
 	var bad []string
 	for _, c := range env.Clients {
-		if !c.Source.IsValid() || c.Source.Addr() == mip {
+		if !c.Source.IsValid() || c.Source.Addr() == machineIP(env, c) {
 			continue
 		}
 		if c.Source.Addr() != c.VIP {

@@ -14,6 +14,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/ipvirt/ipvirt/sim/scenario/strictyaml"
+	"github.com/ipvirt/ipvirt/sim/scenario/topo"
 	"github.com/ipvirt/ipvirt/sim/wirecheck"
 )
 
@@ -41,14 +42,17 @@ type wireSpec struct {
 	// QuietAfterRelease: after the session host RELEASEs an address, no
 	// packet uses it until a server leases it out again.
 	QuietAfterRelease bool `yaml:"quiet_after_release"`
+	// OneHostPerAddress (a farm): no source address is used by two session
+	// hosts at once; see oneHostOnWire.
+	OneHostPerAddress bool `yaml:"one_host_per_address"`
 }
 
 func init() {
 	Register("wire", func(spec *yaml.Node, at Site) (Check, error) {
 		var s wireSpec
 		err := strictyaml.Decode(spec, &s)
-		if err == nil && !s.SYNFromVIP && !s.DHCPClientIDs && !s.ARPFromSession && !s.QuietAfterRelease {
-			err = strictyaml.Errorf(spec.Line, "wire: no check enabled (syn_from_vip, dhcp_client_ids, arp_from_session, quiet_after_release)")
+		if err == nil && !s.SYNFromVIP && !s.DHCPClientIDs && !s.ARPFromSession && !s.QuietAfterRelease && !s.OneHostPerAddress {
+			err = strictyaml.Errorf(spec.Line, "wire: no check enabled (syn_from_vip, dhcp_client_ids, arp_from_session, quiet_after_release, one_host_per_address)")
 		}
 		if err != nil {
 			return nil, fmt.Errorf("%s: expect.wire: %w", at.Phase, err)
@@ -82,6 +86,9 @@ func (s wireSpec) Begin(_ context.Context, env *Env) (func(context.Context) []Ou
 		if s.QuietAfterRelease {
 			out = append(out, w.quietAfterRelease())
 		}
+		if s.OneHostPerAddress {
+			out = append(out, w.oneHostOnWire())
+		}
 		return out
 	}, nil
 }
@@ -94,6 +101,15 @@ type wireRun struct {
 
 func (w *wireRun) fromSession(mac net.HardwareAddr) bool {
 	return slices.ContainsFunc(w.macs, func(m net.HardwareAddr) bool { return m.String() == mac.String() })
+}
+
+// fromHostOf says whether mac is the adapter of the host c ran on: in a
+// farm the client's own host's, elsewhere the session host's.
+func (w *wireRun) fromHostOf(c *ClientResult, mac net.HardwareAddr) bool {
+	if f, ok := w.env.Topology.(topo.Farm); ok && c.Host != "" {
+		return f.MAC(c.Host).String() == mac.String()
+	}
+	return w.fromSession(mac)
 }
 
 // verdict turns a list of problems into an outcome; at most three are named.
@@ -129,7 +145,7 @@ func (w *wireRun) synFromVIP() Outcome {
 		switch {
 		case i < 0:
 			problems = append(problems, fmt.Sprintf("%s: no SYN from %s on the wire", c.Session, c.Source))
-		case !w.fromSession(syns[i].SrcMAC):
+		case !w.fromHostOf(c, syns[i].SrcMAC):
 			problems = append(problems, fmt.Sprintf("%s: SYN %s > %s sent by %s, not the session host", c.Session, syns[i].Src, syns[i].Dst, syns[i].SrcMAC))
 		case syns[i].Src.Addr() != c.VIP:
 			problems = append(problems, fmt.Sprintf("%s: SYN %s > %s carries %s, want VIP %s",

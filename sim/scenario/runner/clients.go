@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ipvirt/ipvirt/sim/daemonproc"
 	"github.com/ipvirt/ipvirt/sim/loginsession"
 	"github.com/ipvirt/ipvirt/sim/scenario"
 	"github.com/ipvirt/ipvirt/sim/scenario/check"
@@ -31,6 +32,7 @@ type liveSession struct {
 	sess  *loginsession.Session // nil for a no-session group
 	key   string                // the daemon's session key: a:42, p:1234
 	uid   uint32
+	host  int         // the farm host it runs on (0: host 1, the only one elsewhere)
 	procs []*exec.Cmd // no-session clients
 }
 
@@ -49,7 +51,8 @@ func (s *liveSession) close() error {
 // just a record: its clients are started directly by the simulator).
 func (r *fileRun) startSession(ctx context.Context, p *scenario.Phase, gi, i int) (*liveSession, error) {
 	g := &p.Sessions[gi]
-	s := &liveSession{group: g, index: i, label: g.Name, uid: r.uidOf(p, gi, i)}
+	s := &liveSession{group: g, index: i, label: g.Name, uid: r.uidOf(p, gi, i), host: r.hostOf(p, gi, i)}
+	wrap := func(argv []string) []string { return r.wrapOn(s.host, argv) }
 	if g.Count > 1 {
 		s.label = fmt.Sprintf("%s#%d", g.Name, i+1)
 	}
@@ -60,7 +63,7 @@ func (r *fileRun) startSession(ctx context.Context, p *scenario.Phase, gi, i int
 		s.key = "-"
 		s.uid = uint32(os.Getuid())
 	} else {
-		sess, err := loginsession.StartWrapped(ctx, r.kind, s.uid, r.wrap)
+		sess, err := loginsession.StartWrapped(ctx, r.kind, s.uid, wrap)
 		if err != nil {
 			return nil, fmt.Errorf("group %s: %w", g.Name, err)
 		}
@@ -118,7 +121,7 @@ func (r *fileRun) runClient(ctx context.Context, ph *phaseRun, s *liveSession, s
 	}
 	var env []string
 	if p.Interceptor == "preload" {
-		env = []string{"LD_PRELOAD=" + r.bins.Preload, "IPVIRT_SOCKET=" + r.daemon.Socket}
+		env = []string{"LD_PRELOAD=" + r.bins.Preload, "IPVIRT_SOCKET=" + r.daemonOf(s.host).Socket}
 		env = append(env, r.opts.ClientEnv...)
 	}
 	env = append(env, spec.Env...)
@@ -128,7 +131,7 @@ func (r *fileRun) runClient(ctx context.Context, ph *phaseRun, s *liveSession, s
 	if s.sess != nil {
 		pid, err = s.sess.RunEnvStderr(env, errPath, prog, args...)
 	} else {
-		argv := r.wrap(append([]string{prog}, args...))
+		argv := r.wrapOn(s.host, append([]string{prog}, args...))
 		cmd := exec.Command(argv[0], argv[1:]...)
 		cmd.Env = append(os.Environ(), env...)
 		if f, ferr := os.Create(errPath); ferr == nil {
@@ -146,7 +149,7 @@ func (r *fileRun) runClient(ctx context.Context, ph *phaseRun, s *liveSession, s
 	if err != nil {
 		return nil, fmt.Errorf("start %s in %s: %w", spec.Program, s.label, err)
 	}
-	res := &check.ClientResult{Group: s.group.Name, Session: s.label, Key: s.key, UID: s.uid,
+	res := &check.ClientResult{Group: s.group.Name, Session: s.label, Key: s.key, UID: s.uid, Host: r.hostName(s.host),
 		Expect: &spec.Expect, Name: spec.Program, Program: prog, Interceptor: p.Interceptor}
 	line, err := waitResult(ctx, out, pid)
 	if b, rerr := os.ReadFile(errPath); rerr == nil {
@@ -238,8 +241,37 @@ type report []check.SessionRow
 
 // sessionsReport runs the real `ipvirtctl sessions -o json`, the report an
 // administrator reads, so the scenario checks it rather than internals.
+//
+// In a farm the rows of every host's daemon are put together (session keys
+// are the kernel's, unique across hosts); a host whose daemon does not
+// answer (killed by a step) adds none.
 func (r *fileRun) sessionsReport() (report, []byte, error) {
-	cmd := exec.Command(r.bins.IPVirtctl, "--socket", r.daemon.Socket, "sessions", "-o", "json")
+	rows, raw, err := r.hostReport(r.daemon)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, h := range r.farm {
+		if h.daemon == nil {
+			continue
+		}
+		more, _, err := r.hostReport(h.daemon)
+		if err != nil {
+			r.opts.Log.Debug("farm host report", "host", h.name, "err", err)
+			continue
+		}
+		rows = append(rows, more...)
+	}
+	if len(r.farm) > 0 {
+		if raw, err = json.Marshal(rows); err != nil {
+			return nil, nil, err
+		}
+	}
+	return rows, raw, nil
+}
+
+// hostReport is `ipvirtctl sessions -o json` of one daemon.
+func (r *fileRun) hostReport(d *daemonproc.Daemon) (report, []byte, error) {
+	cmd := exec.Command(r.bins.IPVirtctl, "--socket", d.Socket, "sessions", "-o", "json")
 	out, err := cmd.Output()
 	if err != nil {
 		var stderr string

@@ -54,6 +54,7 @@ func (r *fileRun) daemonConfig(p *scenario.Phase, paths map[string]string) (map[
 		cfg["admins"] = admins
 	}
 	r.dhcpDaemonKeys(cfg)
+	r.farmDaemonKeys(cfg, p)
 	return cfg, nil
 }
 

@@ -41,7 +41,7 @@ func (r *fileRun) print(i int, p *scenario.Phase, pr *PhaseResult) {
 		if c.Source.IsValid() {
 			src = c.Source.Addr().String()
 			switch {
-			case c.Source.Addr() == r.topo.MachineIP():
+			case c.Source.Addr() == r.machineIPOf(c.Host):
 				src += " (machine IP)"
 			case c.Source.Addr() == c.VIP:
 				src += " (VIP)"

@@ -160,6 +160,9 @@ func Run(ctx context.Context, f *scenario.File, opts Options) (res *Result, err 
 	if err := r.startDHCP(ctx); err != nil {
 		return res, fmt.Errorf("scenario %s: %w", f.Name, err)
 	}
+	if err := r.startFarm(ctx); err != nil {
+		return res, fmt.Errorf("scenario %s: %w", f.Name, err)
+	}
 
 	r.header()
 	for i := range f.Phases {
@@ -247,6 +250,8 @@ type fileRun struct {
 	dhcp   []*dhcpProc
 	daemon *daemonproc.Daemon
 	cfg    map[string]any // the daemon's current config
+	farm   []*farmHost    // a farm's hosts 2..N (farm.go)
+	etcd   []*etcdMember  // a farm's etcd cluster
 
 	mu   sync.Mutex // guards live and the phase's results while clients run
 	live []*liveSession
@@ -257,13 +262,7 @@ var groupSeq atomic.Int64
 
 // wrap is how the run starts a session leader or a client: inside its
 // cgroup, and on the topology's session host.
-func (r *fileRun) wrap(argv []string) []string {
-	argv = r.topo.Wrap("session", argv)
-	if r.group != nil {
-		argv = r.group.Wrap(argv)
-	}
-	return argv
-}
+func (r *fileRun) wrap(argv []string) []string { return r.wrapOn(0, argv) }
 
 func (r *fileRun) teardown() {
 	r.mu.Lock()
@@ -272,6 +271,7 @@ func (r *fileRun) teardown() {
 	r.mu.Unlock()
 	closeSessions(live)
 	r.stopDaemon()
+	r.stopFarm()
 	for _, p := range r.dhcp {
 		p.stop()
 	}
@@ -295,6 +295,7 @@ func (r *fileRun) teardown() {
 }
 
 func (r *fileRun) stopDaemon() {
+	r.stopFarmDaemons()
 	if r.daemon == nil {
 		return
 	}
@@ -328,6 +329,9 @@ func (r *fileRun) phase(ctx context.Context, i int) (*PhaseResult, error) {
 	os.Chmod(dir, 0o755)
 	paths, err := r.installPrograms(p, progDir)
 	if err != nil {
+		return nil, err
+	}
+	if err := r.checkHosts(p); err != nil {
 		return nil, err
 	}
 	if want := p.Expect.DaemonError; want != "" {
@@ -410,7 +414,10 @@ func (r *fileRun) phase(ctx context.Context, i int) (*PhaseResult, error) {
 // addresses; a phase's fresh daemon, with a fresh lease file, would rightly
 // refuse to start over them (a live holder may use them). Each phase starts
 // from a clean host instead.
-func (r *fileRun) clearAdapter(cfg map[string]any) {
+func (r *fileRun) clearAdapter(cfg map[string]any) { r.clearAdapterOn("session", cfg) }
+
+// clearAdapterOn is clearAdapter on the topology's host.
+func (r *fileRun) clearAdapterOn(host string, cfg map[string]any) {
 	name, _ := cfg["adapter"].(string)
 	if name == "" || strings.ContainsAny(name, ":/") { // a MAC address or a subnet: the topology's
 		name = r.topo.Adapter()
@@ -419,7 +426,7 @@ func (r *fileRun) clearAdapter(cfg map[string]any) {
 	if name == "lo" || label == "" {
 		return
 	}
-	argv := r.topo.Wrap("session", []string{"ip", "-4", "addr", "flush", "dev", name, "label", label})
+	argv := r.topo.Wrap(host, []string{"ip", "-4", "addr", "flush", "dev", name, "label", label})
 	if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
 		r.opts.Log.Debug("clear the adapter's VIPs", "adapter", name, "err", err, "out", string(out))
 	}
@@ -455,17 +462,12 @@ func (r *fileRun) applyDaemon(ctx context.Context, p *scenario.Phase, dir string
 	if err != nil {
 		return err
 	}
-	d.Wrap = func(argv []string) []string { return r.topo.Wrap("session", argv) }
-	d.DialHTTP = func(ctx context.Context, network, addr string) (c net.Conn, err error) {
-		err = r.topo.Do("session", func() error {
-			var err error
-			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-			return err
-		})
-		return c, err
-	}
+	r.placeDaemon(d, "session")
 	r.daemon = d
-	return r.startDaemon(ctx)
+	if err := r.startDaemon(ctx); err != nil {
+		return err
+	}
+	return r.startFarmDaemons(ctx, cfg, dir)
 }
 
 func (r *fileRun) startDaemon(ctx context.Context) error {

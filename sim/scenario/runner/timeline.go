@@ -209,6 +209,11 @@ func (ph *phaseRun) vipOf(c *check.ClientResult) (a netip.Addr) {
 
 // step does one timed thing to the system.
 func (r *fileRun) step(ctx context.Context, ph *phaseRun, s *scenario.Step) error {
+	if r.farmTopo() != nil {
+		if handled, err := r.farmStep(ctx, s); handled {
+			return err
+		}
+	}
 	switch s.Do {
 	case "kill-daemon":
 		if err := r.daemon.Signal(syscall.SIGKILL); err != nil {

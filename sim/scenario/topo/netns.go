@@ -24,13 +24,17 @@ import (
 type netnsTopo struct {
 	lan      netip.Prefix
 	adapters int
+	hosts    []hostNum // what Up builds (the farm kind lists its own)
 	net      *topology.Net
 }
 
-var netnsHosts = []struct {
+// hostNum is a host and its host number on the LAN.
+type hostNum struct {
 	name string
 	num  int
-}{{"session", 2}, {"server", 3}, {"dhcp0", 4}, {"dhcp1", 5}, {"rogue", 6}}
+}
+
+var netnsHosts = []hostNum{{"session", 2}, {"server", 3}, {"dhcp0", 4}, {"dhcp1", 5}, {"rogue", 6}}
 
 func init() { Register("netns", newNetns) }
 
@@ -43,13 +47,10 @@ func newNetns(spec *yaml.Node) (Topology, error) {
 	if err := strictyaml.Decode(spec, &s); err != nil {
 		return nil, err
 	}
-	t := &netnsTopo{lan: netip.MustParsePrefix("10.77.0.0/24"), adapters: 1}
-	if s.LAN != "" {
-		p, err := netip.ParsePrefix(s.LAN)
-		if err != nil || !p.Addr().Is4() || p.Bits() > 24 || p != p.Masked() {
-			return nil, strictyaml.Errorf(spec.Line, "topology: lan %q: want an IPv4 network of /24 or larger, such as 10.77.0.0/24", s.LAN)
-		}
-		t.lan = p
+	t := &netnsTopo{adapters: 1, hosts: netnsHosts}
+	var err error
+	if t.lan, err = parseLAN(s.LAN, spec.Line); err != nil {
+		return nil, err
 	}
 	switch s.Adapters {
 	case 0, 1:
@@ -59,6 +60,18 @@ func newNetns(spec *yaml.Node) (Topology, error) {
 		return nil, strictyaml.Errorf(spec.Line, "topology: adapters %d: the session host has 1 or 2", s.Adapters)
 	}
 	return t, nil
+}
+
+// parseLAN is a topology's lan key: default 10.77.0.0/24.
+func parseLAN(lan string, line int) (netip.Prefix, error) {
+	if lan == "" {
+		return netip.MustParsePrefix("10.77.0.0/24"), nil
+	}
+	p, err := netip.ParsePrefix(lan)
+	if err != nil || !p.Addr().Is4() || p.Bits() > 24 || p != p.Masked() {
+		return p, strictyaml.Errorf(line, "topology: lan %q: want an IPv4 network of /24 or larger, such as 10.77.0.0/24", lan)
+	}
+	return p, nil
 }
 
 func (t *netnsTopo) NeedsRoot() string { return "needs root (network namespaces)" }
@@ -76,7 +89,7 @@ func (t *netnsTopo) Up(context.Context) error {
 		b[2] += byte(1 << max(0, 24-t.lan.Bits()))
 		spec.LANs = append(spec.LANs, netip.PrefixFrom(netip.AddrFrom4(b), 24))
 	}
-	for _, h := range netnsHosts {
+	for _, h := range t.hosts {
 		hs := topology.HostSpec{Name: h.name, Adapters: []int{h.num}}
 		if h.name == "session" && t.adapters == 2 {
 			hs.Adapters = append(hs.Adapters, h.num)
