@@ -58,10 +58,11 @@ type Source struct {
 
 	mu      sync.Mutex
 	held    map[netip.Addr]lease.Holder
-	last    map[string]kept  // holder key → its address before a fence
-	leaseID clientv3.LeaseID // 0: none (fenced)
-	expires time.Time        // when the cluster may expire the lease, at the earliest
-	fenced  time.Time        // zero while serving
+	last    map[string]kept     // holder key → its address before a fence
+	undoing map[netip.Addr]bool // keys being deleted after an unanswered request (undo)
+	leaseID clientv3.LeaseID    // 0: none (fenced)
+	expires time.Time           // when the cluster may expire the lease, at the earliest
+	fenced  time.Time           // zero while serving
 
 	cmu     sync.Mutex
 	cli     *clientv3.Client // nil until connected
@@ -149,7 +150,7 @@ func New(cfg Config, rng source.Range, hostID []byte, stateDir string, ev source
 		cfg: cfg, rng: rng, size: p.Size(), hostID: hex.EncodeToString(hostID), host: hostname,
 		state: filepath.Join(stateDir, "etcd-lease"), ccfg: ccfg, ev: ev, margin: Margin(cfg.LeaseTTL),
 		log:  log.With("source", Name),
-		held: map[netip.Addr]lease.Holder{}, last: map[string]kept{},
+		held: map[netip.Addr]lease.Holder{}, last: map[string]kept{}, undoing: map[netip.Addr]bool{},
 		fenced: time.Now(),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
@@ -250,6 +251,12 @@ func (s *Source) take(ctx context.Context, id clientv3.LeaseID, a netip.Addr, h 
 	if err != nil {
 		return false, fmt.Errorf("etcd: take %s: %w: %w", a, err, source.ErrExhausted)
 	}
+	s.mu.Lock()
+	busy := s.undoingLocked(a)
+	s.mu.Unlock()
+	if busy {
+		return false, nil
+	}
 	c, cancel := s.call(ctx)
 	defer cancel()
 	resp, err := cli.Txn(c).
@@ -257,6 +264,8 @@ func (s *Source) take(ctx context.Context, id clientv3.LeaseID, a netip.Addr, h 
 		Then(clientv3.OpPut(key, val, clientv3.WithLease(id))).
 		Else(clientv3.OpGet(key)).Commit()
 	if err != nil {
+		// The cluster may have created the key all the same.
+		s.undo(a, id, val)
 		return false, fmt.Errorf("etcd: take %s: %w: %w", a, err, source.ErrExhausted)
 	}
 	if !resp.Succeeded {
@@ -370,7 +379,7 @@ func (s *Source) Claim(h lease.Holder, a netip.Addr) (lease.Lease, error) {
 }
 
 // Release implements source.Source: the key is deleted if it is still this
-// lease's; if etcd does not answer, it dies with the lease.
+// lease's, retried until etcd answers or the lease ends.
 func (s *Source) Release(l lease.Lease) {
 	s.mu.Lock()
 	if h, ok := s.held[l.Addr]; !ok || h != l.Holder {
@@ -383,22 +392,10 @@ func (s *Source) Release(l lease.Lease) {
 	if id == 0 {
 		return
 	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		key := vipKey(s.cfg.Prefix, l.Addr)
-		cli, err := s.client()
-		if err != nil {
-			s.log.Warn("etcd: release: the key stays until this host's lease ends", "vip", l.Addr, "err", err)
-			return
-		}
-		c, cancel := s.call(nil)
-		defer cancel()
-		_, err = cli.Txn(c).If(clientv3.Compare(clientv3.LeaseValue(key), "=", id)).Then(clientv3.OpDelete(key)).Commit()
-		if err != nil {
-			s.log.Warn("etcd: release: the key stays until this host's lease ends", "vip", l.Addr, "err", err)
-		}
-	}()
+	// Deleted in the background, retried until etcd answers: the lease
+	// lives as long as this host does, so a key left behind would keep the
+	// address from the farm.
+	s.undo(l.Addr, id, "")
 }
 
 // Stats implements source.Source.

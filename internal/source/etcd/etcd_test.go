@@ -96,7 +96,7 @@ func TestPartitionedHostFencesItself(t *testing.T) {
 	const ttl = 3 * time.Second
 	lk := newLink(t, c.endpoint)
 	ev := newEvents()
-	a, _ := host(t, lk.endpoint, "sh-a", "", ttl, ev)
+	a, _ := host(t, lk.Endpoint, "sh-a", "", ttl, ev)
 	b, _ := host(t, c.endpoint, "sh-b", "", ttl, nil)
 	var mine []lease.Lease
 	for i := range 5 {
@@ -201,7 +201,7 @@ func TestStartPartitioned(t *testing.T) {
 	c := startEtcd(t)
 	lk := newLink(t, c.endpoint)
 	lk.partition(true)
-	a, _ := host(t, lk.endpoint, "sh-a", "", 3*time.Second, nil)
+	a, _ := host(t, lk.Endpoint, "sh-a", "", 3*time.Second, nil)
 	if _, err := a.Acquire(context.Background(), holder(1)); !errors.Is(err, source.ErrExhausted) {
 		t.Fatalf("acquire while partitioned: %v", err)
 	}
