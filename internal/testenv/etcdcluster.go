@@ -218,8 +218,37 @@ func (m *EtcdMember) signal(sig syscall.Signal) {
 
 // Freeze stops the member with SIGSTOP: its sockets stay open but nothing
 // answers, as a hung or partitioned member (clients time out, they are not
-// refused).
-func (m *EtcdMember) Freeze() { m.signal(syscall.SIGSTOP) }
+// refused). It returns once the kernel reports the process stopped, so
+// that what a test does next happens after the freeze.
+func (m *EtcdMember) Freeze() {
+	m.signal(syscall.SIGSTOP)
+	m.mu.Lock()
+	cmd := m.cmd
+	m.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if procState(cmd.Process.Pid) == 'T' {
+			return
+		}
+	}
+}
+
+// procState is the state letter of /proc/pid/stat (T: stopped), 0 if
+// unknown.
+func procState(pid int) byte {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The command name may hold spaces: the state follows its ")".
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 || i+2 >= len(b) {
+		return 0
+	}
+	return b[i+2]
+}
 
 // Thaw resumes a frozen member (SIGCONT).
 func (m *EtcdMember) Thaw() { m.signal(syscall.SIGCONT) }
