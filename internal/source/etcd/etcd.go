@@ -213,13 +213,25 @@ func (s *Source) Acquire(ctx context.Context, h lease.Holder) (lease.Lease, erro
 			return s.lease(h, prev.addr), nil
 		}
 	}
-	for round := 0; round < 3; round++ {
-		cands, err := s.free(ctx, 8, reserved)
-		if err != nil {
-			return lease.Lease{}, err
-		}
-		if len(cands) == 0 {
-			return lease.Lease{}, fmt.Errorf("etcd: pool of %d addresses: all in use across the farm: %w", s.size, source.ErrExhausted)
+	// Random probes first, a listing of the farm's keys when they find
+	// nothing (a pool nearly full) or lose every race.
+	for round := 0; round < 5; round++ {
+		var cands []netip.Addr
+		if round < 2 {
+			if cands, err = s.probe(ctx, 16, reserved); err != nil {
+				return lease.Lease{}, err
+			}
+			if len(cands) == 0 {
+				round = 1
+				continue
+			}
+		} else {
+			if cands, err = s.free(ctx, 8, reserved); err != nil {
+				return lease.Lease{}, err
+			}
+			if len(cands) == 0 {
+				return lease.Lease{}, fmt.Errorf("etcd: pool of %d addresses: all in use across the farm: %w", s.size, source.ErrExhausted)
+			}
 		}
 		for _, a := range cands {
 			ok, err := s.take(ctx, id, a, h, val)
@@ -316,6 +328,54 @@ func (s *Source) reservedLocked(key string) map[netip.Addr]bool {
 		}
 	}
 	return out
+}
+
+// probe reads n random addresses' keys in one request and returns those
+// no host held. It costs the same whatever the pool's size and fill, where
+// listing every key (free) costs the whole farm's keys per allocation: an
+// allocation storm of a few hundred holders over a few thousand keys kept
+// the cluster so busy that hosts' lease renewals missed their deadline and
+// the hosts fenced themselves. The read may be stale (serializable, from
+// any member): the create-if-absent transaction decides.
+func (s *Source) probe(ctx context.Context, n int, reserved map[netip.Addr]bool) ([]netip.Addr, error) {
+	cli, err := s.client()
+	if err != nil {
+		return nil, fmt.Errorf("etcd: probe VIPs: %w: %w", err, source.ErrExhausted)
+	}
+	start, size := pool.V4(s.rng.Start), uint32(s.size)
+	picks := map[netip.Addr]bool{}
+	var addrs []netip.Addr
+	var ops []clientv3.Op
+	s.mu.Lock()
+	for range 2 * n {
+		a := pool.FromV4(start + rand.Uint32N(size))
+		if _, mine := s.held[a]; mine || reserved[a] || picks[a] {
+			continue
+		}
+		picks[a] = true
+		addrs = append(addrs, a)
+		ops = append(ops, clientv3.OpGet(vipKey(s.cfg.Prefix, a), clientv3.WithCountOnly(), clientv3.WithSerializable()))
+		if len(ops) == n {
+			break
+		}
+	}
+	s.mu.Unlock()
+	if len(ops) == 0 {
+		return nil, nil
+	}
+	c, cancel := s.call(ctx)
+	defer cancel()
+	resp, err := cli.Txn(c).Then(ops...).Commit()
+	if err != nil {
+		return nil, fmt.Errorf("etcd: probe VIPs: %w: %w", err, source.ErrExhausted)
+	}
+	var out []netip.Addr
+	for i, r := range resp.Responses {
+		if rr := r.GetResponseRange(); rr != nil && rr.Count == 0 {
+			out = append(out, addrs[i])
+		}
+	}
+	return out, nil
 }
 
 // free lists up to n addresses no host holds and none is kept for, from a

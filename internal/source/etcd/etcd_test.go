@@ -128,8 +128,8 @@ func TestPartitionedHostFencesItself(t *testing.T) {
 		f, _ := b.Farm(context.Background())
 		return len(f) == 0
 	})
-	if _, err := b.take(context.Background(), b.leaseID, taken, holder(77), b.record(holder(77), 1)); err != nil {
-		t.Fatal(err)
+	if ok, err := b.take(context.Background(), b.leaseID, taken, holder(77), b.record(holder(77), 1)); err != nil || !ok {
+		t.Fatalf("the other host could not take %s after the TTL: %v %v", taken, ok, err)
 	}
 	lk.partition(false)
 	waitFor(t, 3*ttl, "the host to answer again", func() bool { return a.Stats().Healthy })
