@@ -131,7 +131,7 @@ func partitions(endpoints []string, dir string, ttl time.Duration, runs int) err
 		}
 	}
 	m := etcd.Margin(ttl)
-	fmt.Printf("lease_ttl %-4s partition -> all %d VIPs withdrawn  %s   bound < %s (cluster may expire); expected %s..%s (ttl - margin - renewal phase)\n",
+	fmt.Printf("lease_ttl %-4s partition -> all %d VIPs withdrawn  %s   bound < %s (cluster may expire); expected %s..%s (ttl - margin - renewal phase; earlier if a renewal failed before the cut)\n",
 		ttl, vips, spread(withdraw), ttl, (ttl - m - ttl/3).Round(100*time.Millisecond), ttl-m)
 	fmt.Printf("lease_ttl %-4s etcd back -> host serving          %s   baseline: a renewal attempt every 0.5 s\n", ttl, spread(serve))
 	fmt.Printf("lease_ttl %-4s etcd back -> holder has its VIP    %s\n", ttl, spread(back))

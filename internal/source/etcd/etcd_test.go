@@ -36,6 +36,7 @@ func TestFarmNeverSharesAnAddress(t *testing.T) {
 				switch {
 				case errors.Is(err, source.ErrExhausted):
 					exhausted++
+					t.Log(err)
 				case err != nil:
 					t.Errorf("acquire: %v", err)
 				default:
