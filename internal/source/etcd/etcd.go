@@ -65,8 +65,9 @@ type Source struct {
 	fenced  time.Time           // zero while serving
 
 	cmu     sync.Mutex
-	cli     *clientv3.Client // nil until connected
-	lastErr string           // the last connection error logged
+	cli     *clientv3.Client   // nil until connected
+	epClis  []*clientv3.Client // one per endpoint, for renewals (renewAny)
+	lastErr string             // the last connection error logged
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -478,6 +479,11 @@ func (s *Source) Close() error {
 	s.wg.Wait()
 	s.cmu.Lock()
 	defer s.cmu.Unlock()
+	for _, c := range s.epClis {
+		if c != nil {
+			c.Close()
+		}
+	}
 	if s.cli == nil {
 		return nil
 	}

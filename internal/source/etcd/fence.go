@@ -119,12 +119,8 @@ func (s *Source) renew() bool {
 	}
 	sent := time.Now()
 	if serving {
-		c, cancel := s.call(nil)
-		resp, err := cli.KeepAliveOnce(c, id)
-		cancel()
+		resp, err := s.renewAny(cli, id)
 		switch {
-		case err == nil && resp.TTL > 0 && !s.quorumAfter(cli, resp):
-			return false // not counted: tried again after retryWait
 		case err == nil && resp.TTL > 0:
 			s.mu.Lock()
 			if s.leaseID == id {
