@@ -140,7 +140,9 @@ func TestPartitionedHostFencesItself(t *testing.T) {
 			t.Fatal(err)
 		}
 		if l.Addr == taken {
-			if got.Addr == taken {
+			// Unless the other host was fenced meanwhile (a loaded
+			// machine can starve its renewals too) and its key expired.
+			if _, held := b.heldCopy()[holder(77)]; got.Addr == taken && held && b.Stats().Healthy {
 				t.Fatalf("holder %d got %s back although another host holds it", i, taken)
 			}
 			continue
