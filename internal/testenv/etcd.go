@@ -59,7 +59,7 @@ func StartEtcdWith(t *testing.T, o EtcdOptions) (string, func(syscall.Signal)) {
 		t.Skip("etcd not installed (Debian package etcd-server)")
 	}
 	client, peer := freePort(t), freePort(t)
-	dir := t.TempDir()
+	dir := memDir(t) // tmpfs: see memDir
 	scheme := "http"
 	if o.TLS != nil {
 		scheme = "https"

@@ -58,14 +58,16 @@ type Source struct {
 
 	mu      sync.Mutex
 	held    map[netip.Addr]lease.Holder
-	last    map[string]kept  // holder key → its address before a fence
-	leaseID clientv3.LeaseID // 0: none (fenced)
-	expires time.Time        // when the cluster may expire the lease, at the earliest
-	fenced  time.Time        // zero while serving
+	last    map[string]kept     // holder key → its address before a fence
+	undoing map[netip.Addr]bool // keys being deleted after an unanswered request (undo)
+	leaseID clientv3.LeaseID    // 0: none (fenced)
+	expires time.Time           // when the cluster may expire the lease, at the earliest
+	fenced  time.Time           // zero while serving
 
 	cmu     sync.Mutex
-	cli     *clientv3.Client // nil until connected
-	lastErr string           // the last connection error logged
+	cli     *clientv3.Client   // nil until connected
+	epClis  []*clientv3.Client // one per endpoint, for renewals (renewAny)
+	lastErr string             // the last connection error logged
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -149,7 +151,7 @@ func New(cfg Config, rng source.Range, hostID []byte, stateDir string, ev source
 		cfg: cfg, rng: rng, size: p.Size(), hostID: hex.EncodeToString(hostID), host: hostname,
 		state: filepath.Join(stateDir, "etcd-lease"), ccfg: ccfg, ev: ev, margin: Margin(cfg.LeaseTTL),
 		log:  log.With("source", Name),
-		held: map[netip.Addr]lease.Holder{}, last: map[string]kept{},
+		held: map[netip.Addr]lease.Holder{}, last: map[string]kept{}, undoing: map[netip.Addr]bool{},
 		fenced: time.Now(),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
@@ -212,13 +214,25 @@ func (s *Source) Acquire(ctx context.Context, h lease.Holder) (lease.Lease, erro
 			return s.lease(h, prev.addr), nil
 		}
 	}
-	for round := 0; round < 3; round++ {
-		cands, err := s.free(ctx, 8, reserved)
-		if err != nil {
-			return lease.Lease{}, err
-		}
-		if len(cands) == 0 {
-			return lease.Lease{}, fmt.Errorf("etcd: pool of %d addresses: all in use across the farm: %w", s.size, source.ErrExhausted)
+	// Random probes first, a listing of the farm's keys when they find
+	// nothing (a pool nearly full) or lose every race.
+	for round := 0; round < 5; round++ {
+		var cands []netip.Addr
+		if round < 2 {
+			if cands, err = s.probe(ctx, 16, reserved); err != nil {
+				return lease.Lease{}, err
+			}
+			if len(cands) == 0 {
+				round = 1
+				continue
+			}
+		} else {
+			if cands, err = s.free(ctx, 8, reserved); err != nil {
+				return lease.Lease{}, err
+			}
+			if len(cands) == 0 {
+				return lease.Lease{}, fmt.Errorf("etcd: pool of %d addresses: all in use across the farm: %w", s.size, source.ErrExhausted)
+			}
 		}
 		for _, a := range cands {
 			ok, err := s.take(ctx, id, a, h, val)
@@ -250,6 +264,12 @@ func (s *Source) take(ctx context.Context, id clientv3.LeaseID, a netip.Addr, h 
 	if err != nil {
 		return false, fmt.Errorf("etcd: take %s: %w: %w", a, err, source.ErrExhausted)
 	}
+	s.mu.Lock()
+	busy := s.undoingLocked(a)
+	s.mu.Unlock()
+	if busy {
+		return false, nil
+	}
 	c, cancel := s.call(ctx)
 	defer cancel()
 	resp, err := cli.Txn(c).
@@ -257,6 +277,8 @@ func (s *Source) take(ctx context.Context, id clientv3.LeaseID, a netip.Addr, h 
 		Then(clientv3.OpPut(key, val, clientv3.WithLease(id))).
 		Else(clientv3.OpGet(key)).Commit()
 	if err != nil {
+		// The cluster may have created the key all the same.
+		s.undo(a, id, val)
 		return false, fmt.Errorf("etcd: take %s: %w: %w", a, err, source.ErrExhausted)
 	}
 	if !resp.Succeeded {
@@ -307,6 +329,54 @@ func (s *Source) reservedLocked(key string) map[netip.Addr]bool {
 		}
 	}
 	return out
+}
+
+// probe reads n random addresses' keys in one request and returns those
+// no host held. It costs the same whatever the pool's size and fill, where
+// listing every key (free) costs the whole farm's keys per allocation: an
+// allocation storm of a few hundred holders over a few thousand keys kept
+// the cluster so busy that hosts' lease renewals missed their deadline and
+// the hosts fenced themselves. The read may be stale (serializable, from
+// any member): the create-if-absent transaction decides.
+func (s *Source) probe(ctx context.Context, n int, reserved map[netip.Addr]bool) ([]netip.Addr, error) {
+	cli, err := s.client()
+	if err != nil {
+		return nil, fmt.Errorf("etcd: probe VIPs: %w: %w", err, source.ErrExhausted)
+	}
+	start, size := pool.V4(s.rng.Start), uint32(s.size)
+	picks := map[netip.Addr]bool{}
+	var addrs []netip.Addr
+	var ops []clientv3.Op
+	s.mu.Lock()
+	for range 2 * n {
+		a := pool.FromV4(start + rand.Uint32N(size))
+		if _, mine := s.held[a]; mine || reserved[a] || picks[a] {
+			continue
+		}
+		picks[a] = true
+		addrs = append(addrs, a)
+		ops = append(ops, clientv3.OpGet(vipKey(s.cfg.Prefix, a), clientv3.WithCountOnly(), clientv3.WithSerializable()))
+		if len(ops) == n {
+			break
+		}
+	}
+	s.mu.Unlock()
+	if len(ops) == 0 {
+		return nil, nil
+	}
+	c, cancel := s.call(ctx)
+	defer cancel()
+	resp, err := cli.Txn(c).Then(ops...).Commit()
+	if err != nil {
+		return nil, fmt.Errorf("etcd: probe VIPs: %w: %w", err, source.ErrExhausted)
+	}
+	var out []netip.Addr
+	for i, r := range resp.Responses {
+		if rr := r.GetResponseRange(); rr != nil && rr.Count == 0 {
+			out = append(out, addrs[i])
+		}
+	}
+	return out, nil
 }
 
 // free lists up to n addresses no host holds and none is kept for, from a
@@ -370,7 +440,7 @@ func (s *Source) Claim(h lease.Holder, a netip.Addr) (lease.Lease, error) {
 }
 
 // Release implements source.Source: the key is deleted if it is still this
-// lease's; if etcd does not answer, it dies with the lease.
+// lease's, retried until etcd answers or the lease ends.
 func (s *Source) Release(l lease.Lease) {
 	s.mu.Lock()
 	if h, ok := s.held[l.Addr]; !ok || h != l.Holder {
@@ -383,22 +453,10 @@ func (s *Source) Release(l lease.Lease) {
 	if id == 0 {
 		return
 	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		key := vipKey(s.cfg.Prefix, l.Addr)
-		cli, err := s.client()
-		if err != nil {
-			s.log.Warn("etcd: release: the key stays until this host's lease ends", "vip", l.Addr, "err", err)
-			return
-		}
-		c, cancel := s.call(nil)
-		defer cancel()
-		_, err = cli.Txn(c).If(clientv3.Compare(clientv3.LeaseValue(key), "=", id)).Then(clientv3.OpDelete(key)).Commit()
-		if err != nil {
-			s.log.Warn("etcd: release: the key stays until this host's lease ends", "vip", l.Addr, "err", err)
-		}
-	}()
+	// Deleted in the background, retried until etcd answers: the lease
+	// lives as long as this host does, so a key left behind would keep the
+	// address from the farm.
+	s.undo(l.Addr, id, "")
 }
 
 // Stats implements source.Source.
@@ -421,6 +479,11 @@ func (s *Source) Close() error {
 	s.wg.Wait()
 	s.cmu.Lock()
 	defer s.cmu.Unlock()
+	for _, c := range s.epClis {
+		if c != nil {
+			c.Close()
+		}
+	}
 	if s.cli == nil {
 		return nil
 	}

@@ -36,6 +36,7 @@ func TestFarmNeverSharesAnAddress(t *testing.T) {
 				switch {
 				case errors.Is(err, source.ErrExhausted):
 					exhausted++
+					t.Log(err)
 				case err != nil:
 					t.Errorf("acquire: %v", err)
 				default:
@@ -96,7 +97,7 @@ func TestPartitionedHostFencesItself(t *testing.T) {
 	const ttl = 3 * time.Second
 	lk := newLink(t, c.endpoint)
 	ev := newEvents()
-	a, _ := host(t, lk.endpoint, "sh-a", "", ttl, ev)
+	a, _ := host(t, lk.Endpoint, "sh-a", "", ttl, ev)
 	b, _ := host(t, c.endpoint, "sh-b", "", ttl, nil)
 	var mine []lease.Lease
 	for i := range 5 {
@@ -128,8 +129,8 @@ func TestPartitionedHostFencesItself(t *testing.T) {
 		f, _ := b.Farm(context.Background())
 		return len(f) == 0
 	})
-	if _, err := b.take(context.Background(), b.leaseID, taken, holder(77), b.record(holder(77), 1)); err != nil {
-		t.Fatal(err)
+	if ok, err := b.take(context.Background(), b.leaseID, taken, holder(77), b.record(holder(77), 1)); err != nil || !ok {
+		t.Fatalf("the other host could not take %s after the TTL: %v %v", taken, ok, err)
 	}
 	lk.partition(false)
 	waitFor(t, 3*ttl, "the host to answer again", func() bool { return a.Stats().Healthy })
@@ -139,7 +140,9 @@ func TestPartitionedHostFencesItself(t *testing.T) {
 			t.Fatal(err)
 		}
 		if l.Addr == taken {
-			if got.Addr == taken {
+			// Unless the other host was fenced meanwhile (a loaded
+			// machine can starve its renewals too) and its key expired.
+			if _, held := b.heldCopy()[holder(77)]; got.Addr == taken && held && b.Stats().Healthy {
 				t.Fatalf("holder %d got %s back although another host holds it", i, taken)
 			}
 			continue
@@ -201,7 +204,7 @@ func TestStartPartitioned(t *testing.T) {
 	c := startEtcd(t)
 	lk := newLink(t, c.endpoint)
 	lk.partition(true)
-	a, _ := host(t, lk.endpoint, "sh-a", "", 3*time.Second, nil)
+	a, _ := host(t, lk.Endpoint, "sh-a", "", 3*time.Second, nil)
 	if _, err := a.Acquire(context.Background(), holder(1)); !errors.Is(err, source.ErrExhausted) {
 		t.Fatalf("acquire while partitioned: %v", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/ipvirt/ipvirt/internal/lease"
 )
@@ -24,16 +25,24 @@ func (s *Source) resume() {
 		if err != nil {
 			return // fenced; keep connects and takes it back if it is alive
 		}
-		sent := time.Now()
-		c, cancel := s.call(nil)
-		resp, err := cli.KeepAliveOnce(c, id)
-		cancel()
-		if err == nil && resp.TTL > 0 {
-			s.mu.Lock()
-			s.leaseID, s.expires, s.fenced = id, sent.Add(time.Duration(resp.TTL)*time.Second), time.Time{}
-			s.mu.Unlock()
-			s.log.Info("etcd: took back this host's lease", "lease", fmt.Sprintf("%x", int64(id)), "ttl_left", resp.TTL)
-			return
+		// A renewal not confirmed by a quorum (a leader change right
+		// then) is tried again: giving up would drop every VIP kept.
+		for range 3 {
+			sent := time.Now()
+			c, cancel := s.call(nil)
+			var resp *clientv3.LeaseKeepAliveResponse
+			resp, err = cli.KeepAliveOnce(c, id)
+			cancel()
+			if err == nil && resp.TTL > 0 && s.quorumAfter(cli, resp) {
+				s.mu.Lock()
+				s.leaseID, s.expires, s.fenced = id, sent.Add(time.Duration(resp.TTL)*time.Second), time.Time{}
+				s.mu.Unlock()
+				s.log.Info("etcd: took back this host's lease", "lease", fmt.Sprintf("%x", int64(id)), "ttl_left", resp.TTL)
+				return
+			}
+			if err != nil && errors.Is(err, rpctypes.ErrLeaseNotFound) {
+				break
+			}
 		}
 		s.log.Info("etcd: the previous lease is gone; starting with a new one", "lease", fmt.Sprintf("%x", int64(id)), "err", err)
 	}
@@ -78,6 +87,25 @@ func (s *Source) keep() {
 	}
 }
 
+// quorumAfter reports whether the leader that renewed the lease (in the
+// raft term the renewal's answer names) still had a quorum after it did.
+//
+// etcd renews a lease on the leader alone, without consensus: a leader cut
+// off from the other members keeps renewing until it steps down (an
+// election timeout later), while the others may elect a new leader whose
+// view of the lease never saw that renewal. Counting such a renewal would
+// move this host's fencing deadline past the time the cluster may expire
+// the lease. A linearizable read sent after the renewal's answer, and
+// answered in the same term, proves that term's leader still led with a
+// quorum then: any later leader starts the lease's TTL over from its own
+// election, after the renewal.
+func (s *Source) quorumAfter(cli *clientv3.Client, resp *clientv3.LeaseKeepAliveResponse) bool {
+	c, cancel := s.call(nil)
+	defer cancel()
+	g, err := cli.Get(c, s.cfg.Prefix+"quorum", clientv3.WithCountOnly())
+	return err == nil && resp.ResponseHeader != nil && g.Header.RaftTerm == resp.ResponseHeader.RaftTerm
+}
+
 // renew extends the lease, or, without one (fenced, or at start-up),
 // revokes what is left of the old one and grants a new one. It reports
 // whether the host holds a live lease now.
@@ -91,9 +119,7 @@ func (s *Source) renew() bool {
 	}
 	sent := time.Now()
 	if serving {
-		c, cancel := s.call(nil)
-		resp, err := cli.KeepAliveOnce(c, id)
-		cancel()
+		resp, err := s.renewAny(cli, id)
 		switch {
 		case err == nil && resp.TTL > 0:
 			s.mu.Lock()

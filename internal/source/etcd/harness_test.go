@@ -1,7 +1,6 @@
 package etcd
 
 import (
-	"io"
 	"net"
 	"net/netip"
 	"sync"
@@ -18,66 +17,20 @@ type cluster struct{ endpoint string }
 
 func startEtcd(t *testing.T) *cluster { return &cluster{endpoint: testenv.StartEtcd(t)} }
 
-// link is a TCP proxy between one host and etcd that the test can cut: a
-// partition of that host alone, the others keep talking to the cluster.
-type link struct {
-	ln       net.Listener
-	endpoint string
-	target   string
-	mu       sync.Mutex
-	cut      bool
-	conns    []net.Conn
-}
+// link is testenv.Link, closed when the test ends.
+type link struct{ *testenv.Link }
 
-func newLink(t *testing.T, target string) *link {
+func newLink(t *testing.T, target string) link {
 	t.Helper()
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	l, err := testenv.NewLink(target)
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &link{ln: ln, endpoint: "http://" + ln.Addr().String(), target: target}
-	t.Cleanup(func() { ln.Close(); l.partition(true) })
-	go l.serve()
-	return l
+	t.Cleanup(l.Close)
+	return link{l}
 }
 
-func (l *link) serve() {
-	for {
-		c, err := l.ln.Accept()
-		if err != nil {
-			return
-		}
-		l.mu.Lock()
-		if l.cut {
-			l.mu.Unlock()
-			c.Close()
-			continue
-		}
-		up, err := net.Dial("tcp4", l.target[len("http://"):])
-		if err != nil {
-			l.mu.Unlock()
-			c.Close()
-			continue
-		}
-		l.conns = append(l.conns, c, up)
-		l.mu.Unlock()
-		go func() { io.Copy(up, c); up.Close() }()
-		go func() { io.Copy(c, up); c.Close() }()
-	}
-}
-
-// partition cuts (true) or restores (false) the host's way to etcd.
-func (l *link) partition(cut bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.cut = cut
-	if cut {
-		for _, c := range l.conns {
-			c.Close()
-		}
-		l.conns = nil
-	}
-}
+func (l link) partition(cut bool) { l.Partition(cut) }
 
 // events records what a source tells the manager.
 type events struct {

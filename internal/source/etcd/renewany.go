@@ -1,0 +1,82 @@
+package etcd
+
+import (
+	"errors"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// renewAny renews lease id through every endpoint at once and returns the
+// first renewal a quorum confirmed (quorumAfter).
+//
+// Why every endpoint: the client balances requests over its endpoints
+// round-robin, and a member that hangs (frozen, overloaded, half-cut) keeps
+// its connection open, so a renewal sent to it waits out the whole request
+// deadline, and the confirming read may land there too. With the leader
+// frozen, hosts of a cluster that still had its quorum missed enough
+// renewals in a row to fence themselves (TestMemberDown). A renewal is
+// three small requests every lease_ttl/3; fencing a host that did not have
+// to costs every session its VIP.
+func (s *Source) renewAny(main *clientv3.Client, id clientv3.LeaseID) (*clientv3.LeaseKeepAliveResponse, error) {
+	clis := s.endpointClients()
+	if len(clis) < 2 {
+		clis = []*clientv3.Client{main}
+	}
+	type answer struct {
+		resp *clientv3.LeaseKeepAliveResponse
+		err  error
+	}
+	ch := make(chan answer, len(clis))
+	for _, cli := range clis {
+		go func() {
+			c, cancel := s.call(nil)
+			resp, err := cli.KeepAliveOnce(c, id)
+			cancel()
+			if err == nil && resp.TTL > 0 && !s.quorumAfter(cli, resp) {
+				err = errors.New("etcd: renewal not confirmed by a quorum")
+			}
+			ch <- answer{resp, err}
+		}()
+	}
+	var last error
+	for range clis {
+		a := <-ch
+		switch {
+		case a.err == nil:
+			return a.resp, nil // TTL 0 included: the lease is gone
+		case errors.Is(a.err, rpctypes.ErrLeaseNotFound):
+			return nil, a.err
+		}
+		last = a.err
+	}
+	return nil, last
+}
+
+// endpointClients returns a client per endpoint (nil with one endpoint),
+// connecting those not connected yet; an endpoint that cannot be reached
+// now is left out and tried again at the next renewal.
+func (s *Source) endpointClients() []*clientv3.Client {
+	if len(s.cfg.Endpoints) < 2 {
+		return nil
+	}
+	s.cmu.Lock()
+	defer s.cmu.Unlock()
+	if s.epClis == nil {
+		s.epClis = make([]*clientv3.Client, len(s.cfg.Endpoints))
+	}
+	var out []*clientv3.Client
+	for i, e := range s.cfg.Endpoints {
+		if s.epClis[i] == nil && s.ctx.Err() == nil {
+			c := s.ccfg
+			c.Context, c.Endpoints = s.ctx, []string{e}
+			if cli, err := clientv3.New(c); err == nil {
+				s.epClis[i] = cli
+			}
+		}
+		if s.epClis[i] != nil {
+			out = append(out, s.epClis[i])
+		}
+	}
+	return out
+}
