@@ -1,7 +1,6 @@
 package etcd
 
 import (
-	"net"
 	"net/netip"
 	"sync"
 	"testing"
