@@ -13,6 +13,8 @@
 #   make deps    install the Debian packages the build and tests need
 #   make fuzz    every fuzz target for FUZZTIME (30s) each, a summary line
 #                per target (FUZZ=regexp picks targets)
+#   make farm-test  the etcd farm's fault campaign (cluster member and quorum
+#                loss, the farm scenarios); root, about 8 minutes
 #   make fuzz-long  every fuzz target for FUZZTIME=10m each, then the
 #                allocator's rapid state machine for RAPID_CHECKS=10000
 #                sequences (about 3.9 hours serially; FUZZ=regexp splits it
@@ -79,6 +81,14 @@ fuzz:
 # processes: about 10 minutes on 2 cores (1,000 take a minute). The summary
 # at the end has a line per target. Override either:
 # make fuzz-long FUZZTIME=1m RAPID_CHECKS=1000.
+# The etcd farm's fault campaign, too long and too CPU-hungry for make test
+# on 2 cores: 3-member clusters losing a member and their quorum
+# (internal/source/etcd), and the farm scenarios (3 hosts, each with its
+# ipvirtd, beside a 3-member cluster). Root. About 8 minutes.
+farm-test: build
+	IPVIRT_ETCD_FAULTS=1 $(GO) test -count=1 -timeout 20m -run 'TestMemberDown|TestQuorumLost' ./internal/source/etcd/
+	IPVIRT_SIM_FARM=1 $(GO) test -count=1 -timeout 30m -run 'TestScenarioFiles/farm' ./sim/scenario/runner/
+
 fuzz-long: FUZZTIME ?= 10m
 fuzz-long: RAPID_CHECKS ?= 10000
 fuzz-long:
