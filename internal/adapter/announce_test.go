@@ -65,6 +65,21 @@ func TestInstallerAnnounces(t *testing.T) {
 		if net.HardwareAddr(p.SenderHW[:]).String() != eth.Attrs().HardwareAddr.String() {
 			t.Fatalf("announcement of %s names MAC %x, want eth0's %s", vip, p.SenderHW, eth.Attrs().HardwareAddr)
 		}
-		return
+		break
+	}
+	// A renewal refreshing the lifetime announces nothing: the address has
+	// not moved.
+	if err := (Installer{Adapter: a}).Add(vip, 24, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	for {
+		n, _, err := conn.ReadFrom(buf)
+		if err != nil {
+			return // nothing more: right
+		}
+		if p, err := arp.Parse(buf[:n]); err == nil && p.SenderIP == vip && p.TargetIP == vip {
+			t.Fatalf("refreshing %s announced it again", vip)
+		}
 	}
 }

@@ -55,7 +55,16 @@ func (in Installer) Add(vip netip.Addr, bits int, lifetime time.Duration) error 
 	if err != nil {
 		return fmt.Errorf("adapter: add %s: %w", vip, err)
 	}
-	if err := netlink.AddrReplace(link, a); err != nil {
+	err = netlink.AddrAdd(link, a)
+	if errors.Is(err, unix.EEXIST) {
+		// Installed already: a renewal refreshing the lifetime. The LAN
+		// knows where the address is.
+		err = netlink.AddrReplace(link, a)
+		if err == nil {
+			return nil
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("adapter: add %s/%d to %s: %w", vip, bits, in.Adapter.Name, err)
 	}
 	// The address is usable now; a failed announcement only leaves stale

@@ -59,9 +59,11 @@ func TestLANSteering(t *testing.T) {
 					t.Fatalf("wave 1: %d steered REQUESTs to a server that ignored them before", steered)
 				case ignore && sc.Unoffered != int(c.Steered):
 					t.Fatalf("server ignored %d REQUESTs, client steered %d", sc.Unoffered, c.Steered)
-				case !ignore && exchanges != n:
-					// Steered exchanges need no second DISCOVER; NAKs of
-					// candidates outside the range are retried in-exchange.
+				case !ignore && exchanges > n+n/2:
+					// Steered exchanges rarely need a second DISCOVER (one
+					// that loses every candidate to the others' steering
+					// may); without steering one holder wins per round,
+					// n(n+1)/2 exchanges in all.
 					t.Fatalf("wave %d: %d exchanges for %d holders", wave, exchanges, n)
 				}
 			}
