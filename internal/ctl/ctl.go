@@ -39,7 +39,7 @@ The daemon's socket is --socket, else $IPVIRT_SOCKET, else /run/ipvirt/ipvirt.so
 // Main runs ipvirtctl with args (without the program name) and returns the
 // exit status.
 func Main(args []string, stdout, stderr io.Writer) int {
-	g := &globals{out: stdout, errw: stderr}
+	g := &globals{out: stdout, errw: stderr, timeout: defaultTimeout}
 	fs := flag.NewFlagSet("ipvirtctl", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	g.register(fs)
@@ -63,6 +63,9 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	return run(g, rest)
 }
 
+// defaultTimeout is how long ipvirtctl waits for the daemon unless told.
+const defaultTimeout = 5 * time.Second
+
 type globals struct {
 	socket  string
 	output  string
@@ -74,7 +77,10 @@ type globals struct {
 func (g *globals) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.socket, "socket", g.socket, "daemon socket `path` (default $IPVIRT_SOCKET or /run/ipvirt/ipvirt.sock)")
 	fs.StringVar(&g.output, "o", g.output, "output `format`: table or json")
-	fs.DurationVar(&g.timeout, "timeout", 5*time.Second, "how long to wait for the daemon")
+	// The current value is the default, as for the others: a command's
+	// flags are registered again on its own set, and --timeout given
+	// before the command must survive that.
+	fs.DurationVar(&g.timeout, "timeout", g.timeout, "how long to wait for the daemon")
 }
 
 // subFlags parses a command's arguments, which may repeat the global flags.

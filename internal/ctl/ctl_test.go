@@ -2,8 +2,11 @@ package ctl
 
 import (
 	"bytes"
+	"net"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestUsage checks the exit statuses and messages that need no daemon.
@@ -42,5 +45,40 @@ func TestUsage(t *testing.T) {
 				t.Fatalf("exit %d (want %d), output:\n%s%s\nwant %q", code, tt.code, out.String(), errw.String(), tt.want)
 			}
 		})
+	}
+}
+
+// --timeout holds whether it comes before the command or after it: the
+// command's own flag set registers the global flags again, and used to reset
+// a --timeout given before the command to 5 s (a test asking for 60 s
+// through a busy daemon gave up after 5).
+func TestTimeoutFlag(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "silent.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // accepts and never answers
+		}
+	}()
+	for _, args := range [][]string{
+		{"--socket", sock, "--timeout", "300ms", "whoami"},
+		{"--socket", sock, "whoami", "--timeout", "300ms"},
+	} {
+		start := time.Now()
+		var out, errw bytes.Buffer
+		if code := Main(args, &out, &errw); code != 1 || !strings.Contains(errw.String(), "i/o timeout") {
+			t.Fatalf("%v: exit %d, stderr %q", args, code, errw.String())
+		}
+		if took := time.Since(start); took > 3*time.Second {
+			t.Fatalf("%v: gave up after %s, want about 300ms (the 5 s default was used)", args, took)
+		}
 	}
 }
