@@ -230,9 +230,8 @@ func (e *env) mustVIP(s *loginsession.Session) string {
 	return r.VIP
 }
 
-// sessionVIP is the VIP `sessions` lists for session id, "" if none: what
-// the daemon holds for a session none of whose processes has asked.
-func (e *env) sessionVIP(id uint32) string {
+// sessionRow is the `sessions` row of session id.
+func (e *env) sessionRow(id uint32) (api.SessionReport, bool) {
 	e.t.Helper()
 	c, err := e.d.Client()
 	if err != nil {
@@ -244,11 +243,19 @@ func (e *env) sessionVIP(id uint32) string {
 		e.t.Fatal(err)
 	}
 	for _, r := range rows {
-		if r.ID == id && r.VIP != "" {
-			return r.VIP
+		if r.ID == id {
+			return r, true
 		}
 	}
-	return ""
+	return api.SessionReport{}, false
+}
+
+// sessionVIP is the VIP `sessions` lists for session id, "" if none: what
+// the daemon holds for a session none of whose processes has asked.
+func (e *env) sessionVIP(id uint32) string {
+	e.t.Helper()
+	r, _ := e.sessionRow(id)
+	return r.VIP
 }
 
 func (e *env) leases() int {

@@ -58,26 +58,6 @@ func (e *env) whoamiOK(s *loginsession.Session) api.WhoamiReport {
 	return r
 }
 
-// sessionRow is the `sessions` row of session id.
-func (e *env) sessionRow(id uint32) (api.SessionReport, bool) {
-	e.t.Helper()
-	c, err := e.d.Client()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer c.Close()
-	rows, err := c.Sessions()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	for _, r := range rows {
-		if r.ID == id {
-			return r, true
-		}
-	}
-	return api.SessionReport{}, false
-}
-
 // enabled: false answers the machine IP to everyone (default true).
 func TestKeyEnabled(t *testing.T) {
 	t.Parallel()
