@@ -13,6 +13,7 @@ import (
 
 	"github.com/ipvirt/ipvirt/backend/wire"
 	"github.com/ipvirt/ipvirt/internal/identity"
+	"github.com/ipvirt/ipvirt/internal/lease"
 )
 
 // The fast path. A program's first connect() under libipvirt.so waits for
@@ -122,6 +123,13 @@ func (f *fastPath) peerUID(fd int) (uint32, error) {
 	}
 	f.cred = cred
 	return cred.Uid, nil
+}
+
+func (f *fastPath) peerSession(int) (lease.Session, bool) {
+	if f.cred == nil {
+		return lease.Session{}, false
+	}
+	return f.s.peerSession(int(f.cred.Pid))
 }
 
 // serve lets first answer what it can on this thread and closes the

@@ -22,6 +22,9 @@ type listener[C any] interface {
 	accept() (C, error)
 	// peerUID is the uid of the process that connected, from the kernel.
 	peerUID(C) (uint32, error)
+	// peerSession is the login session of the process that connected,
+	// when it has one; asked only of a connection over its uid's cap.
+	peerSession(C) (lease.Session, bool)
 	// refuse closes a connection over the cap.
 	refuse(C)
 	// serve serves a connection that holds a slot for uid, and sees that
@@ -59,7 +62,7 @@ func acceptLoop[C any](s *Unix, l listener[C]) error {
 			continue
 		}
 		uid, err := l.peerUID(c)
-		if err != nil || !s.slots.take(uid) {
+		if err != nil || !s.slots.take(uid) && !spill(s, l, c, uid) {
 			// Closing makes the client fail open at once instead of
 			// waiting out its timeout.
 			l.refuse(c)
@@ -70,6 +73,24 @@ func acceptLoop[C any](s *Unix, l listener[C]) error {
 		}
 		l.serve(c, uid)
 	}
+}
+
+// spill admits, past its uid's cap, a connection from a login session that
+// holds less than its share: the accept thread counts a uid's connections
+// before their goroutines have learnt their sessions and closed what is past
+// each session's share, so a flood from one session could otherwise fill
+// the uid's places for a moment and turn away the user's other session
+// (another SSH login). Spilled places are bounded (spillFactor times the
+// uid's cap) and counted like any other.
+func spill[C any](s *Unix, l listener[C], c C, uid uint32) bool {
+	if uid == 0 || !s.slots.underSpill(uid) {
+		return false
+	}
+	sess, ok := l.peerSession(c)
+	if !ok || s.sessions.count(sess) >= maxConnsPerSession {
+		return false
+	}
+	return s.slots.takeSpill(uid)
 }
 
 // refused notes a connection turned away at a cap: counted always, logged
@@ -126,6 +147,29 @@ func (sl *slots) take(uid uint32) bool {
 	return true
 }
 
+// underSpill reports whether uid, at its cap, still has spill places.
+func (sl *slots) underSpill(uid uint32) bool {
+	sl.mu.Lock()
+	defer sl.mu.Unlock()
+	return sl.total < sl.limit && sl.byUID[uid] < spillFactor*sl.perUID
+}
+
+// takeSpill is take with the uid's cap raised to spillFactor times its
+// own; the daemon's limit holds as ever.
+func (sl *slots) takeSpill(uid uint32) bool {
+	sl.mu.Lock()
+	defer sl.mu.Unlock()
+	if sl.total >= sl.limit || sl.byUID[uid] >= spillFactor*sl.perUID {
+		return false
+	}
+	if sl.byUID == nil {
+		sl.byUID = map[uint32]int{}
+	}
+	sl.total++
+	sl.byUID[uid]++
+	return true
+}
+
 // free gives back the place of a connection from uid that is done.
 func (sl *slots) free(uid uint32) {
 	sl.mu.Lock()
@@ -159,6 +203,13 @@ func (ss *sessionSlots) take(sess lease.Session) bool {
 	}
 	ss.bySes[sess]++
 	return true
+}
+
+// count is the connections sess holds past the accept thread.
+func (ss *sessionSlots) count(sess lease.Session) int {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.bySes[sess]
 }
 
 func (ss *sessionSlots) free(sess lease.Session) {

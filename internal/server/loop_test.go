@@ -29,6 +29,13 @@ type scripted struct {
 // from root).
 func (l *scripted) peerUID(c int) (uint32, error) { return uint32(c / 100), nil }
 
+// peerSession: connection n comes from audit session (n%100)/10, none for
+// 0 (101 from no session, 111 and 112 from session 1).
+func (l *scripted) peerSession(c int) (lease.Session, bool) {
+	id := uint32(c%100) / 10
+	return lease.Session{Kind: lease.KindAudit, ID: id}, id != 0
+}
+
 func (l *scripted) accept() (int, error) {
 	st := l.steps[0]
 	l.steps = l.steps[1:]
@@ -87,6 +94,37 @@ func TestConnectionCaps(t *testing.T) {
 	s.slots.free(1)
 	if !s.slots.take(3) {
 		t.Fatal("a place given back was not free again")
+	}
+}
+
+// TestSpillToAnotherSession: a uid at its cap still gets a place for a
+// connection from a session under its share (the accept thread counts
+// before the goroutines learn sessions and trim a flooding one), up to
+// spillFactor times the cap; a session at its share, or a connection from
+// no session, does not spill.
+func TestSpillToAnotherSession(t *testing.T) {
+	s := &Unix{Log: slog.New(slog.DiscardHandler), slots: slots{limit: 100, perUID: 2}}
+	l := &scripted{steps: []any{111, 112, 101, 113, 121, 122, &stopped{}}}
+	if err := acceptLoop[int](s, l); err != nil {
+		t.Fatal(err)
+	}
+	if want := []int{111, 112, 113, 121}; !reflect.DeepEqual(l.served, want) {
+		t.Fatalf("served %v, want %v", l.served, want)
+	}
+	if want := []int{101, 122}; !reflect.DeepEqual(l.refused, want) {
+		t.Fatalf("refused %v, want %v (no session; past %d× the cap)", l.refused, want, spillFactor)
+	}
+	s.slots.free(1)
+	s.slots.free(1)
+	for range maxConnsPerSession {
+		s.sessions.take(lease.Session{Kind: lease.KindAudit, ID: 1})
+	}
+	l = &scripted{steps: []any{114, 123, &stopped{}}}
+	if err := acceptLoop[int](s, l); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(l.served, []int{123}) || !reflect.DeepEqual(l.refused, []int{114}) {
+		t.Fatalf("served %v, refused %v; want [123], [114] (session 1 holds its share)", l.served, l.refused)
 	}
 }
 

@@ -73,6 +73,9 @@ const (
 	// sessions (another SSH login) room. Only connections past the accept
 	// thread count: the thread answers and closes the rest at once.
 	maxConnsPerSession = maxConnsPerUID / 2
+	// spillFactor bounds how far past maxConnsPerUID a uid's connections
+	// may go while its sessions' shares are being learnt (see spill).
+	spillFactor = 2
 	// rootReserve places beyond maxConns are root's alone: ipvirtctl
 	// works while the socket is flooded.
 	rootReserve = 64
@@ -223,6 +226,28 @@ func (netListener) peerUID(c *net.UnixConn) (uint32, error) {
 		return 0, err
 	}
 	return uid, credErr
+}
+
+func (l netListener) peerSession(c *net.UnixConn) (lease.Session, bool) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return lease.Session{}, false
+	}
+	var pid int32
+	if err := raw.Control(func(fd uintptr) {
+		if cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); err == nil {
+			pid = cred.Pid
+		}
+	}); err != nil || pid <= 0 {
+		return lease.Session{}, false
+	}
+	return l.s.peerSession(int(pid))
+}
+
+// peerSession is pid's login session, if it has one.
+func (s *Unix) peerSession(pid int) (lease.Session, bool) {
+	sess, err := s.Resolver.Session(pid)
+	return sess, err == nil && sess.Valid()
 }
 
 func (l netListener) serve(c *net.UnixConn, uid uint32) { l.s.goServe(c, uid, nil, nil) }

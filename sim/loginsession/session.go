@@ -2,6 +2,7 @@ package loginsession
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -138,10 +139,18 @@ func (s *Session) RunEnvStderr(env []string, stderr string, prog string, args ..
 			want = p
 		}
 	}
+	// The forked shell has the leader's command line until it execs; a
+	// program that execs on at once (sh -c 'exec setpriv ... python3')
+	// can be past want before the first look, so a changed command line
+	// counts as replaced too.
+	leader, _ := os.ReadFile("/proc/" + strconv.Itoa(s.LeaderPID()) + "/cmdline")
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		exe, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe")
 		if err == nil && sameFile(exe, want) {
+			return pid, nil
+		}
+		if cl, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline"); err == nil && len(cl) > 0 && len(leader) > 0 && !bytes.Equal(cl, leader) {
 			return pid, nil
 		}
 		if err != nil && exited(pid) {
