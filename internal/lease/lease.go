@@ -31,6 +31,11 @@ const (
 	// restart a session that ended and a new one that drew the same pid
 	// cannot be told apart (use audit sessions where that matters).
 	KindPOSIX
+	// KindStock is no login session: a lease the daemon acquired ahead
+	// for the kernel interceptor to hand out on a session's first
+	// connect (its ID numbers the stock place). The kernel assigns the
+	// address; the daemon then transfers the lease to the real holder.
+	KindStock
 )
 
 func (k SessionKind) String() string {
@@ -39,6 +44,8 @@ func (k SessionKind) String() string {
 		return "audit"
 	case KindPOSIX:
 		return "posix"
+	case KindStock:
+		return "stock"
 	default:
 		return "none"
 	}
@@ -50,17 +57,22 @@ type Session struct {
 	ID   uint32
 }
 
-// Valid reports whether s names a login session.
+// Valid reports whether s names a login session (or a stock place).
 func (s Session) Valid() bool { return s.Kind != KindNone }
 
+// Stock reports whether s is a stock place rather than a login session.
+func (s Session) Stock() bool { return s.Kind == KindStock }
+
 // String is the stable text form, also used in store keys: "a:42" (audit),
-// "p:1234" (POSIX) or "none".
+// "p:1234" (POSIX), "s:3" (stock) or "none".
 func (s Session) String() string {
 	switch s.Kind {
 	case KindAudit:
 		return "a:" + strconv.FormatUint(uint64(s.ID), 10)
 	case KindPOSIX:
 		return "p:" + strconv.FormatUint(uint64(s.ID), 10)
+	case KindStock:
+		return "s:" + strconv.FormatUint(uint64(s.ID), 10)
 	default:
 		return "none"
 	}
@@ -81,6 +93,8 @@ func ParseSession(text string) (Session, error) {
 		k = KindAudit
 	case "p":
 		k = KindPOSIX
+	case "s":
+		k = KindStock
 	default:
 		return Session{}, fmt.Errorf("lease: session %q: unknown kind %q", text, kind)
 	}

@@ -85,6 +85,23 @@ type Decliner interface {
 	Decline(l lease.Lease, why string)
 }
 
+// Transferer is implemented by sources whose leases can pass from one
+// holder to another while the address stays where it is on the wire: the
+// kernel interceptor hands a stock lease (acquired ahead under a stock
+// holder, lease.KindStock) to the session whose first connect it gave the
+// address to, and the daemon then moves the lease to that holder. The
+// far end must see nothing change: a DHCP lease keeps the client identifier
+// it was obtained with and goes on being renewed under it; an etcd record
+// names the new holder in one transaction that fails if the record is no
+// longer this host's.
+type Transferer interface {
+	// Transfer makes l (held by l.Holder) held by to and returns the
+	// lease as it now is (Holder set to to; State as the source keeps
+	// it). It fails, changing nothing, if l.Holder does not hold l.Addr
+	// or to already holds an address.
+	Transfer(l lease.Lease, to lease.Holder) (lease.Lease, error)
+}
+
 // Range is an inclusive range of addresses and the subnet each is handed
 // out in.
 type Range struct {
