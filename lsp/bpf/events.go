@@ -39,6 +39,14 @@ const (
 	// most once a second per socket) (Session, PID, UID, Addr, Port, Hook,
 	// Owner).
 	EventDenied EventKind = 4
+	// EventAssigned: a holder's first socket call took Addr from the
+	// stock (Session, LoginUID, PID, Exe: the holder is the session, or
+	// in per-program mode the session and Exe).
+	EventAssigned EventKind = 5
+	// EventEmpty: a holder's first call found the stock empty and left
+	// from the machine IP (or was refused): at most once a second per
+	// holder.
+	EventEmpty EventKind = 6
 )
 
 func (k EventKind) String() string {
@@ -51,6 +59,10 @@ func (k EventKind) String() string {
 		return "miss"
 	case EventDenied:
 		return "denied"
+	case EventAssigned:
+		return "assigned"
+	case EventEmpty:
+		return "empty"
 	}
 	return fmt.Sprintf("kind(%d)", uint32(k))
 }

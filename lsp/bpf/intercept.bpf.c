@@ -21,13 +21,17 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* Bumped when a map layout or a field's meaning changes: a daemon never
  * adopts pinned objects of another ABI (see pin.go). */
-#define IPVIRT_ABI 2
+#define IPVIRT_ABI 3
 
 #define AUDIT_SID_UNSET 0xffffffffu
 #define MAX_RANGES 16
 
 #define CFG_ENFORCE (1u << 0)
 #define CFG_PER_PROGRAM (1u << 1)
+#define CFG_ASSIGN (1u << 2)         /* take VIPs from the stock at first use */
+#define CFG_TRUST_PAM (1u << 3)      /* only registered sessions get one */
+#define CFG_MODE_PROGRAM (1u << 4)   /* per-program mode: listed programs only */
+#define CFG_DENY_EXHAUSTED (1u << 5) /* an empty stock refuses the call */
 
 /* An executable, as the kernel names it: (superblock dev, inode). */
 struct exe_id {
@@ -61,6 +65,8 @@ enum event_kind {
 	EV_EXEC = 2,    /* a program of interest was executed */
 	EV_MISS = 3,    /* first socket call of a pending session without a VIP */
 	EV_DENIED = 4,  /* enforcement refused a source address */
+	EV_ASSIGNED = 5, /* a holder took a VIP from the stock */
+	EV_EMPTY = 6,    /* a holder found the stock empty */
 };
 
 enum hook {
@@ -83,6 +89,8 @@ enum counter {
 	CNT_MISS,           /* miss events emitted */
 	CNT_BIND_FAILED,    /* bpf_bind() returned an error (connect went on) */
 	CNT_EVENTS_LOST,    /* ring buffer full */
+	CNT_ASSIGNED,       /* VIPs taken from the stock */
+	CNT_STOCK_EMPTY,    /* first calls that found the stock empty */
 	CNT_MAX,
 };
 
@@ -151,6 +159,42 @@ struct {
 	__type(value, struct settings);
 } config SEC(".maps");
 
+/* VIPs installed, persisted (as stock leases) and free: a holder's first
+ * socket call takes one (CFG_ASSIGN), so no first connect waits for the
+ * daemon. The daemon keeps it stocked. */
+struct {
+	__uint(type, BPF_MAP_TYPE_QUEUE);
+	__uint(max_entries, 65536);
+	__type(value, __be32);
+} stock SEC(".maps");
+
+/* Login uids of administrators: their sessions never take a VIP. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u8);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} admins SEC(".maps");
+
+/* Sessions PAM registered (CFG_TRUST_PAM: only these take a VIP). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u8);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} registered SEC(".maps");
+
+/* When each holder last reported an empty stock (EV_EMPTY at most once a
+ * second per holder). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct holder);
+	__type(value, __u64);
+} empty_reported SEC(".maps");
+
 /* Who created a socket: its session and program, the process and command
  * for the log. Packets are policed against the socket's creator, not the
  * task that happens to run when they pass (a softirq, a timer). */
@@ -187,6 +231,7 @@ struct caller {
 	__u32 sid;
 	__be32 vip; /* 0: no entry */
 	struct holder key;
+	bool refuse; /* the stock was empty and on_exhausted is deny */
 };
 
 static __always_inline void count(__u32 idx)
@@ -227,21 +272,80 @@ static __always_inline void exe_of(struct task_struct *t, struct holder *key)
 	key->dev = ino->i_sb->s_dev;
 }
 
+static __always_inline void emit(__u32 kind, __u32 sid, __be32 addr, __u16 port,
+				 __u16 hook, __u32 owner_sid);
+
+/* assign gives the caller, a holder without an entry, a VIP from the stock
+ * if the rules give it one: in a session (not the administrator's; under
+ * CFG_TRUST_PAM a registered one) and, per program, running a listed
+ * executable. Two first calls of one holder on two CPUs both pop; the
+ * entry is inserted only if absent, so one wins and the other pushes its
+ * address back and uses the winner's. The daemon learns of it from
+ * EV_ASSIGNED, or from the map if the event is lost or it was down. */
+static __always_inline void assign(struct caller *c, const struct settings *cfg,
+				   struct task_struct *t, __u16 hook)
+{
+	__u32 luid = t->loginuid.val;
+	if (bpf_map_lookup_elem(&admins, &luid))
+		return;
+	if ((cfg->flags & CFG_TRUST_PAM) && !bpf_map_lookup_elem(&registered, &c->sid))
+		return;
+	struct holder k = {.sid = c->sid};
+	if (cfg->flags & CFG_MODE_PROGRAM) {
+		exe_of(t, &k);
+		struct exe_id id = {.ino = k.ino, .dev = k.dev};
+		if (!k.ino || !bpf_map_lookup_elem(&interest, &id))
+			return;
+	}
+	__be32 vip = 0, *won;
+	if (bpf_map_pop_elem(&stock, &vip) != 0 || vip == 0) {
+		count(CNT_STOCK_EMPTY);
+		__u64 now = bpf_ktime_get_ns(), *last = bpf_map_lookup_elem(&empty_reported, &k);
+		if (!last || now - *last > 1000000000ULL) {
+			bpf_map_update_elem(&empty_reported, &k, &now, BPF_ANY);
+			emit(EV_EMPTY, c->sid, 0, 0, hook, AUDIT_SID_UNSET);
+		}
+		c->refuse = (cfg->flags & CFG_DENY_EXHAUSTED) != 0;
+		return;
+	}
+	long err;
+	if (k.ino)
+		err = bpf_map_update_elem(&programs, &k, &vip, BPF_NOEXIST);
+	else
+		err = bpf_map_update_elem(&sessions, &c->sid, &vip, BPF_NOEXIST);
+	if (err) {
+		bpf_map_push_elem(&stock, &vip, 0);
+		won = k.ino ? bpf_map_lookup_elem(&programs, &k) : bpf_map_lookup_elem(&sessions, &c->sid);
+		if (won) {
+			c->vip = *won;
+			c->key = k;
+		}
+		return;
+	}
+	bpf_map_update_elem(&owners, &vip, &k, BPF_ANY);
+	c->vip = vip;
+	c->key = k;
+	count(CNT_ASSIGNED);
+	emit(EV_ASSIGNED, c->sid, vip, 0, hook, AUDIT_SID_UNSET);
+}
+
 /* resolve fills c with the calling task's session and VIP: a per-program
- * entry wins over the session's entry. */
-static __always_inline void resolve(struct caller *c, const struct settings *cfg)
+ * entry wins over the session's entry. A holder without one takes one from
+ * the stock (assign) when hook is a socket call. */
+static __always_inline void resolve(struct caller *c, const struct settings *cfg, __u16 hook)
 {
 	struct task_struct *t = bpf_get_current_task_btf();
 	__be32 *vip;
 
 	c->sid = t->sessionid;
 	c->vip = 0;
+	c->refuse = false;
 	c->key.ino = 0;
 	c->key.dev = 0;
 	c->key.sid = c->sid;
 	if (c->sid == AUDIT_SID_UNSET)
 		return;
-	if (cfg && (cfg->flags & CFG_PER_PROGRAM)) {
+	if (cfg && (cfg->flags & (CFG_PER_PROGRAM | CFG_MODE_PROGRAM))) {
 		struct holder k = {.sid = c->sid};
 		exe_of(t, &k);
 		if (k.ino) {
@@ -253,9 +357,15 @@ static __always_inline void resolve(struct caller *c, const struct settings *cfg
 			}
 		}
 	}
-	vip = bpf_map_lookup_elem(&sessions, &c->sid);
-	if (vip)
-		c->vip = *vip;
+	if (!cfg || !(cfg->flags & CFG_MODE_PROGRAM)) {
+		vip = bpf_map_lookup_elem(&sessions, &c->sid);
+		if (vip) {
+			c->vip = *vip;
+			return;
+		}
+	}
+	if (hook != HOOK_NONE && cfg && (cfg->flags & CFG_ASSIGN))
+		assign(c, cfg, t, hook);
 }
 
 static __always_inline void emit(__u32 kind, __u32 sid, __be32 addr, __u16 port,
@@ -349,7 +459,9 @@ int ipvirt_connect4(struct bpf_sock_addr *ctx)
 	if (!sk || sk->src_ip4)
 		return 1; /* bound by the program (or the preload library) */
 	cfg = get_config();
-	resolve(&c, cfg);
+	resolve(&c, cfg, HOOK_CONNECT4);
+	if (c.refuse)
+		return 0;
 	if (!c.vip) {
 		miss(&c, ctx->user_ip4, bpf_ntohs(ctx->user_port), HOOK_CONNECT4);
 		return 1;
@@ -374,7 +486,9 @@ int ipvirt_sendmsg4(struct bpf_sock_addr *ctx)
 	if (!sk)
 		return 1;
 	cfg = get_config();
-	resolve(&c, cfg);
+	resolve(&c, cfg, ctx->msg_src_ip4 || sk->src_ip4 ? HOOK_NONE : HOOK_SENDMSG4);
+	if (c.refuse)
+		return 0;
 	if (ctx->msg_src_ip4) /* IP_PKTINFO chose a source: police it */
 		return check_src(&c, cfg, ctx->msg_src_ip4, 0, HOOK_SENDMSG4);
 	if (sk->src_ip4)
@@ -388,6 +502,14 @@ int ipvirt_sendmsg4(struct bpf_sock_addr *ctx)
 	ctx->msg_src_ip4 = c.vip;
 	count(CNT_SENDMSG_SRC);
 	return 1;
+}
+
+/* rewritable reports whether a bind to addr would be turned into the VIP
+ * (the wildcard or the machine IP): only such a bind takes one from the
+ * stock. */
+static __always_inline bool rewritable(const struct settings *cfg, __be32 addr)
+{
+	return addr == 0 || (cfg && cfg->machine_ip && addr == cfg->machine_ip);
 }
 
 /* bind_rewrite returns the address a bind to addr should really use. */
@@ -411,9 +533,11 @@ int ipvirt_bind4(struct bpf_sock_addr *ctx)
 	struct caller c;
 	__be32 addr = ctx->user_ip4;
 
-	resolve(&c, cfg);
+	resolve(&c, cfg, rewritable(cfg, addr) ? HOOK_BIND4 : HOOK_NONE);
 	if (c.sid == AUDIT_SID_UNSET)
 		return 1;
+	if (c.refuse)
+		return 0;
 	__be32 to = bind_rewrite(&c, cfg, addr);
 	if (to != addr) {
 		ctx->user_ip4 = to;
@@ -441,7 +565,9 @@ int ipvirt_connect6(struct bpf_sock_addr *ctx)
 		return 1;
 	__be32 dst = ctx->user_ip6[3];
 	cfg = get_config();
-	resolve(&c, cfg);
+	resolve(&c, cfg, HOOK_CONNECT6);
+	if (c.refuse)
+		return 0;
 	if (!c.vip) {
 		miss(&c, dst, bpf_ntohs(ctx->user_port), HOOK_CONNECT6);
 		return 1;
@@ -473,7 +599,11 @@ int ipvirt_sendmsg6(struct bpf_sock_addr *ctx)
 	if (!sk || !is_v4mapped(ctx->user_ip6))
 		return 1;
 	cfg = get_config();
-	resolve(&c, cfg);
+	bool chosen = ctx->msg_src_ip6[0] | ctx->msg_src_ip6[1] | ctx->msg_src_ip6[2] | ctx->msg_src_ip6[3] ||
+		      sk->src_ip6[0] | sk->src_ip6[1] | sk->src_ip6[2] | sk->src_ip6[3];
+	resolve(&c, cfg, chosen ? HOOK_NONE : HOOK_SENDMSG6);
+	if (c.refuse)
+		return 0;
 	if (ctx->msg_src_ip6[0] | ctx->msg_src_ip6[1] | ctx->msg_src_ip6[2] | ctx->msg_src_ip6[3]) {
 		if (!is_v4mapped(ctx->msg_src_ip6))
 			return 1;
@@ -507,10 +637,12 @@ int ipvirt_bind6(struct bpf_sock_addr *ctx)
 	if (!is_v4mapped(ctx->user_ip6))
 		return 1;
 	cfg = get_config();
-	resolve(&c, cfg);
+	__be32 addr = ctx->user_ip6[3];
+	resolve(&c, cfg, rewritable(cfg, addr) ? HOOK_BIND6 : HOOK_NONE);
 	if (c.sid == AUDIT_SID_UNSET)
 		return 1;
-	__be32 addr = ctx->user_ip6[3];
+	if (c.refuse)
+		return 0;
 	__be32 to = bind_rewrite(&c, cfg, addr);
 	if (to != addr) {
 		ctx->user_ip6[3] = to;

@@ -55,15 +55,19 @@ type interceptSockTag struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	interceptMapAdmins            = "admins"
 	interceptMapConfig            = "config"
 	interceptMapCounters          = "counters"
+	interceptMapEmptyReported     = "empty_reported"
 	interceptMapEvents            = "events"
 	interceptMapInterest          = "interest"
 	interceptMapOwners            = "owners"
 	interceptMapPending           = "pending"
 	interceptMapPrograms          = "programs"
+	interceptMapRegistered        = "registered"
 	interceptMapSessions          = "sessions"
 	interceptMapSockTags          = "sock_tags"
+	interceptMapStock             = "stock"
 	interceptProgIpvirtBind4      = "ipvirt_bind4"
 	interceptProgIpvirtBind6      = "ipvirt_bind6"
 	interceptProgIpvirtConnect4   = "ipvirt_connect4"
@@ -136,15 +140,19 @@ type interceptProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type interceptMapSpecs struct {
-	Config   *ebpf.MapSpec `ebpf:"config"`
-	Counters *ebpf.MapSpec `ebpf:"counters"`
-	Events   *ebpf.MapSpec `ebpf:"events"`
-	Interest *ebpf.MapSpec `ebpf:"interest"`
-	Owners   *ebpf.MapSpec `ebpf:"owners"`
-	Pending  *ebpf.MapSpec `ebpf:"pending"`
-	Programs *ebpf.MapSpec `ebpf:"programs"`
-	Sessions *ebpf.MapSpec `ebpf:"sessions"`
-	SockTags *ebpf.MapSpec `ebpf:"sock_tags"`
+	Admins        *ebpf.MapSpec `ebpf:"admins"`
+	Config        *ebpf.MapSpec `ebpf:"config"`
+	Counters      *ebpf.MapSpec `ebpf:"counters"`
+	EmptyReported *ebpf.MapSpec `ebpf:"empty_reported"`
+	Events        *ebpf.MapSpec `ebpf:"events"`
+	Interest      *ebpf.MapSpec `ebpf:"interest"`
+	Owners        *ebpf.MapSpec `ebpf:"owners"`
+	Pending       *ebpf.MapSpec `ebpf:"pending"`
+	Programs      *ebpf.MapSpec `ebpf:"programs"`
+	Registered    *ebpf.MapSpec `ebpf:"registered"`
+	Sessions      *ebpf.MapSpec `ebpf:"sessions"`
+	SockTags      *ebpf.MapSpec `ebpf:"sock_tags"`
+	Stock         *ebpf.MapSpec `ebpf:"stock"`
 }
 
 // interceptVariableSpecs contains global variables before they are loaded into the kernel.
@@ -173,28 +181,36 @@ func (o *interceptObjects) Close() error {
 //
 // It can be passed to loadInterceptObjects or ebpf.CollectionSpec.LoadAndAssign.
 type interceptMaps struct {
-	Config   *ebpf.Map `ebpf:"config"`
-	Counters *ebpf.Map `ebpf:"counters"`
-	Events   *ebpf.Map `ebpf:"events"`
-	Interest *ebpf.Map `ebpf:"interest"`
-	Owners   *ebpf.Map `ebpf:"owners"`
-	Pending  *ebpf.Map `ebpf:"pending"`
-	Programs *ebpf.Map `ebpf:"programs"`
-	Sessions *ebpf.Map `ebpf:"sessions"`
-	SockTags *ebpf.Map `ebpf:"sock_tags"`
+	Admins        *ebpf.Map `ebpf:"admins"`
+	Config        *ebpf.Map `ebpf:"config"`
+	Counters      *ebpf.Map `ebpf:"counters"`
+	EmptyReported *ebpf.Map `ebpf:"empty_reported"`
+	Events        *ebpf.Map `ebpf:"events"`
+	Interest      *ebpf.Map `ebpf:"interest"`
+	Owners        *ebpf.Map `ebpf:"owners"`
+	Pending       *ebpf.Map `ebpf:"pending"`
+	Programs      *ebpf.Map `ebpf:"programs"`
+	Registered    *ebpf.Map `ebpf:"registered"`
+	Sessions      *ebpf.Map `ebpf:"sessions"`
+	SockTags      *ebpf.Map `ebpf:"sock_tags"`
+	Stock         *ebpf.Map `ebpf:"stock"`
 }
 
 func (m *interceptMaps) Close() error {
 	return _InterceptClose(
+		m.Admins,
 		m.Config,
 		m.Counters,
+		m.EmptyReported,
 		m.Events,
 		m.Interest,
 		m.Owners,
 		m.Pending,
 		m.Programs,
+		m.Registered,
 		m.Sessions,
 		m.SockTags,
+		m.Stock,
 	)
 }
 

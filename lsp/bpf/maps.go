@@ -37,6 +37,8 @@ type Stats struct {
 	Misses        uint64 // miss events (pending sessions that used the network)
 	BindFailed    uint64 // bpf_bind() errors (the connect went on unbound)
 	EventsLost    uint64 // events dropped because the ring buffer was full
+	Assigned      uint64 // VIPs taken from the stock at a holder's first call
+	StockEmpty    uint64 // first calls that found the stock empty
 }
 
 // vip4 validates a VIP and returns it as the 4 bytes the maps store
@@ -431,7 +433,7 @@ func (ic *Interceptor) Stats() (Stats, error) {
 	if ic.closed {
 		return Stats{}, ErrClosed
 	}
-	var sums [7]uint64
+	var sums [9]uint64
 	for i := range sums {
 		var perCPU []uint64
 		if err := ic.ko.maps["counters"].Lookup(uint32(i), &perCPU); err != nil {
@@ -443,7 +445,7 @@ func (ic *Interceptor) Stats() (Stats, error) {
 	}
 	return Stats{
 		ConnectBound: sums[0], SendmsgSource: sums[1], BindRewritten: sums[2], Denied: sums[3],
-		Misses: sums[4], BindFailed: sums[5], EventsLost: sums[6],
+		Misses: sums[4], BindFailed: sums[5], EventsLost: sums[6], Assigned: sums[7], StockEmpty: sums[8],
 	}, nil
 }
 

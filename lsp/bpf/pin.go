@@ -16,7 +16,7 @@ import (
 // abiVersion must equal IPVIRT_ABI in intercept.bpf.c (a test checks it).
 // It is stored in the config map so that a daemon never adopts pinned
 // programs whose maps mean something else.
-const abiVersion = 2
+const abiVersion = 3
 
 // The pin directory holds one file per map ("map_<name>") and per link
 // ("link_<hook>"). It is created complete under a staging name and renamed
