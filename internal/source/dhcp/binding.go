@@ -16,13 +16,22 @@ import (
 // binding is one holder's lease and the goroutine (maintain) that keeps it
 // alive through RENEWING and REBINDING.
 type binding struct {
-	holder   lease.Holder
-	key      string
+	holder lease.Holder
+	key    string
+	// clientID is the identifier the lease was obtained with, and
+	// st.ClientID once bound: derived from key (ClientID) when this
+	// holder acquired it, from the persisted State when adopted, the
+	// previous holder's when transferred. Every message for the lease
+	// carries it.
 	clientID []byte
 
-	ctx    context.Context // ends on Release, Lost or Close
+	ctx    context.Context // ends on Release, Lost, Transfer or Close
 	cancel context.CancelFunc
 	done   chan struct{} // closed when maintain returns
+	// prev, for a binding that took over a transferred lease, is closed
+	// when the previous binding's maintainer has returned; this one's
+	// starts then.
+	prev <-chan struct{}
 
 	mu    sync.Mutex
 	lease lease.Lease
@@ -85,6 +94,12 @@ var errExpired = errors.New("lease expired without renewal")
 func (s *Source) maintain(b *binding) {
 	defer s.wg.Done()
 	defer close(b.done)
+	if b.prev != nil {
+		<-b.prev // cancelled: it returns within an exchange's wait
+		if b.ctx.Err() != nil {
+			return // released (or closed) before it could start
+		}
+	}
 	if st := b.state(); !st.Infinite && !time.Now().Before(st.expiry()) {
 		if !s.reboot(b) {
 			return

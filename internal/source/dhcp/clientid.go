@@ -24,6 +24,8 @@ import (
 // The id depends only on hostID and the holder key, so a restarted daemon
 // (or a session that logs in again with the same key) asks for the same
 // lease and the server hands back the same address while it remembers it.
+// A lease transferred to another holder (Source.Transfer) keeps the id it
+// was obtained with, which Source.ClientID then reports for its holder.
 func ClientID(hostID []byte, holderKey string) []byte {
 	h := sha256.New()
 	h.Write([]byte("ipvirt-dhcp-clientid/1\x00"))

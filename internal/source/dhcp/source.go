@@ -70,6 +70,7 @@ var (
 	_ source.MetricsProvider = (*Source)(nil)
 	_ source.Decliner        = (*Source)(nil)
 	_ source.Claimer         = (*Source)(nil)
+	_ source.Transferer      = (*Source)(nil)
 )
 
 // New opens the source's sockets on ifc. hostID is a stable id of this host
@@ -162,8 +163,20 @@ func (nopEvents) Lost(lease.Holder, netip.Addr, error) {}
 // Name implements source.Source.
 func (s *Source) Name() string { return Name }
 
-// ClientID returns the client identifier the source uses for h.
-func (s *Source) ClientID(h lease.Holder) []byte { return ClientID(s.hostID, h.Key()) }
+// ClientID returns the client identifier the source uses for h: that of
+// the lease h holds, which for a lease transferred to h (Transfer) is the
+// one it was obtained with, else the one derived from h's key (ClientID),
+// with which h would acquire.
+func (s *Source) ClientID(h lease.Holder) []byte {
+	key := h.Key()
+	s.mu.Lock()
+	b := s.bindings[key]
+	s.mu.Unlock()
+	if b != nil {
+		return append([]byte(nil), b.clientID...)
+	}
+	return ClientID(s.hostID, key)
+}
 
 // Acquire obtains a lease for h: DISCOVER, take the first usable OFFER,
 // REQUEST, ACK, probe, until one sticks or lease_wait (or ctx) runs out.
@@ -240,7 +253,10 @@ func (s *Source) Adopt(l lease.Lease) error {
 // (Lost) and the manager withdraws it. Until then the lease expires after
 // lease_wait. Its state names no server yet (255.255.255.255, never sent
 // to: INIT-REBOOT broadcasts), so that a daemon killed before the answer
-// asks again the same way.
+// asks again the same way. A lease that had been transferred to h
+// (Transfer) is the server's under another client id, that of the holder
+// that obtained it: the server NAKs, and the claim is Lost like any other
+// it does not recognise.
 func (s *Source) Claim(h lease.Holder, a netip.Addr) (lease.Lease, error) {
 	if !a.Is4() {
 		return lease.Lease{}, fmt.Errorf("dhcp: claim %s for %s: not an IPv4 address", a, h)
@@ -265,6 +281,47 @@ func (s *Source) Claim(h lease.Holder, a netip.Addr) (lease.Lease, error) {
 		return lease.Lease{}, fmt.Errorf("dhcp: claim %s for %s: already held by %s", a, key, other)
 	}
 	s.startLocked(b)
+	return b.snapshot(), nil
+}
+
+// Transfer implements source.Transferer: l passes from l.Holder to to
+// with nothing sent. The server still sees the client that obtained it:
+// the lease keeps its client identifier (in its State, persisted), under
+// which it is renewed, rebound and released from now on, and with which
+// Adopt resumes it after a restart. Events for it name to.
+//
+// The holder's binding is replaced, not changed: a new one for to takes
+// over the lease as it stands and its maintainer starts once the old one
+// has stopped (it is cancelled here), so one lease never has two
+// maintainers, and an answer the old one was waiting for when it stopped
+// is dropped (the new one asks again if that was a renewal due). A
+// Renewed event the old maintainer had already begun to deliver may still
+// arrive naming l.Holder, as after Release.
+func (s *Source) Transfer(l lease.Lease, to lease.Holder) (lease.Lease, error) {
+	from, key := l.Holder.Key(), to.Key()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return lease.Lease{}, errClosed
+	}
+	old := s.bindings[from]
+	if old == nil || old.snapshot().Addr != l.Addr {
+		return lease.Lease{}, fmt.Errorf("dhcp: transfer %s from %s to %s: %s does not hold it", l.Addr, from, key, from)
+	}
+	if b := s.bindings[key]; b != nil {
+		return lease.Lease{}, fmt.Errorf("dhcp: transfer %s from %s to %s: %s already holds %s", l.Addr, from, key, key, b.snapshot().Addr)
+	}
+	// Renewals change a binding only under s.mu, after checking that it
+	// is still registered: old's lease and state are final from here.
+	old.mu.Lock()
+	nl, st := old.lease, old.st
+	old.mu.Unlock()
+	nl.Holder = to
+	nl.State = append([]byte(nil), nl.State...)
+	b := &binding{holder: to, key: key, clientID: old.clientID, lease: nl, st: st, prev: old.done}
+	s.dropLocked(old)
+	s.startLocked(b)
+	s.log.Debug("dhcp: lease transferred", "from", from, "to", key, "addr", l.Addr)
 	return b.snapshot(), nil
 }
 

@@ -34,6 +34,7 @@ var (
 	_ source.Source       = (*Source)(nil)
 	_ source.Reconfigurer = (*Source)(nil)
 	_ source.Claimer      = (*Source)(nil)
+	_ source.Transferer   = (*Source)(nil)
 )
 
 // New returns a source over the (already validated) pool.
@@ -107,6 +108,26 @@ func (s *Source) Release(l lease.Lease) {
 	}
 	delete(s.held, l.Addr)
 	s.pool.Put(l.Addr)
+}
+
+// Transfer implements source.Transferer: the address passes from l.Holder
+// to to (a stock lease handed to the session the kernel gave it to). An
+// address stranded by a reconfiguration passes too: it stays held, by its
+// new holder, until released.
+func (s *Source) Transfer(l lease.Lease, to lease.Holder) (lease.Lease, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if h, ok := s.held[l.Addr]; !ok || h != l.Holder {
+		return lease.Lease{}, fmt.Errorf("static: transfer %s from %s to %s: %s does not hold it", l.Addr, l.Holder, to, l.Holder)
+	}
+	for a, h := range s.held {
+		if h == to {
+			return lease.Lease{}, fmt.Errorf("static: transfer %s from %s to %s: %s already holds %s", l.Addr, l.Holder, to, to, a)
+		}
+	}
+	s.held[l.Addr] = to
+	l.Holder = to
+	return l, nil
 }
 
 // Reconfigure implements source.Reconfigurer.

@@ -3,7 +3,9 @@ package static
 import (
 	"context"
 	"errors"
+	"maps"
 	"net/netip"
+	"reflect"
 	"testing"
 
 	"github.com/ipvirt/ipvirt/internal/lease"
@@ -106,5 +108,112 @@ func TestReconfigureKeepsStranded(t *testing.T) {
 	s.Release(l1) // stranded: returns to nobody
 	if _, err := s.Acquire(ctx, holder(9)); !errors.Is(err, source.ErrExhausted) {
 		t.Fatalf("a stranded address came back into the new pool: %v", err)
+	}
+}
+
+func stock(id uint32) lease.Holder {
+	return lease.Holder{Session: lease.Session{Kind: lease.KindStock, ID: id}}
+}
+
+func TestTransfer(t *testing.T) {
+	ctx := context.Background()
+	prog := lease.Holder{Session: holder(2).Session, Program: "/usr/bin/psql"}
+	for _, tc := range []struct {
+		name string
+		// setup acquires what the case needs and returns the lease to
+		// transfer (its Holder is who claims to hold it).
+		setup func(t *testing.T, s *Source) lease.Lease
+		to    lease.Holder
+		ok    bool
+	}{
+		{"stock to session", func(t *testing.T, s *Source) lease.Lease {
+			l, _ := s.Acquire(ctx, stock(1))
+			return l
+		}, holder(1), true},
+		{"stock to program", func(t *testing.T, s *Source) lease.Lease {
+			l, _ := s.Acquire(ctx, stock(1))
+			return l
+		}, prog, true},
+		{"stranded address", func(t *testing.T, s *Source) lease.Lease {
+			l, _ := s.Acquire(ctx, stock(1)) // .10
+			if _, err := s.Reconfigure(poolOf("10.0.0.11", "10.0.0.12").Range()); err != nil {
+				t.Fatal(err)
+			}
+			return l
+		}, holder(1), true},
+		{"address held by another", func(t *testing.T, s *Source) lease.Lease {
+			l, _ := s.Acquire(ctx, stock(1))
+			l.Holder = stock(2)
+			return l
+		}, holder(1), false},
+		{"address held by nobody", func(t *testing.T, s *Source) lease.Lease {
+			return lease.Lease{Holder: stock(1), Addr: netip.MustParseAddr("10.0.0.12"), Source: Name}
+		}, holder(1), false},
+		{"holder released it", func(t *testing.T, s *Source) lease.Lease {
+			l, _ := s.Acquire(ctx, stock(1))
+			s.Release(l)
+			return l
+		}, holder(1), false},
+		{"target already holds one", func(t *testing.T, s *Source) lease.Lease {
+			l, _ := s.Acquire(ctx, stock(1))
+			if _, err := s.Acquire(ctx, holder(1)); err != nil {
+				t.Fatal(err)
+			}
+			return l
+		}, holder(1), false},
+		{"to itself", func(t *testing.T, s *Source) lease.Lease {
+			l, _ := s.Acquire(ctx, stock(1))
+			return l
+		}, stock(1), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := New(poolOf("10.0.0.10", "10.0.0.12"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			l := tc.setup(t, s)
+			before := maps.Clone(s.held)
+			freeBefore := s.Free()
+			got, err := s.Transfer(l, tc.to)
+			if !tc.ok {
+				if err == nil {
+					t.Fatalf("Transfer(%s of %s to %s) = %+v, want an error", l.Addr, l.Holder, tc.to, got)
+				}
+				if !maps.Equal(s.held, before) || s.Free() != freeBefore {
+					t.Fatalf("a failed transfer changed the pool: held %v, was %v", s.held, before)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := l
+			want.Holder = tc.to
+			if !reflect.DeepEqual(got, want) {
+				t.Fatalf("transferred lease %+v, want %+v", got, want)
+			}
+			if s.held[l.Addr] != tc.to || len(s.held) != len(before) || s.Free() != freeBefore {
+				t.Fatalf("held %v (free %d), want %s held by %s and nothing else changed", s.held, s.Free(), l.Addr, tc.to)
+			}
+			// The old holder has nothing left to give back or adopt;
+			// the new one has.
+			s.Release(l)
+			if s.held[l.Addr] != tc.to {
+				t.Fatal("the old holder's release freed the transferred address")
+			}
+			if err := s.Adopt(l); err == nil {
+				t.Fatal("the old holder adopted the transferred address")
+			}
+			if err := s.Adopt(got); err != nil {
+				t.Fatalf("re-adopting the transferred lease: %v", err)
+			}
+			if _, err := s.Transfer(l, holder(9)); err == nil {
+				t.Fatal("the old holder transferred the address again")
+			}
+			s.Release(got)
+			if _, ok := s.held[l.Addr]; ok {
+				t.Fatal("the new holder's release did not free the address")
+			}
+		})
 	}
 }
