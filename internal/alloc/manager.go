@@ -13,6 +13,7 @@
 package alloc
 
 import (
+	"errors"
 	"context"
 	"fmt"
 	"log/slog"
@@ -150,6 +151,7 @@ type Manager struct {
 	logged    map[lease.Holder]time.Time // rate limit of not-virtualized events
 	prealloc  sync.Map                   // holders being pre-allocated
 	guard     *guard                     // nil without a census
+	kernel    KernelClaims               // nil unless the kernel hands out stock
 }
 
 type entry struct {
@@ -389,6 +391,9 @@ func (m *Manager) acquire(e *entry, h lease.Holder, uid uint32) {
 		}
 		err = m.commit(l)
 	}
+	if err == nil && m.kernel != nil && !h.Session.Stock() {
+		l, err = m.keepKernels(h, l, uid)
+	}
 	m.mu.Lock()
 	if err != nil {
 		delete(m.holders, h)
@@ -405,6 +410,42 @@ func (m *Manager) acquire(e *entry, h lease.Holder, uid uint32) {
 		m.log.Info("vip granted", "holder", h.Key(), "vip", l.Addr.String(), "uid", uid)
 	}
 	close(e.ready)
+}
+
+// keepKernels makes l, just committed, h's address in the kernel, unless
+// the kernel gave h a stock address while l was being acquired (its first
+// call came first): then h keeps the kernel's, whose sockets may be bound
+// already, and l goes back.
+func (m *Manager) keepKernels(h lease.Holder, l lease.Lease, uid uint32) (lease.Lease, error) {
+	cur, err := m.kernel.Claim(h, l.Addr)
+	if err != nil {
+		// The observer's map write tries again; the lease stands.
+		m.log.Error("kernel interceptor: claim", "holder", h.Key(), "vip", l.Addr.String(), "err", err)
+		return l, nil
+	}
+	if cur == l.Addr {
+		return l, nil
+	}
+	kl, terr := m.transferInto(h, cur, uid) // overwrites h's record
+	if errors.Is(terr, ErrNotStock) {
+		// A stale entry, not an address the kernel handed out: the
+		// observer's map write replaces it.
+		m.log.Warn("kernel interceptor: stale entry replaced", "holder", h.Key(), "stale", cur.String(), "vip", l.Addr.String())
+		return l, nil
+	}
+	if terr != nil {
+		m.opts.Store.DeleteAsync(h)
+	}
+	if m.opts.Installer != nil {
+		if err := m.opts.Installer.Remove(l.Addr, l.Subnet.Bits()); err != nil {
+			m.log.Error("vip removal failed", "vip", l.Addr.String(), "err", err)
+		}
+	}
+	m.opts.Source.Release(l)
+	if terr != nil {
+		return lease.Lease{}, terr
+	}
+	return kl, nil
 }
 
 // commit persists and installs a newly acquired lease, undoing both if

@@ -20,6 +20,8 @@ const (
 	ReleaseConflict = "conflict"
 	// ReleaseSourceChanged: the lease came from a source no longer configured.
 	ReleaseSourceChanged = "source-changed"
+	// ReleaseStock: a stock lease the daemon no longer keeps ready.
+	ReleaseStock = "stock"
 )
 
 // Run scans for ended holders every interval until ctx is done.
@@ -85,8 +87,8 @@ func (m *Manager) reap(snap identity.Snapshot, taken time.Time, prealloc bool) {
 	var ended []lease.Holder
 	m.mu.Lock()
 	for h, e := range m.holders {
-		if !e.done() || e.created.After(taken) {
-			continue
+		if !e.done() || e.created.After(taken) || h.Session.Stock() {
+			continue // stock places have no processes: the daemon keeps them
 		}
 		if snap.Alive(h) {
 			e.goneSince = time.Time{}

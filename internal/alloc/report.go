@@ -36,6 +36,9 @@ func (m *Manager) Sessions(only *uint32, logindDir string) []api.SessionReport {
 		r.Processes = info.Procs
 	}
 	for h, e := range m.holders {
+		if h.Session.Stock() {
+			continue // not a session: status counts the stock
+		}
 		var uid uint32
 		if e.done() && e.err == nil {
 			uid = e.lease.UID
@@ -120,7 +123,10 @@ func (m *Manager) Status() api.Status {
 		}
 	}
 	m.mu.RLock()
-	for _, e := range m.holders {
+	for h, e := range m.holders {
+		if h.Session.Stock() {
+			continue
+		}
 		if e.done() && e.err == nil {
 			out.Leases++
 		} else if !e.done() {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/ipvirt/ipvirt/internal/lease"
@@ -41,6 +42,11 @@ func (m *Manager) Restore() (RestoreReport, error) {
 		rep.Conflicts++
 		m.log.Error("damaged lease record skipped", "err", err)
 	}
+	// Stock leases last: a holder's record wins over a stock one for the
+	// same address (see below), whatever order the store keeps.
+	slices.SortStableFunc(leases, func(a, b lease.Lease) int {
+		return cmpBool(a.Holder.Session.Stock(), b.Holder.Session.Stock())
+	})
 	needPrograms := false
 	for _, l := range leases {
 		needPrograms = needPrograms || l.Holder.PerProgram()
@@ -52,6 +58,7 @@ func (m *Manager) Restore() (RestoreReport, error) {
 	}
 
 	var dead []lease.Holder
+	adopted := map[netip.Addr]bool{}
 	for _, l := range leases {
 		rep.Addrs[l.Addr] = true
 		if l.Source != m.opts.Source.Name() {
@@ -65,7 +72,24 @@ func (m *Manager) Restore() (RestoreReport, error) {
 			m.counters.released(ReleaseSourceChanged)
 			continue
 		}
-		if err := m.opts.Source.Adopt(l); err != nil {
+		stockTaken := l.Holder.Session.Stock() && adopted[l.Addr]
+		adopted[l.Addr] = true
+		if stockTaken {
+			// A crash between an assignment's two writes leaves the
+			// holder's record and the stock's naming one address; the
+			// holder's sorts first and was adopted.
+			m.log.Info("stock lease already assigned", "stock", l.Holder.Key(), "vip", l.Addr.String())
+			m.opts.Store.DeleteAsync(l.Holder)
+			continue
+		}
+		if err := m.opts.Source.Adopt(l); err != nil && l.Holder.Session.Stock() {
+			// A crash between an assignment's two writes leaves the
+			// holder's record and the stock's naming one address; the
+			// holder's sorts first and was adopted.
+			m.log.Info("stock lease already assigned", "stock", l.Holder.Key(), "vip", l.Addr.String())
+			m.opts.Store.DeleteAsync(l.Holder)
+			continue
+		} else if err != nil {
 			// Two records for one address can only come from a damaged
 			// store. Keeping the first and dropping this one may strand a
 			// live holder's address, but never hands it to two.
@@ -79,7 +103,7 @@ func (m *Manager) Restore() (RestoreReport, error) {
 		m.mu.Lock()
 		m.holders[l.Holder] = e
 		m.mu.Unlock()
-		if rep.Rebooted || !snap.Alive(l.Holder) {
+		if rep.Rebooted || !snap.Alive(l.Holder) && !l.Holder.Session.Stock() {
 			dead = append(dead, l.Holder)
 			continue
 		}
@@ -147,4 +171,14 @@ func ReadBootID() string {
 		return "unknown"
 	}
 	return strings.TrimSpace(string(b))
+}
+
+func cmpBool(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	}
+	return -1
 }

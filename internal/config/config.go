@@ -27,6 +27,7 @@ import (
 	"github.com/ipvirt/ipvirt/internal/alloc"
 	"github.com/ipvirt/ipvirt/internal/identity"
 	"github.com/ipvirt/ipvirt/internal/policy"
+	"github.com/ipvirt/ipvirt/internal/pool"
 	"github.com/ipvirt/ipvirt/internal/source/dhcp"
 	"github.com/ipvirt/ipvirt/internal/source/etcd"
 	"github.com/ipvirt/ipvirt/internal/source/static"
@@ -109,6 +110,31 @@ type Config struct {
 	// than an intercepted connect waits) and for the kernel interceptor
 	// (which never asks the daemon), off otherwise.
 	Preallocate *bool `yaml:"preallocate"`
+	// KernelStock (bpf) is how many VIPs the daemon keeps acquired,
+	// installed and persisted ahead, for the kernel to hand to a holder at
+	// its first socket call without waiting for the daemon. Unset: 256
+	// for a pool (at most half of it), 4 for DHCP; 0 turns first-use
+	// assignment off (VIPs then come from pre-allocation and the scan).
+	KernelStock *int `yaml:"kernel_stock"`
+}
+
+// KernelStockSize resolves KernelStock and its source-dependent default;
+// 0 when the kernel interceptor is not configured.
+func (c Config) KernelStockSize() int {
+	if !c.Interceptor.Kernel() {
+		return 0
+	}
+	if c.KernelStock != nil {
+		return max(*c.KernelStock, 0)
+	}
+	if c.UsesPool() {
+		size := 0
+		if c.StaticPool.Start.IsValid() && c.StaticPool.End.IsValid() {
+			size = int(pool.V4(c.StaticPool.End)-pool.V4(c.StaticPool.Start)) + 1
+		}
+		return min(256, size/2)
+	}
+	return 4
 }
 
 // PinDir is the bpffs directory of this daemon's kernel interceptor: one
@@ -289,6 +315,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Grace < 0 {
 		bad("grace: %s is negative", c.Grace.Std())
+	}
+	if c.KernelStock != nil && (*c.KernelStock < 0 || *c.KernelStock > 65536) {
+		bad("kernel_stock: %d is outside 0..65536", *c.KernelStock)
 	}
 	if c.ScanInterval.Std() < 10*time.Millisecond || c.ScanInterval.Std() > time.Minute {
 		bad("scan_interval: %s is outside 10ms..1m", c.ScanInterval.Std())

@@ -185,6 +185,9 @@ func (d *Daemon) applyLocked(why string) {
 			"change", why, "holder", l.Holder.Key(), "vip", l.Addr.String())
 	}
 	d.warnProgramsLocked()
+	if d.stock != nil {
+		d.stock.configure(d.cfg)
+	}
 }
 
 // warnProgramsLocked logs each per-program entry that cannot match (a
@@ -214,6 +217,9 @@ func (d *Daemon) interceptorState(cfg config.Config) string {
 	state := string(cfg.Interceptor) + " (attached"
 	if d.kernel.ic.Adopted() {
 		state += "; adopted from a previous daemon"
+	}
+	if d.stock != nil {
+		state += "; first use: " + d.stock.status()
 	}
 	if d.kernel.ic.SessionEvents() {
 		return state + "; new sessions reported by the kernel)"

@@ -30,6 +30,7 @@ import (
 	"github.com/ipvirt/ipvirt/internal/source/static"
 	"github.com/ipvirt/ipvirt/internal/store"
 	"github.com/ipvirt/ipvirt/internal/trust"
+	"github.com/ipvirt/ipvirt/lsp/bpf"
 )
 
 // Version is set at build time (-ldflags -X).
@@ -105,6 +106,7 @@ type Daemon struct {
 	unregistered unregisteredLog
 
 	kernel    *kernel // nil: preload only
+	stock     *stocker // with kernel
 	kernelErr error   // why the configured kernel interceptor is not running
 	census    *poolCensus
 
@@ -204,6 +206,9 @@ func (d *Daemon) build() error {
 		} else {
 			d.kernel = k
 			d.mgr.AddObserver(k)
+			if d.cfg.KernelStockSize() > 0 {
+				d.mgr.SetKernel(k)
+			}
 		}
 	}
 	fail := func(err error) error {
@@ -242,6 +247,9 @@ func (d *Daemon) build() error {
 	}
 	if d.kernel != nil {
 		d.kernel.reconcile(d.mgr.Leases())
+		d.stock = newStocker(d, d.kernel)
+		d.stock.configure(d.cfg)
+		d.stock.reconcile()
 	}
 	if in := (adapter.Installer{Adapter: d.adapter}); in.Needed() {
 		var want []adapter.VIP
@@ -331,8 +339,19 @@ func (d *Daemon) Run(ctx context.Context) error {
 					}
 				}
 				d.mgr.Ensure(lease.Session{Kind: lease.KindAudit, ID: sid}, uid, "")
+			}, func(ev bpf.Event) {
+				if ev.Kind == bpf.EventEmpty {
+					d.stock.wake()
+					return
+				}
+				en := bpf.Entry{Session: ev.Session}
+				if d.Config().Mode == policy.PerProgram {
+					en.Exe = ev.Exe
+				}
+				d.stock.assigned(en, ev.Addr, ev.LoginUID)
 			})
 		})
+		background.Go(func() { d.stock.run(scanCtx) })
 	}
 	d.log.Info("ipvirtd ready", "version", Version, "socket", cfg.Socket, "http", cfg.HTTP,
 		"mode", cfg.Mode, "enabled", cfg.Enabled, "source", cfg.Source, "adapter", d.adapter.Name,

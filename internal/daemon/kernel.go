@@ -76,7 +76,35 @@ func (k *kernel) exe(path string) (bpf.ExeID, error) {
 	return id, err
 }
 
-// Granted implements alloc.Observer.
+// path is the listed program whose executable is id, among those exe has
+// resolved.
+func (k *kernel) path(id bpf.ExeID) (string, bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for p, x := range k.exeIDs {
+		if x == id {
+			return p, true
+		}
+	}
+	return "", false
+}
+
+// Claim implements alloc.KernelClaims.
+func (k *kernel) Claim(h lease.Holder, addr netip.Addr) (netip.Addr, error) {
+	if h.Session.Kind != lease.KindAudit {
+		return addr, nil
+	}
+	if h.Program == "" {
+		return k.ic.ClaimSession(h.Session.ID, addr)
+	}
+	id, err := k.exe(h.Program)
+	if err != nil {
+		return addr, nil // no executable, no kernel entry (Granted logs it)
+	}
+	return k.ic.ClaimProgram(h.Session.ID, id, addr)
+}
+
+// Granted implements alloc.Observer. Stock leases are the stocker's.
 func (k *kernel) Granted(l lease.Lease) {
 	h := l.Holder
 	if h.Session.Kind != lease.KindAudit {
@@ -146,9 +174,11 @@ func (k *kernel) reconcile(leases []lease.Lease) {
 // VIP in the map; without session events the periodic scan does it. The
 // session and exec hooks see the whole host whatever the scope: ensure
 // gets the reporting pid to tell.
-func (k *kernel) watch(ensure func(sid, uid uint32, pid int)) {
+func (k *kernel) watch(ensure func(sid, uid uint32, pid int), assigned func(ev bpf.Event)) {
 	for ev := range k.ic.Events() {
 		switch ev.Kind {
+		case bpf.EventAssigned, bpf.EventEmpty:
+			assigned(ev)
 		case bpf.EventDenied:
 			// Bind and send hooks name the caller; the packet hooks
 			// (egress, ingress) the socket's creator, once a second.

@@ -116,6 +116,13 @@ func (d *Daemon) OpenSession(c identity.Caller, note string) (api.RegistrationRe
 			"leader", reg.Leader, "pid", c.PID, "by", leader, "pam", note)
 		return d.report(c, reg, "already registered"), nil
 	}
+	if d.stock != nil {
+		// Before PAM goes on to start the user's shell: its first
+		// connect takes a VIP in the kernel.
+		if err := d.kernel.ic.Register(c.Login.ID, true); err != nil {
+			d.log.Error("kernel interceptor: register session", "session", c.Login.String(), "err", err)
+		}
+	}
 	d.log.Info("login session registered", "session", c.Login.String(), "uid", c.SessionUID,
 		"user", d.users.Name(c.SessionUID), "leader", leader, "pid", c.PID, "pam", note)
 	d.preallocateRegistered(c)
@@ -151,6 +158,9 @@ func (d *Daemon) CloseSession(c identity.Caller, note string) (api.RegistrationR
 		return d.report(c, reg, "kept"), nil
 	case err != nil:
 		return api.RegistrationReport{}, err
+	}
+	if d.stock != nil {
+		d.kernel.ic.Register(c.Login.ID, false)
 	}
 	d.log.Info("login session unregistered", "session", c.Login.String(), "uid", reg.UID, "leader", leader,
 		"pid", c.PID, "pam", note)

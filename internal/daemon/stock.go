@@ -1,0 +1,308 @@
+package daemon
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ipvirt/ipvirt/internal/alloc"
+	"github.com/ipvirt/ipvirt/internal/config"
+	"github.com/ipvirt/ipvirt/internal/identity"
+	"github.com/ipvirt/ipvirt/internal/lease"
+	"github.com/ipvirt/ipvirt/internal/policy"
+	"github.com/ipvirt/ipvirt/lsp/bpf"
+)
+
+// First-use assignment (issue 11): the kernel hands a holder a VIP from a
+// stock at its first connect, unconnected send or wildcard bind, so that no
+// first call waits for the daemon or its scan. The daemon keeps the stock
+// (leases acquired ahead, installed, persisted under stock holders), tells
+// the kernel the rules (administrators, registered sessions, listed
+// programs), and moves each handed-out lease to its holder.
+
+// stocker keeps the kernel's stock full and turns its assignments into
+// leases.
+type stocker struct {
+	d    *Daemon
+	k    *kernel
+	kick chan struct{}
+
+	mu       sync.Mutex
+	target   int
+	lastErr  string    // why the last fill fell short ("" when full)
+	loggedAt time.Time // of lastErr
+}
+
+// stockSettleTime is how long start-up waits, after taking the stock out
+// of the kernel, for a first call that had popped an address to finish
+// recording it in the map: such a call runs for microseconds.
+const stockSettleTime = 100 * time.Millisecond
+
+func newStocker(d *Daemon, k *kernel) *stocker {
+	return &stocker{d: d, k: k, kick: make(chan struct{}, 1)}
+}
+
+// wake asks for a fill soon.
+func (s *stocker) wake() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// configure applies cfg: the rules the kernel applies by itself and the
+// stock's size. Called at start and at every reload, with d.mu held.
+func (s *stocker) configure(cfg config.Config) {
+	s.mu.Lock()
+	s.target = cfg.KernelStockSize()
+	s.mu.Unlock()
+	ic := s.k.ic
+	if err := ic.SetAdmins(adminUIDs(s.d.users, cfg.Admins)); err != nil {
+		s.d.log.Error("kernel interceptor: administrators", "err", err)
+	}
+	var ids []bpf.ExeID
+	if cfg.Mode == policy.PerProgram {
+		for _, e := range s.d.programsFor(cfg) {
+			if id, err := s.k.exe(e.Path); err == nil {
+				ids = append(ids, id)
+			}
+		}
+	}
+	if err := ic.SetProgramsOfInterest(ids); err != nil {
+		s.d.log.Error("kernel interceptor: listed programs", "err", err)
+	}
+	fu := bpf.FirstUse{
+		Assign:        cfg.Enabled && s.target > 0,
+		TrustPAM:      cfg.SessionTrust == identity.TrustPAM,
+		PerProgram:    cfg.Mode == policy.PerProgram,
+		DenyExhausted: cfg.OnExhausted == alloc.ExhaustedDeny,
+	}
+	if err := ic.SetFirstUse(fu); err != nil {
+		s.d.log.Error("kernel interceptor: first-use assignment", "err", err)
+	}
+	s.wake()
+}
+
+// syncRegistered copies the registered sessions into the kernel.
+func (s *stocker) syncRegistered() {
+	var ids []uint32
+	for _, r := range s.d.registry.All() {
+		ids = append(ids, r.ID)
+	}
+	if err := s.k.ic.SetRegistered(ids); err != nil {
+		s.d.log.Error("kernel interceptor: registered sessions", "err", err)
+	}
+}
+
+// adminUIDs lists the uids of /etc/passwd that the admins setting names
+// (by name, uid or group), as the rules judge them, plus uids listed by
+// number. Users only a directory service knows are judged when their
+// assignment is reported (see assigned).
+func adminUIDs(u *identity.Users, a alloc.Admins) []uint32 {
+	var out []uint32
+	for _, name := range a.Users {
+		if n, err := strconv.ParseUint(name, 10, 32); err == nil {
+			out = append(out, uint32(n))
+		}
+	}
+	f, err := os.Open("/etc/passwd")
+	if err != nil {
+		return out
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Split(sc.Text(), ":")
+		if len(fields) < 3 {
+			continue
+		}
+		n, err := strconv.ParseUint(fields[2], 10, 32)
+		if err == nil && u.IsAdmin(uint32(n), a.Users, a.Groups) {
+			out = append(out, uint32(n))
+		}
+	}
+	return out
+}
+
+// reconcile runs at start, before serving: it takes the stock out of the
+// kernel, moves every stock lease the maps show handed out (while no daemon
+// ran, or before its event was read) to its holder, and puts the rest back.
+// Addresses in the kernel's stock that no stock lease backs are dropped.
+func (s *stocker) reconcile() {
+	ic := s.k.ic
+	queued, err := ic.DrainStock()
+	if err != nil {
+		s.d.log.Error("kernel interceptor: read the stock", "err", err)
+	}
+	inQueue := map[netip.Addr]bool{}
+	for _, a := range queued {
+		inQueue[a] = true
+	}
+	var missing []lease.Lease
+	handed := s.handedOut()
+	for _, l := range s.d.mgr.Stock() {
+		switch {
+		case handed[l.Addr] != nil:
+			s.assigned(*handed[l.Addr], l.Addr, bpf.NoSession)
+		case inQueue[l.Addr]:
+			s.push(l.Addr)
+		default:
+			missing = append(missing, l)
+		}
+		delete(inQueue, l.Addr)
+	}
+	if len(missing) > 0 {
+		// Popped by a first call that had not yet recorded it, or never
+		// pushed (a crash between persisting and pushing): look again
+		// once any such call is done.
+		time.Sleep(stockSettleTime)
+		handed = s.handedOut()
+		for _, l := range missing {
+			if handed[l.Addr] != nil {
+				s.assigned(*handed[l.Addr], l.Addr, bpf.NoSession)
+			} else {
+				s.push(l.Addr)
+			}
+		}
+	}
+	for a := range inQueue {
+		s.d.log.Warn("kernel interceptor: stock address without a stock lease dropped", "vip", a.String())
+	}
+}
+
+// handedOut maps each VIP in the kernel's session and program entries to
+// its entry.
+func (s *stocker) handedOut() map[netip.Addr]*bpf.Entry {
+	entries, err := s.k.ic.Entries()
+	if err != nil {
+		s.d.log.Error("kernel interceptor: list entries", "err", err)
+	}
+	out := map[netip.Addr]*bpf.Entry{}
+	for i := range entries {
+		out[entries[i].VIP] = &entries[i]
+	}
+	return out
+}
+
+func (s *stocker) push(a netip.Addr) {
+	if err := s.k.ic.PushStock(a); err != nil {
+		s.d.log.Error("kernel interceptor: stock", "vip", a.String(), "err", err)
+	}
+}
+
+// holder is the holder an entry or event names, "" program when the
+// executable is not (or no longer) a listed program's.
+func (s *stocker) holder(sid uint32, exe bpf.ExeID) (lease.Holder, bool) {
+	h := lease.Holder{Session: lease.Session{Kind: lease.KindAudit, ID: sid}}
+	if exe.IsZero() {
+		return h, true
+	}
+	path, ok := s.k.path(exe)
+	h.Program = path
+	return h, ok
+}
+
+// assigned records that the kernel gave en's holder the stock address a;
+// loginUID is the session's user when the event names it.
+func (s *stocker) assigned(en bpf.Entry, a netip.Addr, loginUID uint32) {
+	h, ok := s.holder(en.Session, en.Exe)
+	if !ok {
+		s.d.log.Error("kernel interceptor: assignment to an executable no listed program names", "session", en.Session, "exe", en.Exe, "vip", a.String())
+		return
+	}
+	uid := loginUID
+	if uid == bpf.NoSession {
+		uid = s.d.mgr.SessionUID(h.Session)
+	}
+	_, err := s.d.mgr.Assigned(h, a, uid)
+	switch {
+	case err == nil:
+		if s.d.users != nil && uid != bpf.NoSession && s.d.mgr.IsAdmin(uid) {
+			// Only a directory service knows this administrator: the
+			// map did not. Its sessions get no more VIPs from now on.
+			s.d.log.Warn("kernel interceptor gave a VIP to an administrator's session not in /etc/passwd; added to the kernel's administrators",
+				"session", h.Session.String(), "uid", uid, "vip", a.String())
+			s.d.mu.Lock()
+			admins := append(adminUIDs(s.d.users, s.d.cfg.Admins), uid)
+			s.d.mu.Unlock()
+			s.k.ic.SetAdmins(admins)
+		}
+	case errors.Is(err, alloc.ErrNotStock):
+		s.d.log.Error("kernel interceptor handed out an address that is no stock lease", "holder", h.Key(), "vip", a.String())
+	default:
+		s.d.log.Error("kernel interceptor: assignment not recorded", "holder", h.Key(), "vip", a.String(), "err", err)
+	}
+	s.wake()
+}
+
+// run keeps the stock full until ctx is done: at every kick (an
+// assignment, an empty stock, a reload) and every second.
+func (s *stocker) run(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		s.fill(ctx)
+		s.syncRegistered()
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.kick:
+		case <-t.C:
+		}
+	}
+}
+
+// fill acquires stock leases up to the target and hands them to the
+// kernel; past the target (a reload shrank it) it takes addresses back out
+// of the kernel's stock and releases them.
+func (s *stocker) fill(ctx context.Context) {
+	s.mu.Lock()
+	target := s.target
+	s.mu.Unlock()
+	stock := s.d.mgr.Stock()
+	for i := len(stock) - 1; i >= 0 && i >= target; i-- {
+		if a, ok, err := s.k.ic.PopStock(); err == nil && ok {
+			s.d.mgr.ReleaseStock(a)
+		}
+	}
+	if len(stock) >= target {
+		return
+	}
+	fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	fresh, err := s.d.mgr.FillStock(fctx, target)
+	for _, l := range fresh {
+		s.push(l.Addr)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err == nil {
+		s.lastErr = ""
+		return
+	}
+	if msg := err.Error(); msg != s.lastErr || time.Since(s.loggedAt) > time.Minute {
+		s.lastErr, s.loggedAt = msg, time.Now()
+		s.d.log.Warn("kernel interceptor stock not full", "have", len(stock)+len(fresh), "want", target, "err", err)
+	}
+}
+
+// status is one line for ipvirtctl status.
+func (s *stocker) status() string {
+	s.mu.Lock()
+	target, lastErr := s.target, s.lastErr
+	s.mu.Unlock()
+	if target == 0 {
+		return "off (kernel_stock: 0): VIPs come from pre-allocation and the scan"
+	}
+	line := "VIPs at first use from a stock of " + strconv.Itoa(len(s.d.mgr.Stock())) + "/" + strconv.Itoa(target)
+	if lastErr != "" {
+		line += " (short: " + lastErr + ")"
+	}
+	return line
+}
