@@ -106,8 +106,9 @@ func (s *Source) client() (*clientv3.Client, error) {
 }
 
 var (
-	_ source.Source  = (*Source)(nil)
-	_ source.Claimer = (*Source)(nil)
+	_ source.Source     = (*Source)(nil)
+	_ source.Claimer    = (*Source)(nil)
+	_ source.Transferer = (*Source)(nil)
 )
 
 // keyRev is what this host knows of one of its keys: the value it wrote
