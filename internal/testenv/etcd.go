@@ -26,8 +26,9 @@ func StartEtcd(t *testing.T) string {
 }
 
 // StartEtcdStoppable is StartEtcd, with a function that signals the
-// process: SIGSTOP freezes the cluster (every client's requests time out),
-// SIGCONT thaws it.
+// process: SIGSTOP freezes the cluster (every client's requests time out;
+// it returns once the kernel reports the process stopped, so that what the
+// test does next happens after the freeze), SIGCONT thaws it.
 func StartEtcdStoppable(t *testing.T) (string, func(syscall.Signal)) {
 	return StartEtcdWith(t, EtcdOptions{})
 }
@@ -111,7 +112,12 @@ func StartEtcdWith(t *testing.T, o EtcdOptions) (string, func(syscall.Signal)) {
 	for {
 		err := ready(cu)
 		if err == nil {
-			return cu, func(sig syscall.Signal) { cmd.Process.Signal(sig) }
+			return cu, func(sig syscall.Signal) {
+				cmd.Process.Signal(sig)
+				if sig == syscall.SIGSTOP {
+					waitStopped(cmd.Process.Pid)
+				}
+			}
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("etcd at %s did not answer: %v", cu, err)

@@ -228,8 +228,13 @@ func (m *EtcdMember) Freeze() {
 	if cmd == nil {
 		return
 	}
+	waitStopped(cmd.Process.Pid)
+}
+
+// waitStopped waits (at most 2 s) for the kernel to report pid stopped.
+func waitStopped(pid int) {
 	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		if procState(cmd.Process.Pid) == 'T' {
+		if procState(pid) == 'T' {
 			return
 		}
 	}

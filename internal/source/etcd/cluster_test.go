@@ -293,3 +293,109 @@ func faultCampaign(t *testing.T) {
 		t.Skip("etcd cluster fault campaign: run make farm-test (IPVIRT_ETCD_FAULTS=1)")
 	}
 }
+
+// With one member of three frozen (SIGSTOP: its connections stay open and
+// nothing answers) the cluster keeps its quorum, and sessions logging on
+// meanwhile get their VIPs at once: every allocation succeeds, each well
+// within the request deadline (dial_timeout), with distinct addresses.
+// Sent through one client balancing over the members, a third of the
+// requests waited out their deadline on the frozen member and the session
+// fell back to the machine IP.
+func TestAcquireWithMemberFrozen(t *testing.T) {
+	faultCampaign(t)
+	t.Parallel()
+	for _, tc := range []struct {
+		name   string
+		frozen func(leader int) int
+	}{
+		{"follower frozen", func(l int) int { return (l + 1) % 3 }},
+		{"leader frozen", func(l int) int { return l }},
+	} {
+		// Subtests one at a time: each runs a 3-member cluster of its own.
+		t.Run(tc.name, func(t *testing.T) {
+			c := testenv.StartEtcdCluster(t, 3)
+			ev := newEvents()
+			s := farmHost(t, c.Endpoints, "sh1", 6*time.Second, ev)
+			waitFor(t, 10*time.Second, "the host to get a lease", func() bool { return s.Stats().Healthy })
+			// Sessions before the freeze: every member's connection is up.
+			got := map[netip.Addr]lease.Holder{}
+			for i := range 3 {
+				l, err := s.Acquire(context.Background(), holder(i))
+				if err != nil {
+					t.Fatal(err)
+				}
+				got[l.Addr] = l.Holder
+			}
+			frozen := tc.frozen(leader(t, c))
+			// The member the host asks first is the frozen one: every
+			// request must get its answer from another.
+			s.prefer(frozen)
+			c.Members[frozen].Freeze()
+			defer c.Members[frozen].Thaw()
+			var healthy []string
+			for i, e := range c.Endpoints {
+				if i != frozen {
+					healthy = append(healthy, e)
+				}
+			}
+			waitForLeader(t, healthy)
+			const workers, each = 4, 6
+			type result struct {
+				l   lease.Lease
+				err error
+				d   time.Duration
+			}
+			results := make(chan result, workers*each)
+			var wg sync.WaitGroup
+			for w := range workers {
+				wg.Go(func() {
+					for i := range each {
+						start := time.Now()
+						l, err := s.Acquire(context.Background(), holder(100+w*each+i))
+						results <- result{l, err, time.Since(start)}
+					}
+				})
+			}
+			wg.Wait()
+			close(results)
+			var slowest time.Duration
+			for r := range results {
+				slowest = max(slowest, r.d)
+				switch {
+				case r.err != nil:
+					t.Errorf("acquire with a member frozen: %v (after %s)", r.err, r.d.Round(time.Millisecond))
+					continue
+				case r.d >= s.cfg.DialTimeout:
+					t.Errorf("acquire of %s took %s: at least the request deadline (dial_timeout %s)", r.l.Addr, r.d.Round(time.Millisecond), s.cfg.DialTimeout)
+				}
+				if other, dup := got[r.l.Addr]; dup {
+					t.Errorf("%s granted to %s and %s", r.l.Addr, other, r.l.Holder)
+				}
+				got[r.l.Addr] = r.l.Holder
+			}
+			t.Logf("%d allocations with a member frozen, the slowest %s", workers*each, slowest.Round(time.Millisecond))
+			if n := ev.lostCount(); n != 0 || !s.Stats().Healthy {
+				t.Errorf("fenced (%d VIPs withdrawn) although the cluster kept its quorum", n)
+			}
+			checkFarm(t, []*Source{s})
+		})
+	}
+}
+
+// waitForLeader waits until the members at endpoints commit a write: with
+// the leader frozen the others elect a new one, which may take a few
+// election timeouts on a loaded machine.
+func waitForLeader(t *testing.T, endpoints []string) {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	waitFor(t, 15*time.Second, "a leader among the members not frozen", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, err := cli.Put(ctx, "leader-check", "x")
+		return err == nil
+	})
+}

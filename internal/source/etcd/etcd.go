@@ -27,6 +27,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -58,16 +59,19 @@ type Source struct {
 
 	mu      sync.Mutex
 	held    map[netip.Addr]lease.Holder
-	last    map[string]kept     // holder key → its address before a fence
-	undoing map[netip.Addr]bool // keys being deleted after an unanswered request (undo)
-	leaseID clientv3.LeaseID    // 0: none (fenced)
-	expires time.Time           // when the cluster may expire the lease, at the earliest
-	fenced  time.Time           // zero while serving
+	keys    map[netip.Addr]keyRev // what this host wrote at each held address
+	last    map[string]kept       // holder key → its address before a fence
+	undoing map[netip.Addr]bool   // keys being deleted after an unanswered request (undo)
+	leaseID clientv3.LeaseID      // 0: none (fenced)
+	expires time.Time             // when the cluster may expire the lease, at the earliest
+	fenced  time.Time             // zero while serving
 
-	cmu     sync.Mutex
-	cli     *clientv3.Client   // nil until connected
-	epClis  []*clientv3.Client // one per endpoint, for renewals (renewAny)
-	lastErr string             // the last connection error logged
+	cmu       sync.Mutex
+	cli       *clientv3.Client   // nil until connected
+	epClis    []*clientv3.Client // one per endpoint (renewAny, hedge), nil until connected
+	epDialing []bool             // endpoints being connected
+	lastErr   string             // the last connection error logged
+	pref      atomic.Int32       // the endpoint hedge asks first: the last to answer
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -102,9 +106,19 @@ func (s *Source) client() (*clientv3.Client, error) {
 }
 
 var (
-	_ source.Source  = (*Source)(nil)
-	_ source.Claimer = (*Source)(nil)
+	_ source.Source     = (*Source)(nil)
+	_ source.Claimer    = (*Source)(nil)
+	_ source.Transferer = (*Source)(nil)
 )
+
+// keyRev is what this host knows of one of its keys: the value it wrote
+// (or found, its own) and the key's revisions. Requests on the key compare
+// them, so that a copy of a request applied late (hedge) cannot touch a key
+// created again or a record written since.
+type keyRev struct {
+	val         string
+	create, mod int64 // mod 0: a write's answer never came (transfer): unknown
+}
 
 // Margin is how long before its lease can expire at the cluster a host
 // withdraws its VIPs: a fifth of the TTL, at least a second. The lease's
@@ -151,10 +165,13 @@ func New(cfg Config, rng source.Range, hostID []byte, stateDir string, ev source
 		cfg: cfg, rng: rng, size: p.Size(), hostID: hex.EncodeToString(hostID), host: hostname,
 		state: filepath.Join(stateDir, "etcd-lease"), ccfg: ccfg, ev: ev, margin: Margin(cfg.LeaseTTL),
 		log:  log.With("source", Name),
-		held: map[netip.Addr]lease.Holder{}, last: map[string]kept{}, undoing: map[netip.Addr]bool{},
+		held: map[netip.Addr]lease.Holder{}, keys: map[netip.Addr]keyRev{}, last: map[string]kept{}, undoing: map[netip.Addr]bool{},
 		fenced: time.Now(),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	// Hosts start asking different members first.
+	s.pref.Store(int32(rand.IntN(len(cfg.Endpoints))))
+	s.endpointClients() // connected in the background, before the first request
 	s.resume()
 	s.wg.Add(1)
 	go s.keep()
@@ -260,27 +277,26 @@ func (s *Source) inRange(a netip.Addr) bool {
 // lease) is h's.
 func (s *Source) take(ctx context.Context, id clientv3.LeaseID, a netip.Addr, h lease.Holder, val string) (bool, error) {
 	key := vipKey(s.cfg.Prefix, a)
-	cli, err := s.client()
-	if err != nil {
-		return false, fmt.Errorf("etcd: take %s: %w: %w", a, err, source.ErrExhausted)
-	}
 	s.mu.Lock()
 	busy := s.undoingLocked(a)
 	s.mu.Unlock()
 	if busy {
 		return false, nil
 	}
-	c, cancel := s.call(ctx)
-	defer cancel()
-	resp, err := cli.Txn(c).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, val, clientv3.WithLease(id))).
-		Else(clientv3.OpGet(key)).Commit()
+	// Sent twice (hedge), the second copy finds the first's key and reads
+	// it: this host's for h, so h's either way.
+	resp, err := hedge(s, ctx, func(c context.Context, cli *clientv3.Client) (*clientv3.TxnResponse, error) {
+		return cli.Txn(c).
+			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+			Then(clientv3.OpPut(key, val, clientv3.WithLease(id))).
+			Else(clientv3.OpGet(key)).Commit()
+	})
 	if err != nil {
 		// The cluster may have created the key all the same.
-		s.undo(a, id, val)
+		s.undo(a, id, val, 0)
 		return false, fmt.Errorf("etcd: take %s: %w: %w", a, err, source.ErrExhausted)
 	}
+	k := keyRev{val: val, create: resp.Header.Revision, mod: resp.Header.Revision}
 	if !resp.Succeeded {
 		kvs := resp.Responses[0].GetResponseRange().GetKvs()
 		if len(kvs) != 1 || clientv3.LeaseID(kvs[0].Lease) != id {
@@ -290,6 +306,7 @@ func (s *Source) take(ctx context.Context, id clientv3.LeaseID, a netip.Addr, h 
 		if err != nil || r.HostID != s.hostID || r.Holder != h.Key() {
 			return false, nil
 		}
+		k = keyRev{val: string(kvs[0].Value), create: kvs[0].CreateRevision, mod: kvs[0].ModRevision}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -301,6 +318,7 @@ func (s *Source) take(ctx context.Context, id clientv3.LeaseID, a netip.Addr, h 
 		return false, nil
 	}
 	s.held[a] = h
+	s.keys[a] = k
 	delete(s.last, h.Key())
 	return true, nil
 }
@@ -339,10 +357,6 @@ func (s *Source) reservedLocked(key string) map[netip.Addr]bool {
 // the hosts fenced themselves. The read may be stale (serializable, from
 // any member): the create-if-absent transaction decides.
 func (s *Source) probe(ctx context.Context, n int, reserved map[netip.Addr]bool) ([]netip.Addr, error) {
-	cli, err := s.client()
-	if err != nil {
-		return nil, fmt.Errorf("etcd: probe VIPs: %w: %w", err, source.ErrExhausted)
-	}
 	start, size := pool.V4(s.rng.Start), uint32(s.size)
 	picks := map[netip.Addr]bool{}
 	var addrs []netip.Addr
@@ -364,9 +378,9 @@ func (s *Source) probe(ctx context.Context, n int, reserved map[netip.Addr]bool)
 	if len(ops) == 0 {
 		return nil, nil
 	}
-	c, cancel := s.call(ctx)
-	defer cancel()
-	resp, err := cli.Txn(c).Then(ops...).Commit()
+	resp, err := hedge(s, ctx, func(c context.Context, cli *clientv3.Client) (*clientv3.TxnResponse, error) {
+		return cli.Txn(c).Then(ops...).Commit()
+	})
 	if err != nil {
 		return nil, fmt.Errorf("etcd: probe VIPs: %w: %w", err, source.ErrExhausted)
 	}
@@ -383,13 +397,9 @@ func (s *Source) probe(ctx context.Context, n int, reserved map[netip.Addr]bool)
 // random point of the range so that hosts starting together do not all try
 // the same ones.
 func (s *Source) free(ctx context.Context, n int, reserved map[netip.Addr]bool) ([]netip.Addr, error) {
-	cli, err := s.client()
-	if err != nil {
-		return nil, fmt.Errorf("etcd: list VIPs: %w: %w", err, source.ErrExhausted)
-	}
-	c, cancel := s.call(ctx)
-	defer cancel()
-	resp, err := cli.Get(c, s.cfg.Prefix+"vips/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	resp, err := hedge(s, ctx, func(c context.Context, cli *clientv3.Client) (*clientv3.GetResponse, error) {
+		return cli.Get(c, s.cfg.Prefix+"vips/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	})
 	if err != nil {
 		return nil, fmt.Errorf("etcd: list VIPs: %w: %w", err, source.ErrExhausted)
 	}
@@ -439,8 +449,9 @@ func (s *Source) Claim(h lease.Holder, a netip.Addr) (lease.Lease, error) {
 	return l, nil
 }
 
-// Release implements source.Source: the key is deleted if it is still this
-// lease's, retried until etcd answers or the lease ends.
+// Release implements source.Source: the key is deleted if it is still the
+// one this host created (its create revision, bound to this lease),
+// retried until etcd answers or the lease ends.
 func (s *Source) Release(l lease.Lease) {
 	s.mu.Lock()
 	if h, ok := s.held[l.Addr]; !ok || h != l.Holder {
@@ -448,6 +459,8 @@ func (s *Source) Release(l lease.Lease) {
 		return
 	}
 	delete(s.held, l.Addr)
+	k := s.keys[l.Addr]
+	delete(s.keys, l.Addr)
 	id := s.leaseID
 	s.mu.Unlock()
 	if id == 0 {
@@ -456,7 +469,7 @@ func (s *Source) Release(l lease.Lease) {
 	// Deleted in the background, retried until etcd answers: the lease
 	// lives as long as this host does, so a key left behind would keep the
 	// address from the farm.
-	s.undo(l.Addr, id, "")
+	s.undo(l.Addr, id, "", k.create)
 }
 
 // Stats implements source.Source.

@@ -5,11 +5,16 @@ import (
 	"errors"
 	"net/netip"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
 	"github.com/ipvirt/ipvirt/internal/lease"
 	"github.com/ipvirt/ipvirt/internal/source"
+	"github.com/ipvirt/ipvirt/internal/testenv"
 )
 
 // Three hosts take 75 addresses from a 60-address pool at once: exactly 60
@@ -213,4 +218,172 @@ func TestStartPartitioned(t *testing.T) {
 	if _, err := a.Acquire(context.Background(), holder(1)); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// stock is a stock place's holder: a lease acquired ahead for the kernel
+// interceptor to hand out.
+func stock(i int) lease.Holder {
+	return lease.Holder{Session: lease.Session{Kind: lease.KindStock, ID: uint32(i)}}
+}
+
+// farmEntry is a's entry in the farm listing as s reads it (ipvirtctl
+// sessions --farm), and whether there is one.
+func farmEntry(t *testing.T, s *Source, a netip.Addr) (FarmLease, bool) {
+	t.Helper()
+	farm, err := s.Farm(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range farm {
+		if f.Addr == a {
+			return f, true
+		}
+	}
+	return FarmLease{}, false
+}
+
+// A stock lease passes to the session it was handed to: one transaction
+// rewrites its record, which the farm listing then shows (host, new
+// holder, the session's user, since the transfer). A transfer fails,
+// changing nothing, when the host no longer holds the lease for that
+// holder, when the record changed behind its back, or when the new holder
+// already has an address; the new holder's release frees the address.
+func TestTransfer(t *testing.T) {
+	t.Parallel()
+	c := startEtcd(t)
+	a, _ := host(t, c.endpoint, "sh-a", "", 10*time.Second, nil)
+	b, _ := host(t, c.endpoint, "sh-b", "", 10*time.Second, nil)
+	l, err := a.Acquire(context.Background(), stock(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f, _ := farmEntry(t, b, l.Addr); f.Holder != "s:1" || f.Host != "sh-a" {
+		t.Fatalf("stock lease listed as %+v", f)
+	}
+	before := time.Now().Truncate(time.Second)
+	sess := holder(1)
+	l.UID = 4000 // the session's user, as the daemon passes it
+	got, err := a.Transfer(l, sess)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Holder != sess || got.Addr != l.Addr || got.Subnet != l.Subnet || got.Source != Name {
+		t.Fatalf("transferred lease %+v", got)
+	}
+	if held := a.heldCopy(); held[sess] != l.Addr || len(held) != 1 {
+		t.Fatalf("after the transfer the host holds %v, want %s for %s alone", held, l.Addr, sess)
+	}
+	// Every host's listing (ipvirtctl sessions --farm) names the session.
+	for _, s := range []*Source{a, b} {
+		f, ok := farmEntry(t, s, l.Addr)
+		if !ok || f.Bad != "" || f.Holder != sess.Key() || f.Host != "sh-a" || f.HostID != a.hostID || f.UID != 4000 || f.Since.Before(before) {
+			t.Fatalf("%s lists %s as %+v (present %v): want holder %s of sh-a, uid 4000, since %s or later", s.host, l.Addr, f, ok, sess, before)
+		}
+	}
+
+	// The stock place no longer holds it: a second transfer from it fails.
+	if _, err := a.Transfer(l, holder(2)); err == nil {
+		t.Fatal("a lease the stock place no longer holds was transferred again")
+	}
+	// Another host cannot transfer a lease it does not hold.
+	if _, err := b.Transfer(got, holder(3)); err == nil {
+		t.Fatal("another host transferred a lease it does not hold")
+	}
+	if f, _ := farmEntry(t, b, l.Addr); f.Holder != sess.Key() {
+		t.Fatalf("failed transfers changed the record: %+v", f)
+	}
+
+	// The new holder already holds an address.
+	l2, err := a.Acquire(context.Background(), stock(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Transfer(l2, sess); err == nil {
+		t.Fatal("transferred to a holder that already holds an address")
+	}
+
+	// The record changed behind the host's back (written under its
+	// lease, naming someone else): the compare fails, nothing changes.
+	cli := rawClient(t, c.endpoint)
+	key := vipKey(a.cfg.Prefix, l2.Addr)
+	forged := `{"host":"sh-a","host_id":"` + a.hostID + `","holder":"a:4242","uid":0,"since":"2020-01-01T00:00:00Z"}`
+	if _, err := cli.Put(context.Background(), key, forged, clientv3.WithLease(a.leaseID)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Transfer(l2, holder(4)); err == nil {
+		t.Fatal("transferred a lease whose record changed behind the host's back")
+	}
+	if f, _ := farmEntry(t, b, l2.Addr); f.Holder != "a:4242" {
+		t.Fatalf("a failed transfer wrote the record: %+v", f)
+	}
+	if held := a.heldCopy(); held[stock(2)] != l2.Addr || held[holder(4)].IsValid() {
+		t.Fatalf("a failed transfer changed what the host holds: %v", held)
+	}
+
+	// Released, the lease cannot be transferred; the key goes.
+	a.Release(got)
+	waitFor(t, 5*time.Second, "the released key to go", func() bool {
+		_, ok := farmEntry(t, b, l.Addr)
+		return !ok
+	})
+	if _, err := a.Transfer(got, holder(5)); err == nil {
+		t.Fatal("a released lease was transferred")
+	}
+	if _, ok := farmEntry(t, b, l.Addr); ok {
+		t.Fatal("a transfer of a released lease wrote its key again")
+	}
+}
+
+// A transfer the cluster does not answer (its member frozen) fails and
+// leaves the host's view as it was; once the cluster answers again the
+// next transfer of the lease succeeds, whether the unanswered one was
+// applied after the thaw or not, and the record names its holder.
+func TestTransferWithoutAnswer(t *testing.T) {
+	t.Parallel()
+	endpoint, signal := testenv.StartEtcdStoppable(t)
+	a, _ := host(t, endpoint, "sh-a", "", 10*time.Second, nil)
+	l, err := a.Acquire(context.Background(), stock(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	signal(syscall.SIGSTOP)
+	_, err = a.Transfer(l, holder(1))
+	signal(syscall.SIGCONT)
+	if err == nil {
+		t.Fatal("a transfer succeeded with etcd frozen")
+	}
+	if held := a.heldCopy(); held[stock(1)] != l.Addr || len(held) != 1 {
+		t.Fatalf("an unanswered transfer changed what the host holds: %v", held)
+	}
+	// Nor did the write-back that settles it get an answer: the record is
+	// in doubt, and the next transfer writes the host's back first.
+	a.mu.Lock()
+	doubt := a.keys[l.Addr].mod == 0
+	a.mu.Unlock()
+	if !doubt {
+		t.Fatal("the record of an unanswered transfer is not marked in doubt")
+	}
+	var got lease.Lease
+	waitFor(t, 10*time.Second, "a transfer once etcd answers", func() bool {
+		got, err = a.Transfer(l, holder(2))
+		return err == nil
+	})
+	if got.Holder != holder(2) || a.heldCopy()[holder(2)] != l.Addr {
+		t.Fatalf("transferred lease %+v, host holds %v", got, a.heldCopy())
+	}
+	if f, ok := farmEntry(t, a, l.Addr); !ok || f.Holder != holder(2).Key() {
+		t.Fatalf("the record is %+v (present %v), want holder %s", f, ok, holder(2))
+	}
+}
+
+// rawClient is a client of the test's own, as another program writing
+// under the prefix.
+func rawClient(t *testing.T, endpoint string) *clientv3.Client {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
 }

@@ -20,13 +20,9 @@ type FarmLease struct {
 
 // Farm lists every VIP of the farm, by address.
 func (s *Source) Farm(ctx context.Context) ([]FarmLease, error) {
-	cli, err := s.client()
-	if err != nil {
-		return nil, err
-	}
-	c, cancel := s.call(ctx)
-	defer cancel()
-	resp, err := cli.Get(c, s.cfg.Prefix+"vips/", clientv3.WithPrefix())
+	resp, err := hedge(s, ctx, func(c context.Context, cli *clientv3.Client) (*clientv3.GetResponse, error) {
+		return cli.Get(c, s.cfg.Prefix+"vips/", clientv3.WithPrefix())
+	})
 	if err != nil {
 		return nil, fmt.Errorf("etcd: list the farm's VIPs: %w", err)
 	}

@@ -173,7 +173,7 @@ func (s *Source) fence(why string) {
 	}
 	s.fenced = time.Now()
 	lost := s.held
-	s.held = map[netip.Addr]lease.Holder{}
+	s.held, s.keys = map[netip.Addr]lease.Holder{}, map[netip.Addr]keyRev{}
 	until := time.Now().Add(s.keptFor())
 	for a, h := range lost {
 		s.last[h.Key()] = kept{addr: a, until: until}

@@ -19,7 +19,12 @@ import (
 // three small requests every lease_ttl/3; fencing a host that did not have
 // to costs every session its VIP.
 func (s *Source) renewAny(main *clientv3.Client, id clientv3.LeaseID) (*clientv3.LeaseKeepAliveResponse, error) {
-	clis := s.endpointClients()
+	var clis []*clientv3.Client
+	for _, cli := range s.endpointClients() {
+		if cli != nil {
+			clis = append(clis, cli)
+		}
+	}
 	if len(clis) < 2 {
 		clis = []*clientv3.Client{main}
 	}
@@ -51,32 +56,4 @@ func (s *Source) renewAny(main *clientv3.Client, id clientv3.LeaseID) (*clientv3
 		last = a.err
 	}
 	return nil, last
-}
-
-// endpointClients returns a client per endpoint (nil with one endpoint),
-// connecting those not connected yet; an endpoint that cannot be reached
-// now is left out and tried again at the next renewal.
-func (s *Source) endpointClients() []*clientv3.Client {
-	if len(s.cfg.Endpoints) < 2 {
-		return nil
-	}
-	s.cmu.Lock()
-	defer s.cmu.Unlock()
-	if s.epClis == nil {
-		s.epClis = make([]*clientv3.Client, len(s.cfg.Endpoints))
-	}
-	var out []*clientv3.Client
-	for i, e := range s.cfg.Endpoints {
-		if s.epClis[i] == nil && s.ctx.Err() == nil {
-			c := s.ccfg
-			c.Context, c.Endpoints = s.ctx, []string{e}
-			if cli, err := clientv3.New(c); err == nil {
-				s.epClis[i] = cli
-			}
-		}
-		if s.epClis[i] != nil {
-			out = append(out, s.epClis[i])
-		}
-	}
-	return out
 }

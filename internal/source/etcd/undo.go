@@ -1,6 +1,7 @@
 package etcd
 
 import (
+	"context"
 	"net/netip"
 	"time"
 
@@ -9,7 +10,9 @@ import (
 
 // undo deletes a's key in the background, retrying every retryWait until
 // etcd answers, if the key is still the one this host wrote: bound to
-// lease id and, when val is set, holding val.
+// lease id and created at revision create, or, create 0 (a create whose
+// answer never came), holding val when val is set (the revision is read
+// first).
 //
 // It is needed because a request that timed out here may still have been
 // applied by the cluster (a leader change, a slow member): a create whose
@@ -17,10 +20,11 @@ import (
 // its lease for as long as it runs, that address would be lost to the
 // whole farm until the daemon restarts. A release that failed would do the
 // same. While the undo runs this host does not take a again (take checks
-// undoing), so the delete cannot remove a key written for a new holder.
-// Once the lease is gone (fenced: revoked or expired) the key is gone
-// with it and the undo stops.
-func (s *Source) undo(a netip.Addr, id clientv3.LeaseID, val string) {
+// undoing). The delete compares the key's create revision, so that a copy
+// of it applied late (a retry, a hedge: hedge) cannot remove the key of a
+// later holder. Once the lease is gone (fenced: revoked or expired) the
+// key is gone with it and the undo stops.
+func (s *Source) undo(a netip.Addr, id clientv3.LeaseID, val string, create int64) {
 	s.mu.Lock()
 	if s.undoing[a] {
 		s.mu.Unlock()
@@ -37,10 +41,6 @@ func (s *Source) undo(a netip.Addr, id clientv3.LeaseID, val string) {
 			s.mu.Unlock()
 		}()
 		key := vipKey(s.cfg.Prefix, a)
-		cmp := []clientv3.Cmp{clientv3.Compare(clientv3.LeaseValue(key), "=", id)}
-		if val != "" {
-			cmp = append(cmp, clientv3.Compare(clientv3.Value(key), "=", val))
-		}
 		for {
 			s.mu.Lock()
 			live := s.leaseID == id
@@ -48,13 +48,8 @@ func (s *Source) undo(a netip.Addr, id clientv3.LeaseID, val string) {
 			if !live || s.ctx.Err() != nil {
 				return
 			}
-			if cli, err := s.client(); err == nil {
-				c, cancel := s.call(nil)
-				_, err = cli.Txn(c).If(cmp...).Then(clientv3.OpDelete(key)).Commit()
-				cancel()
-				if err == nil {
-					return
-				}
+			if s.undoOnce(key, id, val, &create) {
+				return
 			}
 			t := time.NewTimer(retryWait)
 			select {
@@ -65,6 +60,36 @@ func (s *Source) undo(a netip.Addr, id clientv3.LeaseID, val string) {
 			}
 		}
 	}()
+}
+
+// undoOnce is one try of undo: it reports whether etcd answered, the key
+// gone or no longer the one to delete. A create revision read is kept in
+// *create for the next try.
+func (s *Source) undoOnce(key string, id clientv3.LeaseID, val string, create *int64) bool {
+	if *create == 0 {
+		resp, err := hedge(s, nil, func(c context.Context, cli *clientv3.Client) (*clientv3.GetResponse, error) {
+			return cli.Get(c, key)
+		})
+		if err != nil {
+			return false
+		}
+		if len(resp.Kvs) != 1 {
+			return true
+		}
+		kv := resp.Kvs[0]
+		if clientv3.LeaseID(kv.Lease) != id || (val != "" && string(kv.Value) != val) {
+			return true
+		}
+		*create = kv.CreateRevision
+	}
+	rev := *create
+	_, err := hedge(s, nil, func(c context.Context, cli *clientv3.Client) (*clientv3.TxnResponse, error) {
+		return cli.Txn(c).
+			If(clientv3.Compare(clientv3.CreateRevision(key), "=", rev),
+				clientv3.Compare(clientv3.LeaseValue(key), "=", id)).
+			Then(clientv3.OpDelete(key)).Commit()
+	})
+	return err == nil
 }
 
 // undoingLocked reports whether a's key is being deleted (s.mu held).
