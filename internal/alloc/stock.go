@@ -191,6 +191,7 @@ func (m *Manager) transferInto(h lease.Holder, addr netip.Addr, uid uint32) (lea
 	delete(m.holders, sh)
 	m.mu.Unlock()
 	stock := se.lease
+	stock.UID = uid // the record's user, where the source shows it (etcd)
 	l, err := tr.Transfer(stock, h)
 	if err != nil {
 		m.mu.Lock()

@@ -22,7 +22,8 @@ const abiVersion = 3
 // ("link_<hook>"). It is created complete under a staging name and renamed
 // into place, so a pin directory that exists is never half populated.
 // bpffs refuses names with a dot (EPERM), hence "_staging_", "_dying_".
-var mapNames = []string{"sessions", "programs", "owners", "interest", "pending", "config", "counters", "events", "sock_tags"}
+var mapNames = []string{"sessions", "programs", "owners", "interest", "pending", "config", "counters", "events", "sock_tags",
+	"stock", "admins", "registered", "empty_reported"}
 
 type cgroupHook struct {
 	name   string
@@ -117,11 +118,7 @@ func attachFresh(spec *ebpf.CollectionSpec, cgroup, pinDir string) (_ *kernelObj
 	// Links hold their own references to the programs.
 	defer objs.interceptPrograms.Close()
 
-	ko := &kernelObjects{maps: map[string]*ebpf.Map{
-		"sessions": objs.Sessions, "programs": objs.Programs, "owners": objs.Owners,
-		"interest": objs.Interest, "pending": objs.Pending, "config": objs.Config,
-		"counters": objs.Counters, "events": objs.Events, "sock_tags": objs.SockTags,
-	}, links: map[string]link.Link{}}
+	ko := &kernelObjects{maps: objs.mapsByName(), links: map[string]link.Link{}}
 	staging := pinDir + "_staging_" + strconv.Itoa(os.Getpid())
 	var lock *lockedDir
 	defer func() {
@@ -242,7 +239,8 @@ func (o *interceptObjects) mapsByName() map[string]*ebpf.Map {
 	return map[string]*ebpf.Map{
 		"config": m.Config, "counters": m.Counters, "events": m.Events, "interest": m.Interest,
 		"owners": m.Owners, "pending": m.Pending, "programs": m.Programs, "sessions": m.Sessions,
-		"sock_tags": m.SockTags,
+		"sock_tags": m.SockTags, "stock": m.Stock, "admins": m.Admins, "registered": m.Registered,
+		"empty_reported": m.EmptyReported,
 	}
 }
 
