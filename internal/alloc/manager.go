@@ -13,8 +13,8 @@
 package alloc
 
 import (
-	"errors"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"

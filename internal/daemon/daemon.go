@@ -105,9 +105,9 @@ type Daemon struct {
 	registry     *trust.Registry
 	unregistered unregisteredLog
 
-	kernel    *kernel // nil: preload only
+	kernel    *kernel  // nil: preload only
 	stock     *stocker // with kernel
-	kernelErr error   // why the configured kernel interceptor is not running
+	kernelErr error    // why the configured kernel interceptor is not running
 	census    *poolCensus
 
 	events eventsRelay
