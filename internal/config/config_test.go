@@ -19,7 +19,7 @@ import (
 )
 
 func TestLoadTestdata(t *testing.T) {
-	yes, no := true, false
+	yes, no, stock := true, false, 32
 	full, err := Load("testdata/full.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -49,6 +49,7 @@ func TestLoadTestdata(t *testing.T) {
 		Preallocate:     &yes,
 		Interceptor:     InterceptorBoth,
 		Enforce:         &no,
+		KernelStock:     &stock,
 	}
 	if !reflect.DeepEqual(full, want) {
 		t.Errorf("full.yaml:\n got %+v\nwant %+v", full, want)
@@ -260,5 +261,32 @@ func TestInterceptorDefaults(t *testing.T) {
 			t.Errorf("%q: kernel %v enforce %v prealloc %v, want %v %v %v", tt.body,
 				c.Interceptor.Kernel(), c.EnforceOn(), c.PreallocateOn(), tt.kernel, tt.enforce, tt.prealloc)
 		}
+	}
+}
+
+// TestKernelStockSize: the default follows the source and the pool's size,
+// 0 without a kernel interceptor, an explicit value wins, and one out of
+// range is refused by name.
+func TestKernelStockSize(t *testing.T) {
+	zero, big := 0, 70000
+	pool := static.Config{Start: netip.MustParseAddr("10.0.0.1"), End: netip.MustParseAddr("10.0.0.100")}
+	bigPool := static.Config{Start: netip.MustParseAddr("10.0.0.1"), End: netip.MustParseAddr("10.0.9.255")}
+	for _, tt := range []struct {
+		c    Config
+		want int
+	}{
+		{Config{Interceptor: InterceptorPreload, Source: static.Name, StaticPool: bigPool}, 0},
+		{Config{Interceptor: InterceptorBPF, Source: static.Name, StaticPool: bigPool}, 256},
+		{Config{Interceptor: InterceptorBPF, Source: static.Name, StaticPool: pool}, 50},
+		{Config{Interceptor: InterceptorBoth, Source: dhcp.Name}, 4},
+		{Config{Interceptor: InterceptorBPF, Source: static.Name, StaticPool: pool, KernelStock: &zero}, 0},
+	} {
+		if got := tt.c.KernelStockSize(); got != tt.want {
+			t.Errorf("%+v: stock %d, want %d", tt.c, got, tt.want)
+		}
+	}
+	c := Config{KernelStock: &big}
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "kernel_stock: 70000") {
+		t.Errorf("kernel_stock: 70000 accepted or unnamed: %v", err)
 	}
 }

@@ -255,7 +255,10 @@ var behaviourTests = map[string][]testRef{
 	// daemonproc puts http on a free port, where the endpoints answer.
 	"http": {{"internal/daemon", "TestHTTPEndpoints"}},
 	// true with a static source, whose default is false.
-	"preallocate":      {{"internal/daemon", "TestPreallocateOnLogon"}},
+	"preallocate": {{"internal/daemon", "TestPreallocateOnLogon"}},
+	// 4 and 16, not the pool's default: status shows the stock so sized;
+	// the storm tests show what it is for.
+	"kernel_stock":     {{"internal/daemon", "TestFirstUseRules"}, {"internal/daemon", "TestAssignmentSurvivesACrash"}, {"internal/daemon", "TestFirstConnectAtLogon"}},
 	"scan_interval":    {{"internal/daemon", "TestKeyScanInterval"}},
 	"session_identity": {{"internal/daemon", "TestKeySessionIdentity"}},
 	"scope":            {{"internal/daemon", "TestKeyScope"}},

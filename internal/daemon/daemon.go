@@ -251,6 +251,13 @@ func (d *Daemon) build() error {
 		d.stock.configure(d.cfg)
 		d.stock.reconcile()
 	}
+	if d.stock == nil {
+		// No kernel to hand them out (it is unavailable, or no longer
+		// configured): a previous run's stock goes back to the pool.
+		for _, l := range d.mgr.Stock() {
+			d.mgr.ReleaseStock(l.Addr)
+		}
+	}
 	if in := (adapter.Installer{Adapter: d.adapter}); in.Needed() {
 		var want []adapter.VIP
 		for _, l := range d.mgr.Leases() {
@@ -340,13 +347,18 @@ func (d *Daemon) Run(ctx context.Context) error {
 				}
 				d.mgr.Ensure(lease.Session{Kind: lease.KindAudit, ID: sid}, uid, "")
 			}, func(ev bpf.Event) {
-				if ev.Kind == bpf.EventEmpty {
-					d.stock.wake()
-					return
-				}
 				en := bpf.Entry{Session: ev.Session}
 				if d.Config().Mode == policy.PerProgram {
 					en.Exe = ev.Exe
+				}
+				if ev.Kind == bpf.EventEmpty {
+					// The holder left from the machine IP (or was
+					// refused): give it a VIP the slow way too.
+					d.stock.wake()
+					if h, ok := d.stock.holder(en.Session, en.Exe); ok {
+						d.mgr.Ensure(h.Session, ev.LoginUID, h.Program)
+					}
+					return
 				}
 				d.stock.assigned(en, ev.Addr, ev.LoginUID)
 			})

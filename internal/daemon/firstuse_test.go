@@ -209,10 +209,9 @@ func TestFirstExecOfAListedProgram(t *testing.T) {
 	})
 }
 
-// TestFirstUseRules: the kernel applies the rules itself. An
-// administrator's session leaves from the machine IP; with an empty stock
-// a first connect falls back (on_exhausted: machine-ip) and the daemon
-// gives the session a VIP soon after.
+// TestFirstUseRules: the daemon tells the kernel its rules: an
+// administrator's session (admins.users) leaves from the machine IP and
+// takes nothing from a stock of kernel_stock addresses.
 func TestFirstUseRules(t *testing.T) {
 	testenv.RequireRoot(t)
 	e := newEnv(t, "interceptor: bpf\n"+firstUsePool+"kernel_stock: 4\npreallocate: false\nadmins: {users: ['64990'], groups: []}\n")
