@@ -200,11 +200,17 @@ var (
 		"Binds and sends the kernel interceptor refused with EPERM (another holder's VIP, or a pool address not held).", nil, nil)
 	bpfBoundDesc = prometheus.NewDesc("ipvirt_bpf_rewrites_total",
 		"Sockets the kernel interceptor gave a VIP, by hook.", []string{"hook"}, nil)
+	bpfAssignedDesc = prometheus.NewDesc("ipvirt_bpf_assigned_total",
+		"VIPs the kernel interceptor took from the stock at a holder's first socket call.", nil, nil)
+	bpfEmptyDesc = prometheus.NewDesc("ipvirt_bpf_stock_empty_total",
+		"First socket calls that found the kernel's stock empty (left from the machine IP, or refused with on_exhausted: deny).", nil, nil)
 )
 
 func (c kernelCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- bpfDeniedDesc
 	ch <- bpfBoundDesc
+	ch <- bpfAssignedDesc
+	ch <- bpfEmptyDesc
 }
 
 func (c kernelCollector) Collect(ch chan<- prometheus.Metric) {
@@ -216,4 +222,6 @@ func (c kernelCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(bpfBoundDesc, prometheus.CounterValue, float64(st.ConnectBound), "connect")
 	ch <- prometheus.MustNewConstMetric(bpfBoundDesc, prometheus.CounterValue, float64(st.SendmsgSource), "sendmsg")
 	ch <- prometheus.MustNewConstMetric(bpfBoundDesc, prometheus.CounterValue, float64(st.BindRewritten), "bind")
+	ch <- prometheus.MustNewConstMetric(bpfAssignedDesc, prometheus.CounterValue, float64(st.Assigned))
+	ch <- prometheus.MustNewConstMetric(bpfEmptyDesc, prometheus.CounterValue, float64(st.StockEmpty))
 }
