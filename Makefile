@@ -86,7 +86,7 @@ fuzz:
 # (internal/source/etcd), and the farm scenarios (3 hosts, each with its
 # ipvirtd, beside a 3-member cluster). Root. About 8 minutes.
 farm-test: build
-	IPVIRT_ETCD_FAULTS=1 $(GO) test -count=1 -timeout 20m -run 'TestMemberDown|TestQuorumLost' ./internal/source/etcd/
+	IPVIRT_ETCD_FAULTS=1 $(GO) test -count=1 -timeout 20m -run 'TestMemberDown|TestQuorumLost|TestAcquireWithMemberFrozen' ./internal/source/etcd/
 	IPVIRT_SIM_FARM=1 $(GO) test -count=1 -timeout 30m -run 'TestScenarioFiles/farm' ./sim/scenario/runner/
 
 fuzz-long: FUZZTIME ?= 10m

@@ -391,6 +391,15 @@ func (m *Manager) acquire(e *entry, h lease.Holder, uid uint32) {
 		}
 		err = m.commit(l)
 	}
+	if errors.Is(err, source.ErrExhausted) && m.kernel != nil && !h.Session.Stock() {
+		// The pool is empty but for the kernel's stock: a holder that
+		// asks is served from it rather than refused.
+		if a, ok := m.kernel.TakeStock(); ok {
+			if sl, serr := m.transferInto(h, a, uid); serr == nil {
+				l, err = sl, nil
+			}
+		}
+	}
 	if err == nil && m.kernel != nil && !h.Session.Stock() {
 		l, err = m.keepKernels(h, l, uid)
 	}

@@ -27,6 +27,9 @@ type KernelClaims interface {
 	// given h one already, which it returns instead. A holder the kernel
 	// does not serve (not an audit session) gets addr back.
 	Claim(h lease.Holder, addr netip.Addr) (netip.Addr, error)
+	// TakeStock takes one address out of the kernel's stock, so that no
+	// first call can take it any more, if the stock has one.
+	TakeStock() (netip.Addr, bool)
 }
 
 // SetKernel makes acquisitions respect the kernel's first-use assignments.

@@ -113,8 +113,9 @@ type Config struct {
 	// KernelStock (bpf) is how many VIPs the daemon keeps acquired,
 	// installed and persisted ahead, for the kernel to hand to a holder at
 	// its first socket call without waiting for the daemon. Unset: 256
-	// for a pool (at most half of it), 4 for DHCP; 0 turns first-use
-	// assignment off (VIPs then come from pre-allocation and the scan).
+	// for a static pool (at most half of it), 8 for etcd (the farm shares
+	// the pool), 4 for DHCP; 0 turns first-use assignment off (VIPs then
+	// come from pre-allocation and the scan).
 	KernelStock *int `yaml:"kernel_stock"`
 }
 
@@ -126,6 +127,11 @@ func (c Config) KernelStockSize() int {
 	}
 	if c.KernelStock != nil {
 		return max(*c.KernelStock, 0)
+	}
+	if c.Source == etcd.Name {
+		// The farm's pool is shared: a stock is addresses other hosts
+		// cannot have.
+		return 8
 	}
 	if c.UsesPool() {
 		size := 0

@@ -279,6 +279,7 @@ func TestKernelStockSize(t *testing.T) {
 		{Config{Interceptor: InterceptorBPF, Source: static.Name, StaticPool: bigPool}, 256},
 		{Config{Interceptor: InterceptorBPF, Source: static.Name, StaticPool: pool}, 50},
 		{Config{Interceptor: InterceptorBoth, Source: dhcp.Name}, 4},
+		{Config{Interceptor: InterceptorBPF, Source: etcd.Name, StaticPool: bigPool}, 8},
 		{Config{Interceptor: InterceptorBPF, Source: static.Name, StaticPool: pool, KernelStock: &zero}, 0},
 	} {
 		if got := tt.c.KernelStockSize(); got != tt.want {

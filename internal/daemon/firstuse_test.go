@@ -262,3 +262,32 @@ func stockFull(e *env, want int) bool {
 	st, err := e.client().Status()
 	return err == nil && strings.Contains(st.Interceptor, fmt.Sprintf("stock of %d/%d", want, want))
 }
+
+// TestExhaustedPoolServedFromStock: with the pool taken but for the
+// kernel's stock, sessions that ask the daemon (the preload path) are
+// served from the stock, one address each, rather than refused; only when
+// the stock is empty too is a session refused a VIP.
+func TestExhaustedPoolServedFromStock(t *testing.T) {
+	testenv.RequireRoot(t)
+	e := newEnv(t, "interceptor: both\nstatic_pool: {start: 127.72.9.1, end: 127.72.9.6, subnet_mask: 255.255.0.0}\n"+
+		"kernel_stock: 3\npreallocate: false\nadmins: {users: [], groups: []}\n")
+	eventually(t, "a full stock", func() bool { return stockFull(e, 3) })
+	seen := map[string]bool{}
+	for i := range 6 {
+		vip := e.mustVIP(e.session(uint32(64300 + i)))
+		if seen[vip] {
+			t.Fatalf("session %d was given %s twice", i, vip)
+		}
+		seen[vip] = true
+	}
+	r, err := e.whoami(e.session(64310))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Result == "vip" {
+		t.Fatalf("a seventh session got %s from a pool of 6", r.VIP)
+	}
+	if v, err := e.d.Metric("ipvirt_duplicate_vips"); err != nil || v != 0 {
+		t.Fatalf("ipvirt_duplicate_vips = %v (%v)", v, err)
+	}
+}

@@ -89,6 +89,15 @@ func (k *kernel) path(id bpf.ExeID) (string, bool) {
 	return "", false
 }
 
+// TakeStock implements alloc.KernelClaims.
+func (k *kernel) TakeStock() (netip.Addr, bool) {
+	a, ok, err := k.ic.PopStock()
+	if err != nil {
+		k.log.Error("kernel interceptor: take from the stock", "err", err)
+	}
+	return a, ok
+}
+
 // Claim implements alloc.KernelClaims.
 func (k *kernel) Claim(h lease.Holder, addr netip.Addr) (netip.Addr, error) {
 	if h.Session.Kind != lease.KindAudit {
