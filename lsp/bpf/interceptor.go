@@ -148,6 +148,13 @@ func Open(opts Options) (*Interceptor, error) {
 		ic.lock.unlock()
 		return nil, err
 	}
+	if ic.adopted {
+		// First-use assignment goes on as the previous daemon set it
+		// until this one's SetFirstUse: a restart is no window.
+		if prev, err := readSettings(ic.ko.maps["config"]); err == nil {
+			want.Flags |= prev.Flags & (cfgAssign | cfgTrustPAM | cfgModeProgram | cfgDenyExhausted)
+		}
+	}
 	if err := ic.applySettings(want); err != nil {
 		return fail(err)
 	}
