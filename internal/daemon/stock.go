@@ -32,11 +32,22 @@ type stocker struct {
 	d    *Daemon
 	k    *kernel
 	kick chan struct{}
+	// regMu orders syncRegistered's copy of the registry against the
+	// registrations and closes of single sessions (OpenSession,
+	// CloseSession): a copy read before a registration must not reach the
+	// kernel after it and take the session back out, just as PAM goes on
+	// to start its shell.
+	regMu sync.Mutex
 
 	mu       sync.Mutex
 	target   int
 	lastErr  string    // why the last fill fell short ("" when full)
 	loggedAt time.Time // of lastErr
+	// queued are the stock addresses pushed into the kernel's stock (and
+	// some since handed out, until the next fill forgets them): a stock
+	// lease counts in status only once the kernel can hand it out, not
+	// from when it is acquired.
+	queued map[netip.Addr]bool
 }
 
 // stockSettleTime is how long start-up waits, after taking the stock out
@@ -45,7 +56,7 @@ type stocker struct {
 const stockSettleTime = 100 * time.Millisecond
 
 func newStocker(d *Daemon, k *kernel) *stocker {
-	return &stocker{d: d, k: k, kick: make(chan struct{}, 1)}
+	return &stocker{d: d, k: k, kick: make(chan struct{}, 1), queued: map[netip.Addr]bool{}}
 }
 
 // wake asks for a fill soon.
@@ -91,6 +102,8 @@ func (s *stocker) configure(cfg config.Config) {
 
 // syncRegistered copies the registered sessions into the kernel.
 func (s *stocker) syncRegistered() {
+	s.regMu.Lock()
+	defer s.regMu.Unlock()
 	var ids []uint32
 	for _, r := range s.d.registry.All() {
 		ids = append(ids, r.ID)
@@ -193,7 +206,11 @@ func (s *stocker) handedOut() map[netip.Addr]*bpf.Entry {
 func (s *stocker) push(a netip.Addr) {
 	if err := s.k.ic.PushStock(a); err != nil {
 		s.d.log.Error("kernel interceptor: stock", "vip", a.String(), "err", err)
+		return
 	}
+	s.mu.Lock()
+	s.queued[a] = true
+	s.mu.Unlock()
 }
 
 // holder is the holder an entry or event names, "" program when the
@@ -262,10 +279,22 @@ func (s *stocker) run(ctx context.Context) {
 // kernel; past the target (a reload shrank it) it takes addresses back out
 // of the kernel's stock and releases them.
 func (s *stocker) fill(ctx context.Context) {
+	stock := s.d.mgr.Stock()
 	s.mu.Lock()
 	target := s.target
+	// Forget addresses that are no stock lease's any more (handed out,
+	// released), before one can come back as a stock lease not yet
+	// pushed.
+	live := make(map[netip.Addr]bool, len(stock))
+	for _, l := range stock {
+		live[l.Addr] = true
+	}
+	for a := range s.queued {
+		if !live[a] {
+			delete(s.queued, a)
+		}
+	}
 	s.mu.Unlock()
-	stock := s.d.mgr.Stock()
 	for i := len(stock) - 1; i >= 0 && i >= target; i-- {
 		if a, ok, err := s.k.ic.PopStock(); err == nil && ok {
 			s.d.mgr.ReleaseStock(a)
@@ -294,13 +323,20 @@ func (s *stocker) fill(ctx context.Context) {
 
 // status is one line for ipvirtctl status.
 func (s *stocker) status() string {
+	stock := s.d.mgr.Stock()
 	s.mu.Lock()
 	target, lastErr := s.target, s.lastErr
+	n := 0
+	for _, l := range stock {
+		if s.queued[l.Addr] {
+			n++
+		}
+	}
 	s.mu.Unlock()
 	if target == 0 {
 		return "off (kernel_stock: 0): VIPs come from pre-allocation and the scan"
 	}
-	line := "VIPs at first use from a stock of " + strconv.Itoa(len(s.d.mgr.Stock())) + "/" + strconv.Itoa(target)
+	line := "VIPs at first use from a stock of " + strconv.Itoa(n) + "/" + strconv.Itoa(target)
 	if lastErr != "" {
 		line += " (short: " + lastErr + ")"
 	}

@@ -106,6 +106,10 @@ func (d *Daemon) OpenSession(c identity.Caller, note string) (api.RegistrationRe
 	if err != nil {
 		return api.RegistrationReport{}, err
 	}
+	if d.stock != nil {
+		d.stock.regMu.Lock()
+		defer d.stock.regMu.Unlock()
+	}
 	reg, existed, err := d.registry.Register(trust.Registration{ID: c.Login.ID, UID: c.SessionUID,
 		Leader: leader, LeaderStart: start, Registered: time.Now()})
 	if err != nil {
@@ -146,6 +150,10 @@ func (d *Daemon) CloseSession(c identity.Caller, note string) (api.RegistrationR
 	leader, start, err := d.registrar(c)
 	if err != nil {
 		return api.RegistrationReport{}, err
+	}
+	if d.stock != nil {
+		d.stock.regMu.Lock()
+		defer d.stock.regMu.Unlock()
 	}
 	reg, err := d.registry.Unregister(c.Login.ID, leader, start)
 	var notLeader *trust.NotLeaderError

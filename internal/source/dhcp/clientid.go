@@ -1,8 +1,10 @@
 package dhcp
 
 import (
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"net"
 )
 
@@ -44,6 +46,22 @@ func ClientID(hostID []byte, holderKey string) []byte {
 	uuid[6] = uuid[6]&0x0f | 0x80 // version 8
 	uuid[8] = uuid[8]&0x3f | 0x80 // variant 10
 	return append(id, uuid...)
+}
+
+// StockClientID is the client identifier of one acquisition by a stock
+// holder (lease.KindStock, "s:N"): ClientID of the host id and the holder
+// key with a random nonce, a new one each time. Stock places are reused:
+// once the kernel has handed a stock lease to a session, the lease lives
+// on under the id it was obtained with (Transfer) and the place acquires
+// again. Under the id derived from its key alone the server would take the
+// refill for the client that holds the session's lease and offer the
+// session's own address, and the DECLINE of it would end the session's
+// lease at the server. The id is kept in the lease's State like any other,
+// so Adopt resumes the lease under it after a restart.
+func StockClientID(hostID []byte, holderKey string) []byte {
+	var nonce [16]byte
+	rand.Read(nonce[:])
+	return ClientID(hostID, holderKey+"/"+hex.EncodeToString(nonce[:]))
 }
 
 // fallbackMAC is a stable, locally administered, unicast MAC for adapters

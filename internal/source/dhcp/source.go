@@ -166,7 +166,8 @@ func (s *Source) Name() string { return Name }
 // ClientID returns the client identifier the source uses for h: that of
 // the lease h holds, which for a lease transferred to h (Transfer) is the
 // one it was obtained with, else the one derived from h's key (ClientID),
-// with which h would acquire.
+// with which h would acquire (a stock place acquires under a fresh one
+// each time: StockClientID).
 func (s *Source) ClientID(h lease.Holder) []byte {
 	key := h.Key()
 	s.mu.Lock()
@@ -198,7 +199,11 @@ func (s *Source) Acquire(ctx context.Context, h lease.Holder) (lease.Lease, erro
 	stop := context.AfterFunc(s.ctx, cancel)
 	defer stop()
 
-	b := &binding{holder: h, key: key, clientID: ClientID(s.hostID, key)}
+	cid := ClientID(s.hostID, key)
+	if h.Session.Stock() {
+		cid = StockClientID(s.hostID, key)
+	}
+	b := &binding{holder: h, key: key, clientID: cid}
 	l, err := s.obtain(ctx, b)
 	if err != nil {
 		s.stats.timeouts.Add(1)

@@ -27,6 +27,9 @@ func clientKey(k string) string {
 	return "id:" + hex.EncodeToString(ClientID([]byte(testHostID), k))
 }
 
+// cidKey is the server's table key for client id cid.
+func cidKey(cid []byte) string { return "id:" + hex.EncodeToString(cid) }
+
 // nakSessions is a server that NAKs every message under the session
 // holders' own client ids: a renewal of a transferred lease sent under
 // its new holder's id, not the stock one's, would lose the lease.
@@ -62,11 +65,13 @@ func TestRelayTransferRenewRelease(t *testing.T) {
 	srv := loopServer(t, nakSessions(fastLease(4*time.Second, time.Second, 3*time.Second), sess))
 	ev := newRecorder()
 	s := relaySource(t, srv, fastConfig(), netip.Addr{}, ev)
-	stockCID := ClientID([]byte(testHostID), stk.Key())
-
 	l := acquire(t, s, stk)
+	stockCID := stateClientID(t, l)
 	if !bytes.Equal(s.ClientID(stk), stockCID) || bytes.Equal(s.ClientID(sess), stockCID) {
 		t.Fatal("before the transfer, each holder's client id is its own")
+	}
+	if bytes.Equal(stockCID, ClientID([]byte(testHostID), stk.Key())) {
+		t.Fatal("a stock place acquired under the id derived from its key alone: its refill would ask as the same client")
 	}
 	tl, err := s.Transfer(l, sess)
 	if err != nil {
@@ -122,8 +127,8 @@ func TestRelayTransferRenewRelease(t *testing.T) {
 	}
 	ev.mu.Unlock()
 	sl, ok := serverLease(srv, l.Addr)
-	if !ok || sl.Client != clientKey(stk.Key()) || !sl.Expiry.After(l.Expiry) {
-		t.Fatalf("server lease on %s: %+v (%v); want it renewed for the stock client %s", l.Addr, sl, ok, clientKey(stk.Key()))
+	if !ok || sl.Client != cidKey(stockCID) || !sl.Expiry.After(l.Expiry) {
+		t.Fatalf("server lease on %s: %+v (%v); want it renewed for the stock client %s", l.Addr, sl, ok, cidKey(stockCID))
 	}
 	if sc := srv.Counters(); sc.Naks != 0 || sc.Renewals < 2 || sc.Discovers != discovers || len(srv.Leases()) != 2 {
 		t.Fatalf("server counters %+v, %d leases: want renewals, no NAK, no new DISCOVER, two leases", sc, len(srv.Leases()))
@@ -156,8 +161,10 @@ func TestRelayTransferAdopt(t *testing.T) {
 	relay := nextRelayIP()
 	s1 := relaySource(t, srv, fastConfig(), relay, newRecorder())
 	var moved [2]lease.Lease
+	var stockCID [2][]byte
 	for i, to := range []lease.Holder{sess, expSess} {
 		l := acquire(t, s1, stockHolder(i))
+		stockCID[i] = stateClientID(t, l)
 		var err error
 		if moved[i], err = s1.Transfer(l, to); err != nil {
 			t.Fatal(err)
@@ -187,7 +194,7 @@ func TestRelayTransferAdopt(t *testing.T) {
 		}
 	}
 	for i, h := range []lease.Holder{sess, expSess} {
-		if want := ClientID([]byte(testHostID), stockHolder(i).Key()); !bytes.Equal(s2.ClientID(h), want) {
+		if want := stockCID[i]; !bytes.Equal(s2.ClientID(h), want) {
 			t.Fatalf("adopted: ClientID(%s) = %x, want the stock one %x", h, s2.ClientID(h), want)
 		}
 	}
@@ -212,8 +219,8 @@ func TestRelayTransferAdopt(t *testing.T) {
 	}
 	for i, m := range moved {
 		sl, ok := serverLease(srv, m.Addr)
-		if !ok || sl.Client != clientKey(stockHolder(i).Key()) || !sl.Expiry.After(m.Expiry) {
-			t.Errorf("server lease on %s: %+v (%v); want it renewed for %s", m.Addr, sl, ok, clientKey(stockHolder(i).Key()))
+		if !ok || sl.Client != cidKey(stockCID[i]) || !sl.Expiry.After(m.Expiry) {
+			t.Errorf("server lease on %s: %+v (%v); want it renewed for %s", m.Addr, sl, ok, cidKey(stockCID[i]))
 		}
 	}
 }
@@ -250,11 +257,11 @@ func TestRelayTransferRefused(t *testing.T) {
 	if st := s.Stats(); st.Used != 2 {
 		t.Fatalf("stats %+v: want the two leases", st)
 	}
-	for h, a := range map[lease.Holder]netip.Addr{stockHolder(1): l.Addr, holder(1): busy.Addr} {
-		if got := acquire(t, s, h); got.Addr != a { // held: answered from the binding
-			t.Errorf("%s holds %s, want %s", h, got.Addr, a)
+	for h, held := range map[lease.Holder]lease.Lease{stockHolder(1): l, holder(1): busy} {
+		if got := acquire(t, s, h); got.Addr != held.Addr { // held: answered from the binding
+			t.Errorf("%s holds %s, want %s", h, got.Addr, held.Addr)
 		}
-		if !bytes.Equal(s.ClientID(h), ClientID([]byte(testHostID), h.Key())) {
+		if !bytes.Equal(s.ClientID(h), stateClientID(t, held)) {
 			t.Errorf("ClientID(%s) changed", h)
 		}
 	}
@@ -288,6 +295,7 @@ func TestRelayTransferDuringRenewal(t *testing.T) {
 	s := relaySource(t, srv, ccfg, netip.Addr{}, ev)
 	stk := stockHolder(1)
 	l := acquire(t, s, stk)
+	stockCID := stateClientID(t, l)
 	discovers := srv.Counters().Discovers
 
 	// T1 is 1s: renewals start then, each answered 300ms late.
@@ -303,8 +311,8 @@ func TestRelayTransferDuringRenewal(t *testing.T) {
 		time.Sleep(70 * time.Millisecond)
 	}
 	final := chain[n-1]
-	if st := s.Stats(); st.Used != 1 || !bytes.Equal(s.ClientID(final), s.ClientID(stk)) {
-		t.Fatalf("stats %+v, ClientID(%s) %x: want one lease under the stock client id %x", st, final, s.ClientID(final), s.ClientID(stk))
+	if st := s.Stats(); st.Used != 1 || !bytes.Equal(s.ClientID(final), stockCID) {
+		t.Fatalf("stats %+v, ClientID(%s) %x: want one lease under the stock client id %x", st, final, s.ClientID(final), stockCID)
 	}
 	ev.mu.Lock()
 	seen := len(ev.renewed)
@@ -325,7 +333,48 @@ func TestRelayTransferDuringRenewal(t *testing.T) {
 	if sc := srv.Counters(); sc.Naks != 0 || sc.Discovers != discovers || len(srv.Leases()) != 1 {
 		t.Fatalf("server counters %+v, leases %v: want the one lease renewed, no NAK", sc, srv.Leases())
 	}
-	if sl, _ := serverLease(srv, l.Addr); sl.Client != clientKey(stk.Key()) {
-		t.Fatalf("server lease %+v: want the stock client %s", sl, clientKey(stk.Key()))
+	if sl, _ := serverLease(srv, l.Addr); sl.Client != cidKey(stockCID) {
+		t.Fatalf("server lease %+v: want the stock client %s", sl, cidKey(stockCID))
+	}
+}
+
+// A stock place is refilled after its lease went to a session: the refill
+// is a client of its own to the server. Under the id derived from the
+// place's key it was the same client as the session's lease: the server
+// offered the session's address again, the source declined it as held by
+// another holder, and the server dropped the session's lease.
+func TestRelayStockPlaceRefilled(t *testing.T) {
+	t.Parallel()
+	srv := loopServer(t, fastLease(4*time.Second, time.Second, 3*time.Second))
+	ev := newRecorder()
+	s := relaySource(t, srv, fastConfig(), netip.Addr{}, ev)
+	stk, sess := stockHolder(0), holder(0)
+	l := acquire(t, s, stk)
+	first := stateClientID(t, l)
+	tl, err := s.Transfer(l, sess)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refill := acquire(t, s, stk)
+	if refill.Addr == l.Addr || bytes.Equal(stateClientID(t, refill), first) {
+		t.Fatalf("the refill got %s under %x; the session holds %s under %x", refill.Addr, stateClientID(t, refill), l.Addr, first)
+	}
+	if c := srv.Counters(); c.Declines != 0 {
+		t.Fatalf("server counters %+v: the refill declined an address", c)
+	}
+	// Both leases stand at the server, each under its own client, and the
+	// session's renews.
+	ev.wait(t, 10*time.Second, "a renewal of the session's lease", func(r []lease.Lease, lost []lostEvent) bool {
+		return ev.renewedOfLocked(r, sess) >= 1 || len(lost) > 0
+	})
+	for _, want := range []lease.Lease{tl, refill} {
+		if sl, ok := serverLease(srv, want.Addr); !ok || sl.Client != cidKey(stateClientID(t, want)) {
+			t.Fatalf("server lease on %s: %+v (%v), want it under %s", want.Addr, sl, ok, cidKey(stateClientID(t, want)))
+		}
+	}
+	ev.mu.Lock()
+	defer ev.mu.Unlock()
+	if len(ev.lost) != 0 {
+		t.Fatalf("lost %v", ev.lost)
 	}
 }
