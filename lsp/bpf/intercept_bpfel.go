@@ -51,30 +51,38 @@ type interceptSockTag struct {
 	Comm       [16]int8
 }
 
+type interceptTagSlot struct {
+	_      structs.HostLayout
+	Cookie uint64
+	Tag    interceptSockTag
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	interceptMapConfig            = "config"
-	interceptMapCounters          = "counters"
-	interceptMapEvents            = "events"
-	interceptMapInterest          = "interest"
-	interceptMapOwners            = "owners"
-	interceptMapPending           = "pending"
-	interceptMapPrograms          = "programs"
-	interceptMapSessions          = "sessions"
-	interceptMapSockTags          = "sock_tags"
-	interceptProgIpvirtBind4      = "ipvirt_bind4"
-	interceptProgIpvirtBind6      = "ipvirt_bind6"
-	interceptProgIpvirtConnect4   = "ipvirt_connect4"
-	interceptProgIpvirtConnect6   = "ipvirt_connect6"
-	interceptProgIpvirtEgress     = "ipvirt_egress"
-	interceptProgIpvirtExec       = "ipvirt_exec"
-	interceptProgIpvirtIngress    = "ipvirt_ingress"
-	interceptProgIpvirtNewSession = "ipvirt_new_session"
-	interceptProgIpvirtSendmsg4   = "ipvirt_sendmsg4"
-	interceptProgIpvirtSendmsg6   = "ipvirt_sendmsg6"
-	interceptProgIpvirtSockCreate = "ipvirt_sock_create"
+	interceptMapConfig             = "config"
+	interceptMapCounters           = "counters"
+	interceptMapEvents             = "events"
+	interceptMapInterest           = "interest"
+	interceptMapOwners             = "owners"
+	interceptMapPending            = "pending"
+	interceptMapPrograms           = "programs"
+	interceptMapSessions           = "sessions"
+	interceptMapSockSlots          = "sock_slots"
+	interceptMapSockTags           = "sock_tags"
+	interceptProgIpvirtBind4       = "ipvirt_bind4"
+	interceptProgIpvirtBind6       = "ipvirt_bind6"
+	interceptProgIpvirtConnect4    = "ipvirt_connect4"
+	interceptProgIpvirtConnect6    = "ipvirt_connect6"
+	interceptProgIpvirtEgress      = "ipvirt_egress"
+	interceptProgIpvirtExec        = "ipvirt_exec"
+	interceptProgIpvirtIngress     = "ipvirt_ingress"
+	interceptProgIpvirtNewSession  = "ipvirt_new_session"
+	interceptProgIpvirtSendmsg4    = "ipvirt_sendmsg4"
+	interceptProgIpvirtSendmsg6    = "ipvirt_sendmsg6"
+	interceptProgIpvirtSockCreate  = "ipvirt_sock_create"
+	interceptProgIpvirtSockRelease = "ipvirt_sock_release"
 )
 
 // loadIntercept returns the embedded CollectionSpec for intercept.
@@ -119,32 +127,34 @@ type interceptSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type interceptProgramSpecs struct {
-	IpvirtBind4      *ebpf.ProgramSpec `ebpf:"ipvirt_bind4"`
-	IpvirtBind6      *ebpf.ProgramSpec `ebpf:"ipvirt_bind6"`
-	IpvirtConnect4   *ebpf.ProgramSpec `ebpf:"ipvirt_connect4"`
-	IpvirtConnect6   *ebpf.ProgramSpec `ebpf:"ipvirt_connect6"`
-	IpvirtEgress     *ebpf.ProgramSpec `ebpf:"ipvirt_egress"`
-	IpvirtExec       *ebpf.ProgramSpec `ebpf:"ipvirt_exec"`
-	IpvirtIngress    *ebpf.ProgramSpec `ebpf:"ipvirt_ingress"`
-	IpvirtNewSession *ebpf.ProgramSpec `ebpf:"ipvirt_new_session"`
-	IpvirtSendmsg4   *ebpf.ProgramSpec `ebpf:"ipvirt_sendmsg4"`
-	IpvirtSendmsg6   *ebpf.ProgramSpec `ebpf:"ipvirt_sendmsg6"`
-	IpvirtSockCreate *ebpf.ProgramSpec `ebpf:"ipvirt_sock_create"`
+	IpvirtBind4       *ebpf.ProgramSpec `ebpf:"ipvirt_bind4"`
+	IpvirtBind6       *ebpf.ProgramSpec `ebpf:"ipvirt_bind6"`
+	IpvirtConnect4    *ebpf.ProgramSpec `ebpf:"ipvirt_connect4"`
+	IpvirtConnect6    *ebpf.ProgramSpec `ebpf:"ipvirt_connect6"`
+	IpvirtEgress      *ebpf.ProgramSpec `ebpf:"ipvirt_egress"`
+	IpvirtExec        *ebpf.ProgramSpec `ebpf:"ipvirt_exec"`
+	IpvirtIngress     *ebpf.ProgramSpec `ebpf:"ipvirt_ingress"`
+	IpvirtNewSession  *ebpf.ProgramSpec `ebpf:"ipvirt_new_session"`
+	IpvirtSendmsg4    *ebpf.ProgramSpec `ebpf:"ipvirt_sendmsg4"`
+	IpvirtSendmsg6    *ebpf.ProgramSpec `ebpf:"ipvirt_sendmsg6"`
+	IpvirtSockCreate  *ebpf.ProgramSpec `ebpf:"ipvirt_sock_create"`
+	IpvirtSockRelease *ebpf.ProgramSpec `ebpf:"ipvirt_sock_release"`
 }
 
 // interceptMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type interceptMapSpecs struct {
-	Config   *ebpf.MapSpec `ebpf:"config"`
-	Counters *ebpf.MapSpec `ebpf:"counters"`
-	Events   *ebpf.MapSpec `ebpf:"events"`
-	Interest *ebpf.MapSpec `ebpf:"interest"`
-	Owners   *ebpf.MapSpec `ebpf:"owners"`
-	Pending  *ebpf.MapSpec `ebpf:"pending"`
-	Programs *ebpf.MapSpec `ebpf:"programs"`
-	Sessions *ebpf.MapSpec `ebpf:"sessions"`
-	SockTags *ebpf.MapSpec `ebpf:"sock_tags"`
+	Config    *ebpf.MapSpec `ebpf:"config"`
+	Counters  *ebpf.MapSpec `ebpf:"counters"`
+	Events    *ebpf.MapSpec `ebpf:"events"`
+	Interest  *ebpf.MapSpec `ebpf:"interest"`
+	Owners    *ebpf.MapSpec `ebpf:"owners"`
+	Pending   *ebpf.MapSpec `ebpf:"pending"`
+	Programs  *ebpf.MapSpec `ebpf:"programs"`
+	Sessions  *ebpf.MapSpec `ebpf:"sessions"`
+	SockSlots *ebpf.MapSpec `ebpf:"sock_slots"`
+	SockTags  *ebpf.MapSpec `ebpf:"sock_tags"`
 }
 
 // interceptVariableSpecs contains global variables before they are loaded into the kernel.
@@ -173,15 +183,16 @@ func (o *interceptObjects) Close() error {
 //
 // It can be passed to loadInterceptObjects or ebpf.CollectionSpec.LoadAndAssign.
 type interceptMaps struct {
-	Config   *ebpf.Map `ebpf:"config"`
-	Counters *ebpf.Map `ebpf:"counters"`
-	Events   *ebpf.Map `ebpf:"events"`
-	Interest *ebpf.Map `ebpf:"interest"`
-	Owners   *ebpf.Map `ebpf:"owners"`
-	Pending  *ebpf.Map `ebpf:"pending"`
-	Programs *ebpf.Map `ebpf:"programs"`
-	Sessions *ebpf.Map `ebpf:"sessions"`
-	SockTags *ebpf.Map `ebpf:"sock_tags"`
+	Config    *ebpf.Map `ebpf:"config"`
+	Counters  *ebpf.Map `ebpf:"counters"`
+	Events    *ebpf.Map `ebpf:"events"`
+	Interest  *ebpf.Map `ebpf:"interest"`
+	Owners    *ebpf.Map `ebpf:"owners"`
+	Pending   *ebpf.Map `ebpf:"pending"`
+	Programs  *ebpf.Map `ebpf:"programs"`
+	Sessions  *ebpf.Map `ebpf:"sessions"`
+	SockSlots *ebpf.Map `ebpf:"sock_slots"`
+	SockTags  *ebpf.Map `ebpf:"sock_tags"`
 }
 
 func (m *interceptMaps) Close() error {
@@ -194,6 +205,7 @@ func (m *interceptMaps) Close() error {
 		m.Pending,
 		m.Programs,
 		m.Sessions,
+		m.SockSlots,
 		m.SockTags,
 	)
 }
@@ -208,17 +220,18 @@ type interceptVariables struct {
 //
 // It can be passed to loadInterceptObjects or ebpf.CollectionSpec.LoadAndAssign.
 type interceptPrograms struct {
-	IpvirtBind4      *ebpf.Program `ebpf:"ipvirt_bind4"`
-	IpvirtBind6      *ebpf.Program `ebpf:"ipvirt_bind6"`
-	IpvirtConnect4   *ebpf.Program `ebpf:"ipvirt_connect4"`
-	IpvirtConnect6   *ebpf.Program `ebpf:"ipvirt_connect6"`
-	IpvirtEgress     *ebpf.Program `ebpf:"ipvirt_egress"`
-	IpvirtExec       *ebpf.Program `ebpf:"ipvirt_exec"`
-	IpvirtIngress    *ebpf.Program `ebpf:"ipvirt_ingress"`
-	IpvirtNewSession *ebpf.Program `ebpf:"ipvirt_new_session"`
-	IpvirtSendmsg4   *ebpf.Program `ebpf:"ipvirt_sendmsg4"`
-	IpvirtSendmsg6   *ebpf.Program `ebpf:"ipvirt_sendmsg6"`
-	IpvirtSockCreate *ebpf.Program `ebpf:"ipvirt_sock_create"`
+	IpvirtBind4       *ebpf.Program `ebpf:"ipvirt_bind4"`
+	IpvirtBind6       *ebpf.Program `ebpf:"ipvirt_bind6"`
+	IpvirtConnect4    *ebpf.Program `ebpf:"ipvirt_connect4"`
+	IpvirtConnect6    *ebpf.Program `ebpf:"ipvirt_connect6"`
+	IpvirtEgress      *ebpf.Program `ebpf:"ipvirt_egress"`
+	IpvirtExec        *ebpf.Program `ebpf:"ipvirt_exec"`
+	IpvirtIngress     *ebpf.Program `ebpf:"ipvirt_ingress"`
+	IpvirtNewSession  *ebpf.Program `ebpf:"ipvirt_new_session"`
+	IpvirtSendmsg4    *ebpf.Program `ebpf:"ipvirt_sendmsg4"`
+	IpvirtSendmsg6    *ebpf.Program `ebpf:"ipvirt_sendmsg6"`
+	IpvirtSockCreate  *ebpf.Program `ebpf:"ipvirt_sock_create"`
+	IpvirtSockRelease *ebpf.Program `ebpf:"ipvirt_sock_release"`
 }
 
 func (p *interceptPrograms) Close() error {
@@ -234,6 +247,7 @@ func (p *interceptPrograms) Close() error {
 		p.IpvirtSendmsg4,
 		p.IpvirtSendmsg6,
 		p.IpvirtSockCreate,
+		p.IpvirtSockRelease,
 	)
 }
 
