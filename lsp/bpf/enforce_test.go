@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"context"
 	"encoding/hex"
 	"fmt"
 	"net"
@@ -10,6 +11,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf/link"
+
+	"github.com/ipvirt/ipvirt/sim/loginsession"
 )
 
 // pyIn runs a Python program in session s with args; the program travels
@@ -66,7 +71,8 @@ except OSError as e:
 // TestEnforcementBeyondBind: ways a packet carries another holder's
 // address that the bind, connect and sendmsg hooks never see. Each worked
 // before the packet hooks; each is checked with enforcement off too, to
-// show the attack is real, and on, where it must fail.
+// show the attack is real, and on, where it must fail: with the sockets'
+// tags in their slots, and in socket-local storage (every slot taken).
 func TestEnforcementBeyondBind(t *testing.T) {
 	const pingRange = "/proc/sys/net/ipv4/ping_group_range"
 	if old, err := os.ReadFile(pingRange); err == nil {
@@ -74,9 +80,13 @@ func TestEnforcementBeyondBind(t *testing.T) {
 		os.WriteFile(pingRange, []byte("0 2147483647"), 0o644)
 		t.Cleanup(func() { os.WriteFile(pingRange, old, 0o644) })
 	}
-	for _, enforce := range []bool{false, true} {
-		t.Run(fmt.Sprintf("enforce=%v", enforce), func(t *testing.T) {
+	for _, mode := range []string{"enforce=false", "enforce=true", "enforce=true,slots=full"} {
+		t.Run(mode, func(t *testing.T) {
+			enforce := mode != "enforce=false"
 			ic, _ := open(t, enforce)
+			if mode == "enforce=true,slots=full" {
+				fillSlots(t, ic)
+			}
 			holder, other, withVIP := session(t, 62111), session(t, 62112), session(t, 62113)
 			vip, ownVIP := "127.74.0.14", "127.74.0.15"
 			if err := ic.SetSession(holder.ID, netip.MustParseAddr(vip)); err != nil {
@@ -162,5 +172,194 @@ func TestEnforcementBeyondBind(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// fillSlots takes every tag slot for a cookie no socket has, so that the
+// sockets created from now on are tagged in socket-local storage (as when
+// more sockets are open than there are slots).
+func fillSlots(t *testing.T, ic *Interceptor) {
+	t.Helper()
+	m := ic.ko.maps["sock_slots"]
+	for i := uint32(0); i < m.MaxEntries(); i++ {
+		if err := m.Put(i, interceptTagSlot{Cookie: ^uint64(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// childProbe connects to argv[2] port 9, where nothing listens, from a new
+// socket ("new") or from an accepted one it disconnected first ("accepted"),
+// so that the kernel picks the source; prints "refused" when the SYN left
+// (the reset came back) and "timeout" when it was dropped.
+const childProbe = `
+import ctypes, socket, sys
+how, dst = sys.argv[2], sys.argv[3]
+if how == "new":
+    s = socket.socket()
+else:
+    ln = socket.socket()
+    ln.bind(("0.0.0.0", 0))
+    ln.listen(1)
+    c = socket.create_connection(("127.0.0.1", ln.getsockname()[1]))
+    s, _ = ln.accept()
+    unspec = (ctypes.c_ubyte * 16)()
+    if ctypes.CDLL(None, use_errno=True).connect(s.fileno(), unspec, 16) != 0:
+        print("disconnect errno", ctypes.get_errno())
+        sys.exit(0)
+s.settimeout(2)
+try:
+    s.connect((dst, 9))
+    print("connected")
+except ConnectionRefusedError:
+    print("refused")
+except socket.timeout:
+    print("timeout")
+except OSError as e:
+    print("errno", e.errno)
+`
+
+// TestEnforcementImplicitSource: where another holder's VIP is a local
+// address, a connect to it from a session without a VIP leaves from the
+// VIP itself (the kernel's choice; no bind or connect hook sees it), from
+// a new socket and from an accepted one that was disconnected and
+// connected again (a socket sock_create never saw: it must inherit its
+// listener's tag). Enforcement drops the SYN, with the tags in their
+// slots and in socket-local storage. The sessions run in a network
+// namespace of their own, where the VIP is on lo.
+func TestEnforcementImplicitSource(t *testing.T) {
+	const vip = "127.74.0.16"
+	for _, mode := range []string{"off", "on", "on, slots full"} {
+		t.Run(mode, func(t *testing.T) {
+			enforce := mode != "off"
+			ic, _ := open(t, enforce)
+			if mode == "on, slots full" {
+				fillSlots(t, ic)
+			}
+			holder := session(t, 62121)
+			if err := ic.SetSession(holder.ID, netip.MustParseAddr(vip)); err != nil {
+				t.Fatal(err)
+			}
+			other, err := loginsession.StartWrapped(context.Background(), loginsession.Audit, 62122, func(argv []string) []string {
+				return append([]string{"unshare", "-n", "/bin/sh", "-c",
+					`ip link set lo up && ip addr add ` + vip + `/32 dev lo && exec "$@"`, "sh"}, argv...)
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { other.Close() })
+			for _, how := range []string{"new", "accepted"} {
+				out, code := runIn(t, other, pyIn(childProbe, how, vip)...)
+				want := "refused"
+				if enforce {
+					want = "timeout"
+				}
+				if got := strings.TrimSpace(out); code != 0 || got != want {
+					t.Errorf("%s socket to %s: %q (exit %d), want %s", how, vip, got, code, want)
+				}
+			}
+		})
+	}
+}
+
+// enforceAttached reports, for each enforcement hook, whether ic holds its
+// link, its pin exists, and the kernel runs its program on the cgroup.
+func enforceAttached(t *testing.T, ic *Interceptor, pin string) map[string][3]bool {
+	t.Helper()
+	out := map[string][3]bool{}
+	for _, h := range enforceHooks {
+		var st [3]bool
+		l, ok := ic.ko.links[h.name]
+		st[0] = ok
+		_, err := os.Stat(filepath.Join(pin, "link_"+h.name))
+		st[1] = err == nil
+		if ok {
+			info, err := l.Info()
+			if err != nil {
+				t.Fatal(err)
+			}
+			f, err := os.Open(ic.CgroupPath())
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: h.attach})
+			f.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range res.Programs {
+				st[2] = st[2] || p.ID == info.Program
+			}
+		}
+		out[h.name] = st
+	}
+	return out
+}
+
+// TestEnforcementHooksOnlyWhileOn: the hooks that tag sockets and police
+// packets are attached (and pinned) only while enforcement is on, whether
+// SetEnforce turns it on or off, or a daemon adopting the pins asks for
+// the other setting; and what they enforce follows.
+func TestEnforcementHooksOnlyWhileOn(t *testing.T) {
+	ic, pin := open(t, false)
+	want := func(ic *Interceptor, on bool, when string) {
+		t.Helper()
+		for name, st := range enforceAttached(t, ic, pin) {
+			if st != [3]bool{on, on, on} {
+				t.Errorf("%s: %s: held, pinned, attached = %v, want all %v", when, name, st, on)
+			}
+		}
+	}
+	probe := func(on bool, when string) {
+		t.Helper()
+		s := session(t, 62131)
+		out, code := runIn(t, s, pyIn(sendProbe, "multicast_if", "127.74.0.17")...)
+		wantErr := "0"
+		if on {
+			wantErr = "1"
+		}
+		if code != 0 || strings.TrimSpace(out) != wantErr {
+			t.Errorf("%s: multicast_if from a pool address: errno %q (exit %d), want %s", when, out, code, wantErr)
+		}
+	}
+	want(ic, false, "Open(Enforce: false)")
+	probe(false, "Open(Enforce: false)")
+	if err := ic.SetEnforce(true); err != nil {
+		t.Fatal(err)
+	}
+	want(ic, true, "SetEnforce(true)")
+	probe(true, "SetEnforce(true)")
+	// A slot whose socket was released while no sock_release ran (the
+	// hooks detached in between): turning enforcement off frees them all.
+	slots := ic.ko.maps["sock_slots"]
+	if err := slots.Put(uint32(7), interceptTagSlot{Cookie: 7, Tag: interceptSockTag{Sid: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ic.SetEnforce(false); err != nil {
+		t.Fatal(err)
+	}
+	want(ic, false, "SetEnforce(false)")
+	probe(false, "SetEnforce(false)")
+	var slot interceptTagSlot
+	if err := slots.Lookup(uint32(7), &slot); err != nil || slot.Cookie != 0 {
+		t.Errorf("after SetEnforce(false) tag slot 7 holds cookie %d (%v), want free", slot.Cookie, err)
+	}
+
+	for i, on := range []bool{true, true, false, false, true} {
+		if err := ic.Release(); err != nil {
+			t.Fatal(err)
+		}
+		again, err := Open(Options{PinDir: pin, Enforce: on, MachineIP: netip.MustParseAddr("127.0.0.1"), Pool: pool})
+		if err != nil {
+			t.Fatalf("reopen %d: %v", i, err)
+		}
+		t.Cleanup(func() { again.Close() })
+		if !again.Adopted() {
+			t.Fatalf("reopen %d attached fresh instead of adopting", i)
+		}
+		ic = again
+		when := fmt.Sprintf("adopted with Enforce: %v", on)
+		want(ic, on, when)
+		probe(on, when)
 	}
 }

@@ -4,4 +4,4 @@ package bpf
 // needs no clang. Regenerate after editing intercept.bpf.c or kernel.h with
 // `go generate ./lsp/bpf` (needs clang, llvm-strip, libbpf-dev; see README).
 //
-//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc clang -strip llvm-strip -target bpfel -type settings -type holder -type exe_id intercept intercept.bpf.c -- -O2 -g -Wall -Werror -I.
+//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc clang -strip llvm-strip -target bpfel -type settings -type holder -type exe_id -type tag_slot intercept intercept.bpf.c -- -O2 -g -Wall -Werror -I.

@@ -208,6 +208,27 @@ struct sock_tag {
 	char comm[16];
 };
 
+/* A socket's tag lives in a slot of sock_slots, the one its cookie (unique,
+ * never reused) names, claimed at creation and freed at release: no
+ * allocation on the socket's path, where socket-local storage costs a
+ * kmalloc and an RCU free per socket (a tenth of a loopback connect). A
+ * socket whose slot another live socket holds gets socket-local storage
+ * instead (sock_tags), and so does a listener, at its first SYN, so that
+ * the sockets it accepts inherit its tag (BPF_F_CLONE). */
+#define TAG_SLOTS 32768 /* a power of two */
+
+struct tag_slot {
+	__u64 cookie; /* the tagged socket's cookie; 0: free */
+	struct sock_tag tag;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, TAG_SLOTS);
+	__type(key, __u32);
+	__type(value, struct tag_slot);
+} sock_slots SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC | BPF_F_CLONE);
@@ -652,19 +673,8 @@ int ipvirt_bind6(struct bpf_sock_addr *ctx)
 	return check_src(&c, cfg, addr, bpf_ntohs(ctx->user_port), HOOK_BIND6);
 }
 
-/* sock_create tags every IPv4 and IPv6 socket a login session creates
- * (stream, datagram, ping, raw alike: they all pass here) with its creator,
- * so that the packet hooks below know whose it is. */
-SEC("cgroup/sock_create")
-int ipvirt_sock_create(struct bpf_sock *sk)
+static __always_inline void fill_tag(struct sock_tag *tag, struct task_struct *t, __u32 sid)
 {
-	struct task_struct *t = bpf_get_current_task_btf();
-	__u32 sid = t->sessionid;
-	if (sid == AUDIT_SID_UNSET)
-		return 1;
-	struct sock_tag *tag = bpf_sk_storage_get(&sock_tags, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!tag)
-		return 1;
 	struct holder k = {};
 	exe_of(t, &k);
 	tag->sid = sid;
@@ -674,7 +684,74 @@ int ipvirt_sock_create(struct bpf_sock *sk)
 	tag->dev = k.dev;
 	tag->last_report = 0;
 	bpf_get_current_comm(tag->comm, sizeof(tag->comm));
+}
+
+static __always_inline struct tag_slot *slot_of(__u64 cookie)
+{
+	__u32 i = cookie & (TAG_SLOTS - 1);
+	return bpf_map_lookup_elem(&sock_slots, &i);
+}
+
+/* sock_create tags every IPv4 and IPv6 socket a login session creates
+ * (stream, datagram, ping, raw alike: they all pass here) with its creator,
+ * so that the packet hooks below know whose it is. Attached, with
+ * sock_release and the packet hooks, only while enforcement is on. */
+SEC("cgroup/sock_create")
+int ipvirt_sock_create(struct bpf_sock *sk)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	__u32 sid = t->sessionid;
+	if (sid == AUDIT_SID_UNSET)
+		return 1;
+	__u64 cookie = bpf_get_socket_cookie(sk);
+	struct tag_slot *s = slot_of(cookie);
+	if (cookie && s && __sync_val_compare_and_swap(&s->cookie, 0, cookie) == 0) {
+		fill_tag(&s->tag, t, sid);
+		return 1;
+	}
+	struct sock_tag *tag = bpf_sk_storage_get(&sock_tags, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (tag)
+		fill_tag(tag, t, sid);
 	return 1;
+}
+
+/* sock_release frees the slot of a socket closed by its last holder. */
+SEC("cgroup/sock_release")
+int ipvirt_sock_release(struct bpf_sock *sk)
+{
+	__u64 cookie = bpf_get_socket_cookie(sk);
+	struct tag_slot *s = slot_of(cookie);
+	if (cookie && s && s->cookie == cookie)
+		__sync_val_compare_and_swap(&s->cookie, cookie, 0);
+	return 1;
+}
+
+/* tag_of returns the tag of skb's socket sk (a full socket), NULL when it
+ * has none. */
+static __always_inline struct sock_tag *tag_of(struct __sk_buff *skb, struct bpf_sock *sk)
+{
+	__u64 cookie = bpf_get_socket_cookie(skb);
+	struct tag_slot *s = slot_of(cookie);
+	if (cookie && s && s->cookie == cookie)
+		return &s->tag;
+	return bpf_sk_storage_get(&sock_tags, sk, 0, 0);
+}
+
+/* inherit gives a listener whose tag is in a slot socket-local storage
+ * too, before the SYN it is receiving can make a socket: an accepted socket
+ * is made by cloning its listener, storage included, never by
+ * sock_create. */
+static __always_inline void inherit(struct __sk_buff *skb, struct bpf_sock *sk)
+{
+	__u64 cookie = bpf_get_socket_cookie(skb);
+	struct tag_slot *s = slot_of(cookie);
+	if (!cookie || !s || s->cookie != cookie)
+		return; /* untagged, or tagged in storage already */
+	if (bpf_sk_storage_get(&sock_tags, sk, 0, 0))
+		return;
+	struct sock_tag *tag = bpf_sk_storage_get(&sock_tags, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (tag)
+		__builtin_memcpy(tag, &s->tag, sizeof(*tag));
 }
 
 /* report_packet tells the daemon of a dropped packet, at most once a second
@@ -706,28 +783,46 @@ static __always_inline void report_packet(struct sock_tag *tag, __be32 addr, __u
 	bpf_ringbuf_submit(e, 0);
 }
 
-/* police returns 1 when a packet of skb's socket may carry addr (its source
- * leaving, its destination arriving), 0 to drop it: a pool address or a
- * held VIP belongs only to sockets its holder created. The bind and connect
- * hooks cannot see everything that puts an address on a packet: a wildcard
- * listener accepting for another's VIP, IP_MULTICAST_IF, ping sockets
- * (their own bind path), raw sockets. Sockets of services (no session) and
- * sockets older than the interceptor carry no tag and pass. */
-static __always_inline int police(struct __sk_buff *skb, __be32 addr, __u16 hook)
+/* police returns 1 when a packet of skb's socket may carry its address (the
+ * source leaving, the destination arriving), 0 to drop it: a pool address
+ * or a held VIP belongs only to sockets its holder created. The bind and
+ * connect hooks cannot see everything that puts an address on a packet: a
+ * wildcard listener accepting for another's VIP, IP_MULTICAST_IF, ping
+ * sockets (their own bind path), raw sockets. Sockets of services (no
+ * session) and sockets created while enforcement was off carry no tag and
+ * pass.
+ *
+ * A TCP socket's address is fixed by its first packet: the SYN it sends
+ * (SYN_SENT) or the SYN its listener accepts (LISTEN), and every later
+ * packet of the connection carries the same one. Only those are policed;
+ * established traffic passes without a lookup. Every other protocol is
+ * policed packet by packet (a datagram socket's source and destination
+ * can change with every packet). */
+static __always_inline int police(struct __sk_buff *skb, __u16 hook)
 {
-	const struct settings *cfg = get_config();
-	if (!cfg || !(cfg->flags & CFG_ENFORCE))
-		return 1;
-	struct holder *owner = bpf_map_lookup_elem(&owners, &addr);
-	if (!owner && !in_pool(cfg, addr))
-		return 1;
 	struct bpf_sock *sk = skb->sk;
 	if (!sk)
 		return 1;
 	sk = bpf_sk_fullsock(sk);
 	if (!sk)
 		return 1; /* a request or time-wait socket: its listener was policed */
-	struct sock_tag *tag = bpf_sk_storage_get(&sock_tags, sk, 0, 0);
+	if (sk->protocol == IPPROTO_TCP) {
+		__u32 state = sk->state;
+		if (hook == HOOK_INGRESS && state == BPF_TCP_LISTEN)
+			inherit(skb, sk);
+		else if (hook == HOOK_INGRESS || (state != BPF_TCP_SYN_SENT && state != BPF_TCP_LISTEN))
+			return 1;
+	}
+	__be32 addr;
+	if (bpf_skb_load_bytes(skb, hook == HOOK_EGRESS ? 12 : 16, &addr, sizeof(addr)))
+		return 1;
+	const struct settings *cfg = get_config();
+	if (!cfg || !(cfg->flags & CFG_ENFORCE))
+		return 1;
+	struct holder *owner = bpf_map_lookup_elem(&owners, &addr);
+	if (!owner && !in_pool(cfg, addr))
+		return 1;
+	struct sock_tag *tag = tag_of(skb, sk);
 	if (!tag || tag->sid == AUDIT_SID_UNSET)
 		return 1;
 	if (owner && owner->sid == tag->sid &&
@@ -741,23 +836,17 @@ static __always_inline int police(struct __sk_buff *skb, __be32 addr, __u16 hook
 SEC("cgroup_skb/egress")
 int ipvirt_egress(struct __sk_buff *skb)
 {
-	__be32 saddr;
 	if (skb->protocol != bpf_htons(ETH_P_IP))
 		return 1;
-	if (bpf_skb_load_bytes(skb, 12, &saddr, sizeof(saddr)))
-		return 1;
-	return police(skb, saddr, HOOK_EGRESS);
+	return police(skb, HOOK_EGRESS);
 }
 
 SEC("cgroup_skb/ingress")
 int ipvirt_ingress(struct __sk_buff *skb)
 {
-	__be32 daddr;
 	if (skb->protocol != bpf_htons(ETH_P_IP))
 		return 1;
-	if (bpf_skb_load_bytes(skb, 16, &daddr, sizeof(daddr)))
-		return 1;
-	return police(skb, daddr, HOOK_INGRESS);
+	return police(skb, HOOK_INGRESS);
 }
 
 /* A write to /proc/self/loginuid that succeeded gave the task a new audit

@@ -51,34 +51,42 @@ type interceptSockTag struct {
 	Comm       [16]int8
 }
 
+type interceptTagSlot struct {
+	_      structs.HostLayout
+	Cookie uint64
+	Tag    interceptSockTag
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	interceptMapAdmins            = "admins"
-	interceptMapConfig            = "config"
-	interceptMapCounters          = "counters"
-	interceptMapEmptyReported     = "empty_reported"
-	interceptMapEvents            = "events"
-	interceptMapInterest          = "interest"
-	interceptMapOwners            = "owners"
-	interceptMapPending           = "pending"
-	interceptMapPrograms          = "programs"
-	interceptMapRegistered        = "registered"
-	interceptMapSessions          = "sessions"
-	interceptMapSockTags          = "sock_tags"
-	interceptMapStock             = "stock"
-	interceptProgIpvirtBind4      = "ipvirt_bind4"
-	interceptProgIpvirtBind6      = "ipvirt_bind6"
-	interceptProgIpvirtConnect4   = "ipvirt_connect4"
-	interceptProgIpvirtConnect6   = "ipvirt_connect6"
-	interceptProgIpvirtEgress     = "ipvirt_egress"
-	interceptProgIpvirtExec       = "ipvirt_exec"
-	interceptProgIpvirtIngress    = "ipvirt_ingress"
-	interceptProgIpvirtNewSession = "ipvirt_new_session"
-	interceptProgIpvirtSendmsg4   = "ipvirt_sendmsg4"
-	interceptProgIpvirtSendmsg6   = "ipvirt_sendmsg6"
-	interceptProgIpvirtSockCreate = "ipvirt_sock_create"
+	interceptMapAdmins             = "admins"
+	interceptMapConfig             = "config"
+	interceptMapCounters           = "counters"
+	interceptMapEmptyReported      = "empty_reported"
+	interceptMapEvents             = "events"
+	interceptMapInterest           = "interest"
+	interceptMapOwners             = "owners"
+	interceptMapPending            = "pending"
+	interceptMapPrograms           = "programs"
+	interceptMapRegistered         = "registered"
+	interceptMapSessions           = "sessions"
+	interceptMapSockSlots          = "sock_slots"
+	interceptMapSockTags           = "sock_tags"
+	interceptMapStock              = "stock"
+	interceptProgIpvirtBind4       = "ipvirt_bind4"
+	interceptProgIpvirtBind6       = "ipvirt_bind6"
+	interceptProgIpvirtConnect4    = "ipvirt_connect4"
+	interceptProgIpvirtConnect6    = "ipvirt_connect6"
+	interceptProgIpvirtEgress      = "ipvirt_egress"
+	interceptProgIpvirtExec        = "ipvirt_exec"
+	interceptProgIpvirtIngress     = "ipvirt_ingress"
+	interceptProgIpvirtNewSession  = "ipvirt_new_session"
+	interceptProgIpvirtSendmsg4    = "ipvirt_sendmsg4"
+	interceptProgIpvirtSendmsg6    = "ipvirt_sendmsg6"
+	interceptProgIpvirtSockCreate  = "ipvirt_sock_create"
+	interceptProgIpvirtSockRelease = "ipvirt_sock_release"
 )
 
 // loadIntercept returns the embedded CollectionSpec for intercept.
@@ -123,17 +131,18 @@ type interceptSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type interceptProgramSpecs struct {
-	IpvirtBind4      *ebpf.ProgramSpec `ebpf:"ipvirt_bind4"`
-	IpvirtBind6      *ebpf.ProgramSpec `ebpf:"ipvirt_bind6"`
-	IpvirtConnect4   *ebpf.ProgramSpec `ebpf:"ipvirt_connect4"`
-	IpvirtConnect6   *ebpf.ProgramSpec `ebpf:"ipvirt_connect6"`
-	IpvirtEgress     *ebpf.ProgramSpec `ebpf:"ipvirt_egress"`
-	IpvirtExec       *ebpf.ProgramSpec `ebpf:"ipvirt_exec"`
-	IpvirtIngress    *ebpf.ProgramSpec `ebpf:"ipvirt_ingress"`
-	IpvirtNewSession *ebpf.ProgramSpec `ebpf:"ipvirt_new_session"`
-	IpvirtSendmsg4   *ebpf.ProgramSpec `ebpf:"ipvirt_sendmsg4"`
-	IpvirtSendmsg6   *ebpf.ProgramSpec `ebpf:"ipvirt_sendmsg6"`
-	IpvirtSockCreate *ebpf.ProgramSpec `ebpf:"ipvirt_sock_create"`
+	IpvirtBind4       *ebpf.ProgramSpec `ebpf:"ipvirt_bind4"`
+	IpvirtBind6       *ebpf.ProgramSpec `ebpf:"ipvirt_bind6"`
+	IpvirtConnect4    *ebpf.ProgramSpec `ebpf:"ipvirt_connect4"`
+	IpvirtConnect6    *ebpf.ProgramSpec `ebpf:"ipvirt_connect6"`
+	IpvirtEgress      *ebpf.ProgramSpec `ebpf:"ipvirt_egress"`
+	IpvirtExec        *ebpf.ProgramSpec `ebpf:"ipvirt_exec"`
+	IpvirtIngress     *ebpf.ProgramSpec `ebpf:"ipvirt_ingress"`
+	IpvirtNewSession  *ebpf.ProgramSpec `ebpf:"ipvirt_new_session"`
+	IpvirtSendmsg4    *ebpf.ProgramSpec `ebpf:"ipvirt_sendmsg4"`
+	IpvirtSendmsg6    *ebpf.ProgramSpec `ebpf:"ipvirt_sendmsg6"`
+	IpvirtSockCreate  *ebpf.ProgramSpec `ebpf:"ipvirt_sock_create"`
+	IpvirtSockRelease *ebpf.ProgramSpec `ebpf:"ipvirt_sock_release"`
 }
 
 // interceptMapSpecs contains maps before they are loaded into the kernel.
@@ -151,6 +160,7 @@ type interceptMapSpecs struct {
 	Programs      *ebpf.MapSpec `ebpf:"programs"`
 	Registered    *ebpf.MapSpec `ebpf:"registered"`
 	Sessions      *ebpf.MapSpec `ebpf:"sessions"`
+	SockSlots     *ebpf.MapSpec `ebpf:"sock_slots"`
 	SockTags      *ebpf.MapSpec `ebpf:"sock_tags"`
 	Stock         *ebpf.MapSpec `ebpf:"stock"`
 }
@@ -192,6 +202,7 @@ type interceptMaps struct {
 	Programs      *ebpf.Map `ebpf:"programs"`
 	Registered    *ebpf.Map `ebpf:"registered"`
 	Sessions      *ebpf.Map `ebpf:"sessions"`
+	SockSlots     *ebpf.Map `ebpf:"sock_slots"`
 	SockTags      *ebpf.Map `ebpf:"sock_tags"`
 	Stock         *ebpf.Map `ebpf:"stock"`
 }
@@ -209,6 +220,7 @@ func (m *interceptMaps) Close() error {
 		m.Programs,
 		m.Registered,
 		m.Sessions,
+		m.SockSlots,
 		m.SockTags,
 		m.Stock,
 	)
@@ -224,17 +236,18 @@ type interceptVariables struct {
 //
 // It can be passed to loadInterceptObjects or ebpf.CollectionSpec.LoadAndAssign.
 type interceptPrograms struct {
-	IpvirtBind4      *ebpf.Program `ebpf:"ipvirt_bind4"`
-	IpvirtBind6      *ebpf.Program `ebpf:"ipvirt_bind6"`
-	IpvirtConnect4   *ebpf.Program `ebpf:"ipvirt_connect4"`
-	IpvirtConnect6   *ebpf.Program `ebpf:"ipvirt_connect6"`
-	IpvirtEgress     *ebpf.Program `ebpf:"ipvirt_egress"`
-	IpvirtExec       *ebpf.Program `ebpf:"ipvirt_exec"`
-	IpvirtIngress    *ebpf.Program `ebpf:"ipvirt_ingress"`
-	IpvirtNewSession *ebpf.Program `ebpf:"ipvirt_new_session"`
-	IpvirtSendmsg4   *ebpf.Program `ebpf:"ipvirt_sendmsg4"`
-	IpvirtSendmsg6   *ebpf.Program `ebpf:"ipvirt_sendmsg6"`
-	IpvirtSockCreate *ebpf.Program `ebpf:"ipvirt_sock_create"`
+	IpvirtBind4       *ebpf.Program `ebpf:"ipvirt_bind4"`
+	IpvirtBind6       *ebpf.Program `ebpf:"ipvirt_bind6"`
+	IpvirtConnect4    *ebpf.Program `ebpf:"ipvirt_connect4"`
+	IpvirtConnect6    *ebpf.Program `ebpf:"ipvirt_connect6"`
+	IpvirtEgress      *ebpf.Program `ebpf:"ipvirt_egress"`
+	IpvirtExec        *ebpf.Program `ebpf:"ipvirt_exec"`
+	IpvirtIngress     *ebpf.Program `ebpf:"ipvirt_ingress"`
+	IpvirtNewSession  *ebpf.Program `ebpf:"ipvirt_new_session"`
+	IpvirtSendmsg4    *ebpf.Program `ebpf:"ipvirt_sendmsg4"`
+	IpvirtSendmsg6    *ebpf.Program `ebpf:"ipvirt_sendmsg6"`
+	IpvirtSockCreate  *ebpf.Program `ebpf:"ipvirt_sock_create"`
+	IpvirtSockRelease *ebpf.Program `ebpf:"ipvirt_sock_release"`
 }
 
 func (p *interceptPrograms) Close() error {
@@ -250,6 +263,7 @@ func (p *interceptPrograms) Close() error {
 		p.IpvirtSendmsg4,
 		p.IpvirtSendmsg6,
 		p.IpvirtSockCreate,
+		p.IpvirtSockRelease,
 	)
 }
 

@@ -28,7 +28,9 @@ type Options struct {
 	// bpffs at /sys/fs/bpf when needed).
 	PinDir string
 	// Enforce refuses (EPERM) binds and sendmsg source addresses that name
-	// another holder's VIP or a pool address the caller does not hold.
+	// another holder's VIP or a pool address the caller does not hold, and
+	// attaches the hooks that tag sockets and police packets (see
+	// SetEnforce).
 	Enforce bool
 	// MachineIP is the host's own address: a bind to it by a holder becomes
 	// a bind to the holder's VIP, like a bind to 0.0.0.0.
@@ -134,7 +136,7 @@ func Open(opts Options) (*Interceptor, error) {
 		return nil, fmt.Errorf("bpf: stat %s: %w", pinDir, err)
 	}
 	if ic.ko == nil {
-		if ic.ko, ic.lock, err = attachFresh(spec, cgroup, pinDir); err != nil {
+		if ic.ko, ic.lock, err = attachFresh(spec, cgroup, pinDir, opts.Enforce); err != nil {
 			return nil, err
 		}
 	}
@@ -155,8 +157,21 @@ func Open(opts Options) (*Interceptor, error) {
 			want.Flags |= prev.Flags & (cfgAssign | cfgTrustPAM | cfgModeProgram | cfgDenyExhausted)
 		}
 	}
+	// An adopted interceptor's enforcement hooks are as its daemon left
+	// them: attach them before enforcement starts, detach them once it
+	// has stopped.
+	if ic.adopted && opts.Enforce {
+		if err := ic.ko.setEnforcement(true, cgroup, pinDir); err != nil {
+			return fail(err)
+		}
+	}
 	if err := ic.applySettings(want); err != nil {
 		return fail(err)
+	}
+	if ic.adopted && !opts.Enforce {
+		if err := ic.ko.setEnforcement(false, cgroup, pinDir); err != nil {
+			return fail(err)
+		}
 	}
 	rd, err := ringbuf.NewReader(ic.ko.maps["events"])
 	if err != nil {

@@ -51,6 +51,22 @@ enum bpf_map_type {
 #define BPF_F_CLONE (1U << 9)
 #define BPF_SK_STORAGE_GET_F_CREATE (1ULL << 0)
 #define ETH_P_IP 0x0800
+#define IPPROTO_TCP 6
+/* UAPI: the TCP states struct bpf_sock's state reports. */
+enum {
+	BPF_TCP_ESTABLISHED = 1,
+	BPF_TCP_SYN_SENT,
+	BPF_TCP_SYN_RECV,
+	BPF_TCP_FIN_WAIT1,
+	BPF_TCP_FIN_WAIT2,
+	BPF_TCP_TIME_WAIT,
+	BPF_TCP_CLOSE,
+	BPF_TCP_CLOSE_WAIT,
+	BPF_TCP_LAST_ACK,
+	BPF_TCP_LISTEN,
+	BPF_TCP_CLOSING,
+	BPF_TCP_NEW_SYN_RECV,
+};
 
 /* UAPI: the context of cgroup/{connect,sendmsg,bind}{4,6}. */
 struct bpf_sock {

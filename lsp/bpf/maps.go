@@ -140,17 +140,34 @@ func (ic *Interceptor) hasPrograms() bool {
 	return ic.ko.maps["programs"].NextKey(nil, &k) == nil
 }
 
-// SetEnforce turns enforcement on or off.
+// SetEnforce turns enforcement on or off. On attaches the hooks that tag
+// sockets at creation and police packets (sock_create, sock_release,
+// cgroup_skb egress and ingress) before it sets the flag; off clears the
+// flag, then detaches them, so that no socket or packet pays for them
+// while enforcement is off. Sockets created while it was off carry no tag,
+// and their packets pass (as those of sockets older than the interceptor).
 func (ic *Interceptor) SetEnforce(on bool) error {
 	ic.mu.Lock()
 	defer ic.mu.Unlock()
-	return ic.updateSettings(func(s *settings) error {
+	if ic.closed {
+		return ErrClosed
+	}
+	if on {
+		if err := ic.ko.setEnforcement(true, ic.cgroup, ic.pinDir); err != nil {
+			return errors.Join(err, ic.ko.setEnforcement(false, ic.cgroup, ic.pinDir))
+		}
+	}
+	err := ic.updateSettings(func(s *settings) error {
 		s.Flags &^= cfgEnforce
 		if on {
 			s.Flags |= cfgEnforce
 		}
 		return nil
 	})
+	if err != nil || on {
+		return err
+	}
+	return ic.ko.setEnforcement(false, ic.cgroup, ic.pinDir)
 }
 
 // SetMachineIP sets the host address whose binds become VIP binds. The

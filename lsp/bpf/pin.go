@@ -20,15 +20,16 @@ const abiVersion = 3
 
 // The pin directory holds one file per map ("map_<name>") and per link
 // ("link_<hook>"). It is created complete under a staging name and renamed
-// into place, so a pin directory that exists is never half populated.
+// into place, so a pin directory that exists is never half populated; only
+// the links of enforceHooks come and go later, with enforcement.
 // bpffs refuses names with a dot (EPERM), hence "_staging_", "_dying_".
 var mapNames = []string{"sessions", "programs", "owners", "interest", "pending", "config", "counters", "events", "sock_tags",
-	"stock", "admins", "registered", "empty_reported"}
+	"sock_slots", "stock", "admins", "registered", "empty_reported"}
 
 type cgroupHook struct {
 	name   string
 	attach ebpf.AttachType
-	prog   func(*interceptPrograms) *ebpf.Program
+	prog   func(*interceptPrograms) *ebpf.Program // its program is ipvirt_<name> in the objects
 }
 
 var cgroupHooks = []cgroupHook{
@@ -38,8 +39,17 @@ var cgroupHooks = []cgroupHook{
 	{"connect6", ebpf.AttachCGroupInet6Connect, func(p *interceptPrograms) *ebpf.Program { return p.IpvirtConnect6 }},
 	{"sendmsg6", ebpf.AttachCGroupUDP6Sendmsg, func(p *interceptPrograms) *ebpf.Program { return p.IpvirtSendmsg6 }},
 	{"bind6", ebpf.AttachCGroupInet6Bind, func(p *interceptPrograms) *ebpf.Program { return p.IpvirtBind6 }},
-	// Enforcement past bind and connect: sockets are tagged with their
-	// creator, and packets carrying a pool address are policed against it.
+}
+
+// enforceHooks are enforcement past bind and connect: sockets are tagged
+// with their creator, and packets carrying a pool address are policed
+// against it. They run for every socket and packet of the cgroup, so they
+// are attached only while enforcement is on (a connect over loopback cost
+// a tenth more with them attached and enforcement off), in this order:
+// sock_release before sock_create, so that no socket claims a tag slot
+// that nothing would free, and detached in the reverse order.
+var enforceHooks = []cgroupHook{
+	{"sock_release", ebpf.AttachCgroupInetSockRelease, func(p *interceptPrograms) *ebpf.Program { return p.IpvirtSockRelease }},
 	{"sock_create", ebpf.AttachCGroupInetSockCreate, func(p *interceptPrograms) *ebpf.Program { return p.IpvirtSockCreate }},
 	{"egress", ebpf.AttachCGroupInetEgress, func(p *interceptPrograms) *ebpf.Program { return p.IpvirtEgress }},
 	{"ingress", ebpf.AttachCGroupInetIngress, func(p *interceptPrograms) *ebpf.Program { return p.IpvirtIngress }},
@@ -61,6 +71,11 @@ var tracingHooks = []tracingHook{
 type kernelObjects struct {
 	maps  map[string]*ebpf.Map
 	links map[string]link.Link
+	// spec and enforce, the loaded programs of enforceHooks by name
+	// (loaded from spec against maps when first needed), are what
+	// setEnforcement attaches.
+	spec    *ebpf.CollectionSpec
+	enforce map[string]*ebpf.Program
 }
 
 // detach breaks every link explicitly (a pin or a stray fd elsewhere would
@@ -92,6 +107,112 @@ func (ko *kernelObjects) closeMaps() {
 		m.Close()
 	}
 	ko.maps = nil
+	for _, p := range ko.enforce {
+		p.Close()
+	}
+	ko.enforce = nil
+}
+
+// setEnforcement attaches every hook of enforceHooks not attached yet (on)
+// or detaches every one attached, to the cgroup, pinning their links in
+// pinDir or removing their pins ("": none, the caller pins). A partial set
+// (a daemon killed half-way) is completed or removed. Detaching frees every
+// tag slot: no sock_release is left to do it.
+func (ko *kernelObjects) setEnforcement(on bool, cgroup, pinDir string) error {
+	if !on {
+		var errs []error
+		detached := false
+		for i := len(enforceHooks) - 1; i >= 0; i-- {
+			name := enforceHooks[i].name
+			l, ok := ko.links[name]
+			if !ok {
+				continue
+			}
+			if err := l.Detach(); err != nil && !errors.Is(err, link.ErrNotSupported) {
+				errs = append(errs, fmt.Errorf("bpf: detach %s: %w", name, err))
+				continue
+			}
+			l.Close()
+			delete(ko.links, name)
+			detached = true
+			if pinDir != "" {
+				if err := os.Remove(filepath.Join(pinDir, "link_"+name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+					errs = append(errs, fmt.Errorf("bpf: unpin %s: %w", name, err))
+				}
+			}
+		}
+		if len(errs) > 0 || !detached {
+			return errors.Join(errs...)
+		}
+		return clearSlots(ko.maps["sock_slots"])
+	}
+	if err := ko.loadEnforcement(); err != nil {
+		return err
+	}
+	cg, err := os.Open(cgroup)
+	if err != nil {
+		return fmt.Errorf("bpf: open cgroup %s: %w", cgroup, err)
+	}
+	defer cg.Close()
+	for _, h := range enforceHooks {
+		if _, ok := ko.links[h.name]; ok {
+			continue
+		}
+		l, err := link.AttachRawLink(link.RawLinkOptions{Target: int(cg.Fd()), Program: ko.enforce[h.name], Attach: h.attach})
+		if err != nil {
+			return classifyAttachError(fmt.Errorf("bpf: attach %s to cgroup %s: %w", h.name, cgroup, err))
+		}
+		ko.links[h.name] = l
+		if pinDir != "" {
+			if err := l.Pin(filepath.Join(pinDir, "link_"+h.name)); err != nil {
+				return fmt.Errorf("bpf: pin link %s: %w", h.name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// loadEnforcement loads the programs of enforceHooks against the maps, once.
+func (ko *kernelObjects) loadEnforcement() error {
+	if ko.enforce != nil {
+		return nil
+	}
+	one := ko.spec.Copy()
+	one.Programs = map[string]*ebpf.ProgramSpec{}
+	for _, h := range enforceHooks {
+		one.Programs["ipvirt_"+h.name] = ko.spec.Programs["ipvirt_"+h.name]
+	}
+	c, err := ebpf.NewCollectionWithOptions(one, ebpf.CollectionOptions{MapReplacements: ko.maps})
+	if err != nil {
+		return classifyLoadError(err)
+	}
+	defer c.Close()
+	ko.enforce = map[string]*ebpf.Program{}
+	for _, h := range enforceHooks {
+		ko.enforce[h.name] = c.DetachProgram("ipvirt_" + h.name)
+	}
+	return nil
+}
+
+// clearSlots frees every tag slot (sock_slots), once no program uses them.
+func clearSlots(m *ebpf.Map) error {
+	n := m.MaxEntries()
+	keys := make([]uint32, n)
+	for i := range keys {
+		keys[i] = uint32(i)
+	}
+	values := make([]interceptTagSlot, n)
+	if _, err := m.BatchUpdate(keys, values, nil); err == nil {
+		return nil
+	} else if !errors.Is(err, ebpf.ErrNotSupported) {
+		return fmt.Errorf("bpf: clear tag slots: %w", err)
+	}
+	for i := range keys {
+		if err := m.Put(keys[i], &values[i]); err != nil {
+			return fmt.Errorf("bpf: clear tag slots: %w", err)
+		}
+	}
+	return nil
 }
 
 func (ko *kernelObjects) pin(dir string) error {
@@ -108,17 +229,23 @@ func (ko *kernelObjects) pin(dir string) error {
 	return nil
 }
 
-// attachFresh loads the programs, attaches every hook and pins the result
-// at pinDir. On any error it undoes everything: no hook stays attached.
-func attachFresh(spec *ebpf.CollectionSpec, cgroup, pinDir string) (_ *kernelObjects, _ *lockedDir, err error) {
+// attachFresh loads the programs, attaches every hook (those of enforcement
+// too when enforce) and pins the result at pinDir. On any error it undoes
+// everything: no hook stays attached.
+func attachFresh(spec *ebpf.CollectionSpec, cgroup, pinDir string, enforce bool) (_ *kernelObjects, _ *lockedDir, err error) {
 	objs, err := loadObjects(spec)
 	if err != nil {
 		return nil, nil, err
 	}
-	// Links hold their own references to the programs.
+	ko := &kernelObjects{maps: objs.mapsByName(), links: map[string]link.Link{}, spec: spec,
+		enforce: map[string]*ebpf.Program{}}
+	// Links hold their own references to the programs; those of
+	// enforcement stay loaded for SetEnforce.
+	for _, h := range enforceHooks {
+		ko.enforce[h.name] = h.prog(&objs.interceptPrograms)
+	}
+	objs.IpvirtSockRelease, objs.IpvirtSockCreate, objs.IpvirtEgress, objs.IpvirtIngress = nil, nil, nil, nil
 	defer objs.interceptPrograms.Close()
-
-	ko := &kernelObjects{maps: objs.mapsByName(), links: map[string]link.Link{}}
 	staging := pinDir + "_staging_" + strconv.Itoa(os.Getpid())
 	var lock *lockedDir
 	defer func() {
@@ -147,6 +274,9 @@ func attachFresh(spec *ebpf.CollectionSpec, cgroup, pinDir string) (_ *kernelObj
 			return nil, nil, classifyAttachError(fmt.Errorf("bpf: attach %s to cgroup %s: %w", h.name, cgroup, err))
 		}
 		ko.links[h.name] = l
+	}
+	if err := ko.setEnforcement(enforce, cgroup, ""); err != nil {
+		return nil, nil, err
 	}
 	for _, h := range tracingHooks {
 		prog := h.prog(&objs.interceptPrograms)
@@ -206,6 +336,7 @@ func loadObjects(spec *ebpf.CollectionSpec) (*interceptObjects, error) {
 		"ipvirt_connect6": &p.IpvirtConnect6, "ipvirt_sendmsg6": &p.IpvirtSendmsg6, "ipvirt_bind6": &p.IpvirtBind6,
 		"ipvirt_new_session": &p.IpvirtNewSession, "ipvirt_exec": &p.IpvirtExec,
 		"ipvirt_sock_create": &p.IpvirtSockCreate, "ipvirt_egress": &p.IpvirtEgress, "ipvirt_ingress": &p.IpvirtIngress,
+		"ipvirt_sock_release": &p.IpvirtSockRelease,
 	}
 	for name, dst := range progs {
 		if _, ok := tracing[name]; ok {
@@ -239,8 +370,8 @@ func (o *interceptObjects) mapsByName() map[string]*ebpf.Map {
 	return map[string]*ebpf.Map{
 		"config": m.Config, "counters": m.Counters, "events": m.Events, "interest": m.Interest,
 		"owners": m.Owners, "pending": m.Pending, "programs": m.Programs, "sessions": m.Sessions,
-		"sock_tags": m.SockTags, "stock": m.Stock, "admins": m.Admins, "registered": m.Registered,
-		"empty_reported": m.EmptyReported,
+		"sock_tags": m.SockTags, "sock_slots": m.SockSlots, "stock": m.Stock, "admins": m.Admins,
+		"registered": m.Registered, "empty_reported": m.EmptyReported,
 	}
 }
 
@@ -248,12 +379,14 @@ func (o *interceptObjects) mapNames() map[string]*ebpf.Map { return o.mapsByName
 
 // adopt takes over the interceptor pinned at pinDir by an earlier daemon
 // (one that crashed or called Release): the programs never stopped.
+// The links of enforcement are adopted as they are, some or none; Open
+// then attaches or detaches them as its Options ask.
 func adopt(spec *ebpf.CollectionSpec, cgroup, pinDir string) (_ *kernelObjects, _ *lockedDir, err error) {
 	lock, err := tryLockDir(pinDir)
 	if err != nil {
 		return nil, nil, err
 	}
-	ko := &kernelObjects{maps: map[string]*ebpf.Map{}, links: map[string]link.Link{}}
+	ko := &kernelObjects{maps: map[string]*ebpf.Map{}, links: map[string]link.Link{}, spec: spec}
 	defer func() {
 		if err != nil {
 			ko.release() // never detach what we failed to adopt
@@ -284,8 +417,11 @@ func adopt(spec *ebpf.CollectionSpec, cgroup, pinDir string) (_ *kernelObjects, 
 	if err != nil {
 		return nil, nil, err
 	}
-	for _, h := range cgroupHooks {
+	for i, h := range append(cgroupHooks[:len(cgroupHooks):len(cgroupHooks)], enforceHooks...) {
 		l, err := link.LoadPinnedLink(filepath.Join(pinDir, "link_"+h.name), nil)
+		if i >= len(cgroupHooks) && errors.Is(err, os.ErrNotExist) {
+			continue // enforcement was off, or the daemon died attaching it
+		}
 		if err != nil {
 			return nil, nil, bad("link %s: %v", h.name, err)
 		}

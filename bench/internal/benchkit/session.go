@@ -44,6 +44,11 @@ func WaitOut(s *loginsession.Session, pid int, out string, timeout time.Duration
 		}
 		if syscall.Kill(pid, 0) == syscall.ESRCH || exitedZombie(pid) || time.Now().After(deadline) {
 			s.Reap(pid)
+			// It may have renamed its result into place and exited
+			// between the read above and the check.
+			if b, err := os.ReadFile(out); err == nil {
+				return string(b), nil
+			}
 			msg, _ := os.ReadFile(out + ".err")
 			return "", fmt.Errorf("pid %d wrote no result to %s: %s", pid, out, strings.TrimSpace(string(msg)))
 		}
