@@ -56,10 +56,12 @@ func (m *Manager) Stock() []lease.Lease {
 }
 
 // FillStock acquires leases for the stock places below n that have none,
-// a few at a time, and returns those it got: the caller hands them to the
-// kernel. It stops at the first failure (the pool is empty, the server
-// does not answer) and reports it with what it got so far.
-func (m *Manager) FillStock(ctx context.Context, n int) ([]lease.Lease, error) {
+// a few at a time, calls got (from any goroutine, one call at a time) with
+// each as soon as it is durable and installed, so that the caller hands it
+// to the kernel at once, and returns them all. It stops at the first
+// failure (the pool is empty, the server does not answer) and reports it
+// with what it got so far.
+func (m *Manager) FillStock(ctx context.Context, n int, got func(lease.Lease)) ([]lease.Lease, error) {
 	if _, ok := m.opts.Source.(source.Transferer); !ok {
 		return nil, fmt.Errorf("the %s source cannot hand a lease from one holder to another", m.opts.Source.Name())
 	}
@@ -73,7 +75,7 @@ func (m *Manager) FillStock(ctx context.Context, n int) ([]lease.Lease, error) {
 	m.mu.RUnlock()
 	var (
 		mu    sync.Mutex
-		got   []lease.Lease
+		out   []lease.Lease
 		first error
 		wg    sync.WaitGroup
 	)
@@ -86,7 +88,10 @@ func (m *Manager) FillStock(ctx context.Context, n int) ([]lease.Lease, error) {
 				if err != nil {
 					first = firstErr(first, err)
 				} else {
-					got = append(got, l)
+					out = append(out, l)
+					if got != nil {
+						got(l)
+					}
 				}
 				mu.Unlock()
 			}
@@ -103,7 +108,7 @@ func (m *Manager) FillStock(ctx context.Context, n int) ([]lease.Lease, error) {
 	}
 	close(work)
 	wg.Wait()
-	return got, first
+	return out, first
 }
 
 func firstErr(a, b error) error {

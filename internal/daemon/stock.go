@@ -50,6 +50,11 @@ type stocker struct {
 	queued map[netip.Addr]bool
 }
 
+// adminsRefresh is how often the kernel's administrators are read again
+// from /etc/passwd and the group database (the users cache's own TTL
+// bounds how fresh a membership is).
+const adminsRefresh = 30 * time.Second
+
 // stockSettleTime is how long start-up waits, after taking the stock out
 // of the kernel, for a first call that had popped an address to finish
 // recording it in the map: such a call runs for microseconds.
@@ -263,9 +268,20 @@ func (s *stocker) assigned(en bpf.Entry, a netip.Addr, loginUID uint32) {
 func (s *stocker) run(ctx context.Context) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
+	lastAdmins := time.Now()
 	for {
 		s.fill(ctx)
 		s.syncRegistered()
+		if time.Since(lastAdmins) >= adminsRefresh {
+			// A user added to an administrators' group since start.
+			lastAdmins = time.Now()
+			s.d.mu.Lock()
+			admins := s.d.cfg.Admins
+			s.d.mu.Unlock()
+			if err := s.k.ic.SetAdmins(adminUIDs(s.d.users, admins)); err != nil {
+				s.d.log.Error("kernel interceptor: administrators", "err", err)
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -305,10 +321,7 @@ func (s *stocker) fill(ctx context.Context) {
 	}
 	fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	fresh, err := s.d.mgr.FillStock(fctx, target)
-	for _, l := range fresh {
-		s.push(l.Addr)
-	}
+	fresh, err := s.d.mgr.FillStock(fctx, target, func(l lease.Lease) { s.push(l.Addr) })
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err == nil {
