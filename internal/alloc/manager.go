@@ -161,6 +161,10 @@ type entry struct {
 	created time.Time
 	// goneSince is when scans stopped seeing the holder; zero while alive.
 	goneSince time.Time
+	// moving marks a stock lease being transferred to the holder the
+	// kernel gave its address to (m.mu guards it): the place is not
+	// refilled, nor the lease released or transferred again, meanwhile.
+	moving bool
 }
 
 func (e *entry) done() bool {

@@ -134,7 +134,7 @@ func (m *Manager) stockHolderOf(addr netip.Addr) (lease.Holder, bool) {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	for h, e := range m.holders {
-		if h.Session.Stock() && e.done() && e.err == nil && e.lease.Addr == addr {
+		if h.Session.Stock() && e.done() && e.err == nil && !e.moving && e.lease.Addr == addr {
 			return h, true
 		}
 	}
@@ -190,20 +190,22 @@ func (m *Manager) transferInto(h lease.Holder, addr netip.Addr, uid uint32) (lea
 	}
 	m.mu.Lock()
 	se := m.holders[sh]
-	if se == nil || !se.done() || se.err != nil || se.lease.Addr != addr {
+	if se == nil || !se.done() || se.err != nil || se.moving || se.lease.Addr != addr {
 		m.mu.Unlock()
 		return lease.Lease{}, fmt.Errorf("assign %s to %s: %w", addr, h, ErrNotStock)
 	}
-	// The stock place is emptied now, under the lock: no other
-	// assignment or release can take the same lease.
-	delete(m.holders, sh)
+	// Marked under the lock: no other assignment or release takes the
+	// same lease, and the place is not refilled (an Acquire for the stock
+	// holder while the source still has it could hand out the same
+	// address, and its record must come after the stock one's delete).
+	se.moving = true
 	m.mu.Unlock()
 	stock := se.lease
 	stock.UID = uid // the record's user, where the source shows it (etcd)
 	l, err := tr.Transfer(stock, h)
 	if err != nil {
 		m.mu.Lock()
-		m.holders[sh] = se
+		se.moving = false
 		m.mu.Unlock()
 		return lease.Lease{}, fmt.Errorf("assign %s to %s: %w", addr, h, err)
 	}
@@ -216,6 +218,9 @@ func (m *Manager) transferInto(h lease.Holder, addr netip.Addr, uid uint32) (lea
 		m.log.Error("persist an assigned stock lease", "holder", h.Key(), "vip", addr.String(), "err", err)
 	}
 	m.opts.Store.DeleteAsync(sh)
+	m.mu.Lock()
+	delete(m.holders, sh)
+	m.mu.Unlock()
 	m.log.Info("vip assigned by the kernel", "holder", h.Key(), "vip", addr.String(), "uid", uid, "stock", sh.Key())
 	return l, nil
 }
