@@ -180,11 +180,25 @@ func (s *stocker) reconcile() {
 		// pushed (a crash between persisting and pushing): look again
 		// once any such call is done.
 		time.Sleep(stockSettleTime)
+		// A call that lost its race (two first calls of one holder both
+		// popped; the other inserted) has pushed its address back
+		// meanwhile: take the stock out again, so that no address goes
+		// in twice and is handed to two holders (found by the model in
+		// internal/alloc's TestStockStateMachine).
+		again, err := ic.DrainStock()
+		if err != nil {
+			s.d.log.Error("kernel interceptor: read the stock", "err", err)
+		}
+		back := map[netip.Addr]bool{}
+		for _, a := range again {
+			back[a] = true
+			s.push(a)
+		}
 		handed = s.handedOut()
 		for _, l := range missing {
 			if handed[l.Addr] != nil {
 				s.assigned(*handed[l.Addr], l.Addr, bpf.NoSession)
-			} else {
+			} else if !back[l.Addr] {
 				s.push(l.Addr)
 			}
 		}
