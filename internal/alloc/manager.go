@@ -439,22 +439,28 @@ func (m *Manager) keepKernels(h lease.Holder, l lease.Lease, uid uint32) (lease.
 	if cur == l.Addr {
 		return l, nil
 	}
-	kl, terr := m.transferInto(h, cur, uid) // overwrites h's record
-	if errors.Is(terr, ErrNotStock) {
+	if _, ok := m.stockHolderOf(cur); !ok {
 		// A stale entry, not an address the kernel handed out: the
 		// observer's map write replaces it.
 		m.log.Warn("kernel interceptor: stale entry replaced", "holder", h.Key(), "stale", cur.String(), "vip", l.Addr.String())
 		return l, nil
 	}
-	if terr != nil {
-		m.opts.Store.DeleteAsync(h)
-	}
+	// l goes back before the kernel's moves to h: every source keeps one
+	// lease per holder and refuses to transfer a second to it (found by
+	// TestStockStateMachine: the move always failed, and the holder was
+	// answered as exhausted until its event was read). Its record is
+	// forgotten first, as release does, so that the store commits its
+	// delete before any record of another holder's that l goes to; a
+	// crash before the transfer's record leaves the stock's and the
+	// kernel's entry, which start-up's reconcile assigns to h.
+	m.opts.Store.DeleteAsync(h)
 	if m.opts.Installer != nil {
 		if err := m.opts.Installer.Remove(l.Addr, l.Subnet.Bits()); err != nil {
 			m.log.Error("vip removal failed", "vip", l.Addr.String(), "err", err)
 		}
 	}
 	m.opts.Source.Release(l)
+	kl, terr := m.transferInto(h, cur, uid)
 	if terr != nil {
 		return lease.Lease{}, terr
 	}

@@ -91,7 +91,9 @@ type daemon struct {
 // fataler is what both *testing.T and *rapid.T offer.
 type fataler interface{ Fatal(args ...any) }
 
-func startDaemon(t fataler, dir string, f fixture, clk *clock, s Settings) daemon {
+// startDaemon opens the store in dir and starts a manager on it; setup
+// runs before Restore (SetKernel, AddObserver).
+func startDaemon(t fataler, dir string, f fixture, clk *clock, s Settings, setup ...func(*Manager)) daemon {
 	st, err := store.Open(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -103,6 +105,9 @@ func startDaemon(t fataler, dir string, f fixture, clk *clock, s Settings) daemo
 	m := New(Options{Source: src, Store: st, Scanner: identity.NewResolver(f.identity, ""),
 		Users: identity.NewUsers(time.Minute), MIP: netip.MustParseAddr("127.0.0.1"),
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: clk.Now}, s)
+	for _, f := range setup {
+		f(m)
+	}
 	if _, err := m.Restore(); err != nil {
 		t.Fatal(err)
 	}
