@@ -30,6 +30,8 @@ type KernelClaims interface {
 	// TakeStock takes one address out of the kernel's stock, so that no
 	// first call can take it any more, if the stock has one.
 	TakeStock() (netip.Addr, bool)
+	// Entry is the address the kernel's entry for h names, if it has one.
+	Entry(h lease.Holder) (netip.Addr, bool)
 }
 
 // SetKernel makes acquisitions respect the kernel's first-use assignments.
@@ -146,6 +148,10 @@ func (m *Manager) stockHolderOf(addr netip.Addr) (lease.Holder, bool) {
 // kernel's entry back.
 var ErrNotStock = errors.New("no stock lease has the address")
 
+// ErrStale is returned by Assigned when the kernel's entry for the holder
+// does not name the address reported: the report was overtaken.
+var ErrStale = errors.New("the kernel's entry no longer names the address")
+
 // Assigned records that the kernel gave h the stock address addr at its
 // first socket call: the stock lease becomes h's, durably, before it is
 // reported anywhere. It is idempotent (the event and the map both tell),
@@ -159,7 +165,20 @@ func (m *Manager) Assigned(h lease.Holder, addr netip.Addr, uid uint32) (lease.L
 			e = &entry{ready: make(chan struct{}), created: m.opts.Now()}
 			m.holders[h] = e
 			m.mu.Unlock()
-			l, err := m.transferInto(h, addr, uid)
+			var l lease.Lease
+			var err error
+			if m.kernel != nil {
+				// The report may be stale (read after a restart that
+				// released the holder and restocked the address): only
+				// the kernel's entry, which nothing else can write for h
+				// while e is pending, proves the assignment.
+				if cur, ok := m.kernel.Entry(h); !ok || cur != addr {
+					err = fmt.Errorf("assign %s to %s: %w", addr, h, ErrStale)
+				}
+			}
+			if err == nil {
+				l, err = m.transferInto(h, addr, uid)
+			}
 			m.finish(e, h, l, err)
 			return l, err
 		}

@@ -98,6 +98,21 @@ func (k *kernel) TakeStock() (netip.Addr, bool) {
 	return a, ok
 }
 
+// Entry implements alloc.KernelClaims.
+func (k *kernel) Entry(h lease.Holder) (netip.Addr, bool) {
+	if h.Session.Kind != lease.KindAudit {
+		return netip.Addr{}, false
+	}
+	if h.Program == "" {
+		return k.ic.SessionEntry(h.Session.ID)
+	}
+	id, err := k.exe(h.Program)
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	return k.ic.ProgramEntry(h.Session.ID, id)
+}
+
 // Claim implements alloc.KernelClaims.
 func (k *kernel) Claim(h lease.Holder, addr netip.Addr) (netip.Addr, error) {
 	if h.Session.Kind != lease.KindAudit {

@@ -156,6 +156,29 @@ func (ic *Interceptor) claim(mapName string, key any, h interceptHolder, vip net
 	return vip, ic.decided(h.Sid)
 }
 
+// SessionEntry is session sid's VIP in the kernel, if it has one.
+func (ic *Interceptor) SessionEntry(sid uint32) (netip.Addr, bool) {
+	return ic.entry("sessions", sid)
+}
+
+// ProgramEntry is the VIP of program exe in session sid, if it has one.
+func (ic *Interceptor) ProgramEntry(sid uint32, exe ExeID) (netip.Addr, bool) {
+	return ic.entry("programs", programHolder(sid, exe))
+}
+
+func (ic *Interceptor) entry(mapName string, key any) (netip.Addr, bool) {
+	ic.mu.Lock()
+	defer ic.mu.Unlock()
+	if ic.closed {
+		return netip.Addr{}, false
+	}
+	var b [4]byte
+	if err := ic.ko.maps[mapName].Lookup(key, &b); err != nil {
+		return netip.Addr{}, false
+	}
+	return netip.AddrFrom4(b), true
+}
+
 // SetAdmins replaces the login uids whose sessions never take a VIP.
 func (ic *Interceptor) SetAdmins(uids []uint32) error {
 	return ic.replaceSet("admins", uids)
