@@ -269,6 +269,8 @@ func (s *stocker) assigned(en bpf.Entry, a netip.Addr, loginUID uint32) {
 			s.d.mu.Unlock()
 			s.k.ic.SetAdmins(admins)
 		}
+	case errors.Is(err, alloc.ErrStale):
+		s.d.log.Info("kernel interceptor: an assignment report overtaken (its holder's entry is gone or names another address)", "holder", h.Key(), "vip", a.String())
 	case errors.Is(err, alloc.ErrNotStock):
 		s.d.log.Error("kernel interceptor handed out an address that is no stock lease", "holder", h.Key(), "vip", a.String())
 	default:
