@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #define IPV_HIDDEN __attribute__((visibility("hidden")))
 #define IPV_EXPORT __attribute__((visibility("default")))
@@ -30,11 +31,46 @@ struct ipv_answer {
 	/* Which destinations the answer applies to: loopback ones (the VIP is
 	 * itself a loopback address, the simulator's topology) or the others. */
 	int loopback_scope;
+	/* What the hot path (intercept.c) needs, worked out once: the scope
+	 * (1 loopback, 0 not) of the destinations a VIP answer binds for,
+	 * IPV_HOT_NEVER for a MIP answer, IPV_HOT_ASK for DENIED (prepare()
+	 * deals with it); and {AF_INET, port 0, vip}, the address it binds. */
+	int hot_scope;
+	struct sockaddr_in bind4;
 };
+enum { IPV_HOT_NEVER = -1, IPV_HOT_ASK = -2 };
 
 /* The answer for this process, asking ipvirtd when none is cached or the
  * cached one is past its TTL. Never NULL. Changes errno. */
 IPV_HIDDEN const struct ipv_answer *ipv_current(void);
+
+/* The cached answer and its expiry (answer.c): the writer stores the answer
+ * before the expiry and readers load them in the other order, so a reader
+ * that sees a fresh expiry sees the answer it belongs to. */
+IPV_HIDDEN extern _Atomic(const struct ipv_answer *) ipv_cache;
+IPV_HIDDEN extern _Atomic unsigned long ipv_cache_until; /* ipv_now_s(); good while now < it */
+
+/* The clock of the TTL, in whole seconds: CLOCK_MONOTONIC_COARSE, which
+ * the vDSO reads from its data page without the TSC (a quarter of
+ * CLOCK_MONOTONIC's cost) and without a system call even where the clock
+ * source is not one the vDSO can read. Its tick of granularity is nothing
+ * beside a TTL counted in seconds. */
+static inline unsigned long ipv_now_s(void)
+{
+	struct timespec ts = {0, 0};
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	return (unsigned long)ts.tv_sec;
+}
+
+/* ipv_cached is the cached answer if it is within its TTL, else NULL (then
+ * ipv_current asks). No lock, no system call, no errno: the hot path. */
+static inline const struct ipv_answer *ipv_cached(void)
+{
+	unsigned long now = ipv_now_s();
+	unsigned long until = atomic_load_explicit(&ipv_cache_until, memory_order_acquire);
+	const struct ipv_answer *a = atomic_load_explicit(&ipv_cache, memory_order_acquire);
+	return now < until ? a : NULL;
+}
 
 /* What query.c hands back: the decoded fixed part of an ANSWER. */
 struct ipv_reply {
@@ -62,9 +98,11 @@ IPV_HIDDEN int ipv_parse_answer(const unsigned char *p, uint32_t payload_len, st
 
 /* The real libc functions, resolved with dlsym(RTLD_NEXT) (raw syscalls if
  * dlsym finds nothing, so the library never calls itself). Each file that
- * wraps functions has a static resolve() looking its own up: its
- * constructor calls it, and so does REAL for a wrapper that runs first
- * (another library's constructor). */
+ * wraps functions has a static resolve() looking its own up, which its
+ * constructor calls. Until then each pointer holds a stub (REAL_FN) that
+ * calls resolve() and then the function found, for a wrapper that runs
+ * first (another library's constructor): the pointer is never NULL, so a
+ * wrapper calls through it with no test. */
 IPV_HIDDEN int ipv_real_connect(int fd, const struct sockaddr *sa, socklen_t len);
 
 #define RESOLVE(var, name, fallback)                                         \
@@ -73,15 +111,19 @@ IPV_HIDDEN int ipv_real_connect(int fd, const struct sockaddr *sa, socklen_t len
 		atomic_store_explicit(&var, p ? (__typeof__(fallback) *)p : fallback, memory_order_release); \
 	} while (0)
 
-#define REAL(var)                                                             \
-	({                                                                    \
-		__typeof__(atomic_load(&var)) f_ = atomic_load_explicit(&var, memory_order_acquire); \
-		if (!f_) {                                                    \
-			resolve();                                            \
-			f_ = atomic_load_explicit(&var, memory_order_acquire); \
-		}                                                             \
-		f_;                                                           \
-	})
+#define REAL(var) atomic_load_explicit(&var, memory_order_acquire)
+
+/* REAL_FN(name, ret, params, args) defines real_NAME, of type NAME_fn,
+ * starting at its stub first_NAME. The file defines resolve() and the
+ * typedef before it. */
+#define REAL_FN(name, ret, params, args)                                 \
+	static ret first_##name params;                                  \
+	static _Atomic(name##_fn) real_##name = first_##name;            \
+	static ret first_##name params                                   \
+	{                                                                \
+		resolve();                                               \
+		return REAL(real_##name) args;                           \
+	}
 
 /* The descriptor table (fdtable.c): one byte per descriptor below IPV_FDS,
  * what the library learnt of it when the program made it with socket(), so
@@ -133,6 +175,18 @@ static inline void ipv_fd_set(int fd, unsigned e)
 	 * of most programs never have an entry. */
 	if (e != IPV_FD_UNKNOWN || atomic_load_explicit(&ipv_fds[fd], memory_order_relaxed) != IPV_FD_UNKNOWN)
 		atomic_store_explicit(&ipv_fds[fd], (unsigned char)e, memory_order_relaxed);
+}
+
+/* ipv_fd_decide marks the TCP or UDP entry e of fd, which the caller read
+ * from the table, as bound (e | IPV_FD_DECIDED), unless the entry changed
+ * meanwhile, as ipv_fd_update does. The entry was made, and ipv_fds_top
+ * raised past fd, before the caller read it, and the top never comes down:
+ * there is nothing to raise. */
+static inline void ipv_fd_decide(int fd, unsigned e)
+{
+	unsigned char o = (unsigned char)e;
+	atomic_compare_exchange_strong_explicit(&ipv_fds[fd], &o, (unsigned char)(e | IPV_FD_DECIDED),
+						memory_order_relaxed, memory_order_relaxed);
 }
 
 /* ipv_fd_update replaces the entry old by e, unless the entry changed
