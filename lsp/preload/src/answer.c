@@ -1,9 +1,9 @@
 /* The per-process answer: asked once, cached for the TTL the daemon gave,
  * shared by threads and inherited by fork() children.
  *
- * Hot path (ipv_cached, ipvirt.h): two atomic loads and a coarse vDSO
- * clock read, no lock, no syscall, no allocation, so it is
- * async-signal-safe. Published answers are immutable
+ * Hot path (ipv_cached and ipv_hot_cached, ipvirt.h): two atomic loads
+ * and a coarse vDSO clock read, no lock, no syscall, no allocation, so it
+ * is async-signal-safe. Published answers are immutable
  * and interned (a process sees a handful of distinct answers in its life),
  * so a reader holding an old pointer never sees it change under it, and
  * nothing is freed. The expiry lives beside the pointer; the writer stores
@@ -41,7 +41,6 @@
 extern atomic_int ipv_query_fd;
 
 IPV_HIDDEN _Atomic(const struct ipv_answer *) ipv_cache;
-IPV_HIDDEN _Atomic unsigned long ipv_cache_until;
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t g_atfork_once = PTHREAD_ONCE_INIT;
 /* Set while this thread is inside a query: a signal handler that calls
@@ -58,7 +57,7 @@ static atomic_int g_said;                    /* the one stderr line is out */
 
 static struct ipv_answer g_slots[32];
 static unsigned g_nslots;
-static const struct ipv_answer g_passthrough = {.kind = IPV_MIP, .hot_scope = IPV_HOT_NEVER};
+static const struct ipv_answer g_passthrough = {.kind = IPV_MIP};
 
 uint64_t ipv_mono_ms(void)
 {
@@ -256,13 +255,12 @@ static const struct ipv_answer *ask(void)
 		ipv_puts(&msg, " s\n");
 		say(line, msg.len);
 	}
-	n.hot_scope = n.kind == IPV_VIP ? n.loopback_scope : n.kind == IPV_MIP ? IPV_HOT_NEVER : IPV_HOT_ASK;
-	n.bind4.sin_family = AF_INET;
-	n.bind4.sin_addr.s_addr = n.vip;
 	const struct ipv_answer *p = intern(&n);
+	int scope = n.kind == IPV_VIP ? n.loopback_scope : n.kind == IPV_MIP ? IPV_HOT_NEVER : IPV_HOT_ASK;
 	unsigned long now = ipv_now_s();
 	atomic_store_explicit(&ipv_cache, p, memory_order_release);
-	atomic_store_explicit(&ipv_cache_until, now + ttl, memory_order_release);
+	atomic_store_explicit(&ipv_hot.answer, ipv_hot_word(scope, n.vip), memory_order_release);
+	atomic_store_explicit(&ipv_hot.until, now + ttl, memory_order_release);
 	return p;
 }
 

@@ -41,10 +41,7 @@
 #include <unistd.h>
 
 IPV_HIDDEN _Atomic unsigned char ipv_fds[IPV_FDS];
-IPV_HIDDEN atomic_int ipv_fds_top;
 
-typedef int (*socket_fn)(int, int, int);
-typedef int (*close_fn)(int);
 typedef int (*close_range_fn)(unsigned int, unsigned int, int);
 typedef void (*closefrom_fn)(int);
 typedef int (*dup2_fn)(int, int);
@@ -88,8 +85,8 @@ static int sys_fclose(FILE *f)
 }
 
 static void resolve(void);
-REAL_FN(socket, int, (int domain, int type, int protocol), (domain, type, protocol))
-REAL_FN(close, int, (int fd), (fd))
+HOT_FN(socket, int, (int domain, int type, int protocol), (domain, type, protocol))
+HOT_FN(close, int, (int fd), (fd))
 REAL_FN(close_range, int, (unsigned int first, unsigned int last, int flags), (first, last, flags))
 REAL_FN(dup2, int, (int oldfd, int newfd), (oldfd, newfd))
 REAL_FN(dup3, int, (int oldfd, int newfd, int flags), (oldfd, newfd, flags))
@@ -106,8 +103,8 @@ static void first_closefrom(int lowfd)
 static void resolve(void)
 {
 	int saved = errno;
-	RESOLVE(real_socket, "socket", sys_socket);
-	RESOLVE(real_close, "close", sys_close);
+	RESOLVE(ipv_hot.socket, "socket", sys_socket);
+	RESOLVE(ipv_hot.close, "close", sys_close);
 	RESOLVE(real_close_range, "close_range", sys_close_range);
 	RESOLVE(real_closefrom, "closefrom", sys_closefrom);
 	RESOLVE(real_dup2, "dup2", sys_dup2);
@@ -145,7 +142,7 @@ static unsigned classify(int domain, int type, int protocol)
 /* forget_range forgets [first, last], as far as entries were ever made. */
 static void forget_range(unsigned int first, unsigned int last)
 {
-	unsigned int top = (unsigned int)atomic_load_explicit(&ipv_fds_top, memory_order_relaxed);
+	unsigned int top = (unsigned int)atomic_load_explicit(&ipv_hot.fds_top, memory_order_relaxed);
 	if (first >= top)
 		return;
 	if (last >= top)
@@ -156,9 +153,9 @@ static void forget_range(unsigned int first, unsigned int last)
 
 /* The entry is worked out before the call, so that only it has to live
  * across it. */
-IPV_EXPORT int socket(int domain, int type, int protocol)
+IPV_HOT IPV_EXPORT int socket(int domain, int type, int protocol)
 {
-	socket_fn real = REAL(real_socket);
+	socket_fn real = REAL(ipv_hot.socket);
 	unsigned e = classify(domain, type, protocol);
 	int fd = real(domain, type, protocol);
 	if (fd >= 0)
@@ -166,9 +163,9 @@ IPV_EXPORT int socket(int domain, int type, int protocol)
 	return fd;
 }
 
-IPV_EXPORT int close(int fd)
+IPV_HOT IPV_EXPORT int close(int fd)
 {
-	close_fn real = REAL(real_close);
+	close_fn real = REAL(ipv_hot.close);
 	ipv_fd_forget(fd);
 	int r = real(fd);
 	ipv_fd_forget(fd);

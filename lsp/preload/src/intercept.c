@@ -28,9 +28,6 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-typedef int (*bind_fn)(int, const struct sockaddr *, socklen_t);
-typedef int (*connect_fn)(int, const struct sockaddr *, socklen_t);
-typedef ssize_t (*sendto_fn)(int, const void *, size_t, int, const struct sockaddr *, socklen_t);
 typedef ssize_t (*sendmsg_fn)(int, const struct msghdr *, int);
 typedef int (*sendmmsg_fn)(int, struct mmsghdr *, unsigned int, int);
 
@@ -57,12 +54,20 @@ static int sys_sendmmsg(int fd, struct mmsghdr *v, unsigned int n, int flags)
 }
 
 static void resolve(void);
-REAL_FN(bind, int, (int fd, const struct sockaddr *sa, socklen_t len), (fd, sa, len))
-REAL_FN(connect, int, (int fd, const struct sockaddr *sa, socklen_t len), (fd, sa, len))
-REAL_FN(sendto, ssize_t, (int fd, const void *buf, size_t n, int flags, const struct sockaddr *sa, socklen_t len),
-	(fd, buf, n, flags, sa, len))
+HOT_FN(bind, int, (int fd, const struct sockaddr *sa, socklen_t len), (fd, sa, len))
+HOT_FN(connect, int, (int fd, const struct sockaddr *sa, socklen_t len), (fd, sa, len))
+HOT_FN(sendto, ssize_t, (int fd, const void *buf, size_t n, int flags, const struct sockaddr *sa, socklen_t len),
+       (fd, buf, n, flags, sa, len))
 REAL_FN(sendmsg, ssize_t, (int fd, const struct msghdr *m, int flags), (fd, m, flags))
 REAL_FN(sendmmsg, int, (int fd, struct mmsghdr *v, unsigned int n, int flags), (fd, v, n, flags))
+
+IPV_HIDDEN struct ipv_hot ipv_hot = {
+	.socket = ipv_first_socket,
+	.close = ipv_first_close,
+	.bind = ipv_first_bind,
+	.connect = ipv_first_connect,
+	.sendto = ipv_first_sendto,
+};
 
 /* resolve looks the real functions up. The constructor does it, and so does
  * any wrapper that runs before it (another library's constructor), through
@@ -70,9 +75,9 @@ REAL_FN(sendmmsg, int, (int fd, struct mmsghdr *v, unsigned int n, int flags), (
 static void resolve(void)
 {
 	int saved = errno;
-	RESOLVE(real_bind, "bind", sys_bind);
-	RESOLVE(real_connect, "connect", sys_connect);
-	RESOLVE(real_sendto, "sendto", sys_sendto);
+	RESOLVE(ipv_hot.bind, "bind", sys_bind);
+	RESOLVE(ipv_hot.connect, "connect", sys_connect);
+	RESOLVE(ipv_hot.sendto, "sendto", sys_sendto);
 	RESOLVE(real_sendmsg, "sendmsg", sys_sendmsg);
 	RESOLVE(real_sendmmsg, "sendmmsg", sys_sendmmsg);
 	errno = saved;
@@ -86,7 +91,7 @@ __attribute__((constructor)) static void ipvirt_init(void)
 
 int ipv_real_connect(int fd, const struct sockaddr *sa, socklen_t len)
 {
-	return REAL(real_connect)(fd, sa, len);
+	return REAL(ipv_hot.connect)(fd, sa, len);
 }
 
 static int loopback(in_addr_t a)
@@ -232,13 +237,13 @@ static int bind_vip(int fd, int fam, int type, unsigned e, in_addr_t vip)
 	}
 	if (fam == AF_INET) {
 		struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = vip};
-		r = REAL(real_bind)(fd, (struct sockaddr *)&a, sizeof a);
+		r = REAL(ipv_hot.bind)(fd, (struct sockaddr *)&a, sizeof a);
 	} else {
 		struct sockaddr_in6 a6 = {.sin6_family = AF_INET6};
 		a6.sin6_addr.s6_addr[10] = 0xff;
 		a6.sin6_addr.s6_addr[11] = 0xff;
 		memcpy(&a6.sin6_addr.s6_addr[12], &vip, 4);
-		r = REAL(real_bind)(fd, (struct sockaddr *)&a6, sizeof a6);
+		r = REAL(ipv_hot.bind)(fd, (struct sockaddr *)&a6, sizeof a6);
 	}
 	if (r < 0 && errno != EINVAL)
 		return -1;
@@ -319,23 +324,23 @@ enum { FAST_SLOW = 1 }; /* fast_prepare: not the hot case, ask prepare() */
  * as prepare()'s callers leave it. */
 static inline __attribute__((always_inline)) int fast_prepare(int fd, unsigned e, const struct sockaddr *sa)
 {
-	const struct ipv_answer *a = ipv_cached();
-	if (__builtin_expect(!a, 0))
-		return FAST_SLOW;
+	uint64_t w = ipv_hot_cached();
+	int scope = ipv_hot_scope(w);
 	/* connect() to 0.0.0.0 reaches this host over loopback. */
 	in_addr_t dst = ((const struct sockaddr_in *)sa)->sin_addr.s_addr;
 	int dst_loop = dst == 0 || loopback(dst);
 	/* A VIP answer whose scope this is binds; a MIP answer, or a VIP
-	 * answer for the other scope, leaves the call alone; DENIED asks
-	 * prepare(). */
-	if (a->hot_scope != dst_loop)
-		return a->hot_scope == IPV_HOT_ASK ? FAST_SLOW : 0;
+	 * answer for the other scope, leaves the call alone; DENIED, or no
+	 * answer within its TTL, asks prepare(). */
+	if (scope != dst_loop)
+		return scope == IPV_HOT_ASK ? FAST_SLOW : 0;
 	int *err = &errno, saved = *err;
 	if (e == IPV_FD_TCP) {
 		static const int one = 1;
 		setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
 	}
-	if (REAL(real_bind)(fd, (const struct sockaddr *)&a->bind4, sizeof a->bind4) < 0 && *err != EINVAL)
+	struct sockaddr_in b = {.sin_family = AF_INET, .sin_addr.s_addr = (in_addr_t)w};
+	if (REAL(ipv_hot.bind)(fd, (const struct sockaddr *)&b, sizeof b) < 0 && *err != EINVAL)
 		return -1;
 	/* Bound now, by this bind or (EINVAL) before it: see bind_vip. */
 	ipv_fd_decide(fd, e);
@@ -376,8 +381,8 @@ static __attribute__((noinline)) int connect_slow(connect_fn real, int fd, const
 
 /* connect_hot is connect() on an AF_INET socket whose entry e is
  * IPV_FD_TCP or IPV_FD_UDP, to an AF_INET address. */
-static __attribute__((noinline)) int connect_hot(connect_fn real, int fd, const struct sockaddr *sa, socklen_t len,
-						 unsigned e)
+IPV_HOT static __attribute__((noinline)) int connect_hot(connect_fn real, int fd, const struct sockaddr *sa,
+							 socklen_t len, unsigned e)
 {
 	int r = fast_prepare(fd, e, sa);
 	if (__builtin_expect(r == 0, 1))
@@ -389,9 +394,9 @@ static __attribute__((noinline)) int connect_hot(connect_fn real, int fd, const 
 
 /* The wrappers themselves only pick the way, and jump: no frame, no
  * register saved, for a call the rules leave alone. */
-IPV_EXPORT int connect(int fd, const struct sockaddr *sa, socklen_t len)
+IPV_HOT IPV_EXPORT int connect(int fd, const struct sockaddr *sa, socklen_t len)
 {
-	connect_fn real = REAL(real_connect);
+	connect_fn real = REAL(ipv_hot.connect);
 	if (__builtin_expect(fast_v4(sa, len), 1)) {
 		unsigned e = ipv_fd_get(fd);
 		if (__builtin_expect(e == IPV_FD_TCP || e == IPV_FD_UDP, 1))
@@ -421,10 +426,10 @@ static __attribute__((noinline)) ssize_t sendto_slow(sendto_fn real, int fd, con
 
 /* sendto_prep is sendto() on a socket the rules may have to bind. It
  * takes sendto's own arguments, so that sendto() jumps to it. */
-static __attribute__((noinline)) ssize_t sendto_prep(int fd, const void *buf, size_t n, int flags,
-						     const struct sockaddr *sa, socklen_t len)
+IPV_HOT static __attribute__((noinline)) ssize_t sendto_prep(int fd, const void *buf, size_t n, int flags,
+							     const struct sockaddr *sa, socklen_t len)
 {
-	sendto_fn real = REAL(real_sendto);
+	sendto_fn real = REAL(ipv_hot.sendto);
 	unsigned e = ipv_fd_get(fd);
 	if (__builtin_expect(fast_v4(sa, len) && (e == IPV_FD_TCP || e == IPV_FD_UDP), 1)) {
 		int r = fast_prepare(fd, e, sa);
@@ -439,9 +444,10 @@ static __attribute__((noinline)) ssize_t sendto_prep(int fd, const void *buf, si
 /* sendto on a socket bound already (the first send bound it) costs a byte
  * of the table; an AF_INET UDP socket's first addressed send is the hot
  * case of connect(). */
-IPV_EXPORT ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct sockaddr *sa, socklen_t len)
+IPV_HOT IPV_EXPORT ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct sockaddr *sa,
+				  socklen_t len)
 {
-	sendto_fn real = REAL(real_sendto);
+	sendto_fn real = REAL(ipv_hot.sendto);
 	if (__builtin_expect(fast_pass(ipv_fd_get(fd)), 1))
 		return real(fd, buf, n, flags, sa, len);
 	return sendto_prep(fd, buf, n, flags, sa, len);
@@ -483,7 +489,7 @@ static __attribute__((noinline)) ssize_t sendmsg_slow(sendmsg_fn real, int fd, c
 	return real(fd, m, flags);
 }
 
-IPV_EXPORT ssize_t sendmsg(int fd, const struct msghdr *m, int flags)
+IPV_HOT IPV_EXPORT ssize_t sendmsg(int fd, const struct msghdr *m, int flags)
 {
 	sendmsg_fn real = REAL(real_sendmsg);
 	if (__builtin_expect(fast_pass(ipv_fd_get(fd)), 1))
@@ -515,7 +521,7 @@ static __attribute__((noinline)) int sendmmsg_slow(sendmmsg_fn real, int fd, str
 	return r;
 }
 
-IPV_EXPORT int sendmmsg(int fd, struct mmsghdr *v, unsigned int n, int flags)
+IPV_HOT IPV_EXPORT int sendmmsg(int fd, struct mmsghdr *v, unsigned int n, int flags)
 {
 	sendmmsg_fn real = REAL(real_sendmmsg);
 	if (__builtin_expect(fast_pass(ipv_fd_get(fd)), 1))
@@ -572,7 +578,7 @@ static int bind_as_vip(bind_fn real, int fd, const struct sockaddr *sa, in_addr_
  * answer is looked at: a v6-only server never asks the daemon. */
 IPV_EXPORT int bind(int fd, const struct sockaddr *sa, socklen_t len)
 {
-	bind_fn real = REAL(real_bind);
+	bind_fn real = REAL(ipv_hot.bind);
 	int saved = errno, any6;
 	in_addr_t addr;
 	if (!v4_of(sa, len, &addr, &any6))

@@ -18,6 +18,9 @@
 
 #define IPV_HIDDEN __attribute__((visibility("hidden")))
 #define IPV_EXPORT __attribute__((visibility("default")))
+/* The functions of the hot path, which the linker then puts side by side
+ * (.text.hot): a call touches as few lines and pages of code as it can. */
+#define IPV_HOT __attribute__((hot))
 
 /* Answer kinds, as on the wire (PROTOCOL.md, "The ANSWER payload"). */
 enum { IPV_VIP = 1, IPV_MIP = 2, IPV_DENIED = 3 };
@@ -31,24 +34,59 @@ struct ipv_answer {
 	/* Which destinations the answer applies to: loopback ones (the VIP is
 	 * itself a loopback address, the simulator's topology) or the others. */
 	int loopback_scope;
-	/* What the hot path (intercept.c) needs, worked out once: the scope
-	 * (1 loopback, 0 not) of the destinations a VIP answer binds for,
-	 * IPV_HOT_NEVER for a MIP answer, IPV_HOT_ASK for DENIED (prepare()
-	 * deals with it); and {AF_INET, port 0, vip}, the address it binds. */
-	int hot_scope;
-	struct sockaddr_in bind4;
 };
-enum { IPV_HOT_NEVER = -1, IPV_HOT_ASK = -2 };
 
 /* The answer for this process, asking ipvirtd when none is cached or the
  * cached one is past its TTL. Never NULL. Changes errno. */
 IPV_HIDDEN const struct ipv_answer *ipv_current(void);
 
-/* The cached answer and its expiry (answer.c): the writer stores the answer
- * before the expiry and readers load them in the other order, so a reader
- * that sees a fresh expiry sees the answer it belongs to. */
+/* The real functions of the hot wrappers (see REAL_FN below). */
+typedef int (*socket_fn)(int, int, int);
+typedef int (*close_fn)(int);
+typedef int (*bind_fn)(int, const struct sockaddr *, socklen_t);
+typedef int (*connect_fn)(int, const struct sockaddr *, socklen_t);
+typedef ssize_t (*sendto_fn)(int, const void *, size_t, int, const struct sockaddr *, socklen_t);
+
+/* ipv_hot (intercept.c) is everything the hot path reads but the
+ * descriptor table, in one cache line: a connect's own work in the kernel
+ * sweeps the caches, and a call then pays for each line it touches far
+ * more than for its instructions. */
+struct ipv_hot {
+	_Atomic(socket_fn) socket;
+	_Atomic(close_fn) close;
+	_Atomic(bind_fn) bind;
+	_Atomic(connect_fn) connect;
+	_Atomic(sendto_fn) sendto;
+	/* ipv_now_s() before which the cached answer holds; 0 before the first. */
+	_Atomic unsigned long until;
+	/* The cached answer as the hot path needs it: ipv_hot_word(). */
+	_Atomic uint64_t answer;
+	/* One more than the highest descriptor ever given an entry, so that
+	 * forgetting a range (close_range, closefrom) stops there. */
+	atomic_int fds_top;
+} __attribute__((aligned(64)));
+IPV_HIDDEN extern struct ipv_hot ipv_hot;
+
+/* The hot word of an answer: the scope (1 loopback, 0 not) of the
+ * destinations for which a VIP answer binds to the VIP, IPV_HOT_NEVER for
+ * a MIP answer, which never binds, IPV_HOT_ASK for anything the hot path
+ * leaves to prepare() (DENIED, and no answer within its TTL); and the VIP,
+ * network order. One word, so that it is read whole. */
+enum { IPV_HOT_NEVER = -1, IPV_HOT_ASK = -2 };
+static inline uint64_t ipv_hot_word(int scope, in_addr_t vip)
+{
+	return (uint64_t)(uint32_t)scope << 32 | vip;
+}
+static inline int ipv_hot_scope(uint64_t w)
+{
+	return (int32_t)(uint32_t)(w >> 32);
+}
+
+/* The cached answer itself (answer.c), for the general way. The writer
+ * stores it and the hot word before the expiry, and readers load the
+ * expiry first, so a reader that sees a fresh expiry sees the answer it
+ * belongs to (or a newer one). */
 IPV_HIDDEN extern _Atomic(const struct ipv_answer *) ipv_cache;
-IPV_HIDDEN extern _Atomic unsigned long ipv_cache_until; /* ipv_now_s(); good while now < it */
 
 /* The clock of the TTL, in whole seconds: CLOCK_MONOTONIC_COARSE, which
  * the vDSO reads from its data page without the TSC (a quarter of
@@ -63,13 +101,24 @@ static inline unsigned long ipv_now_s(void)
 }
 
 /* ipv_cached is the cached answer if it is within its TTL, else NULL (then
- * ipv_current asks). No lock, no system call, no errno: the hot path. */
+ * ipv_current asks). No lock, no system call, no errno. */
 static inline const struct ipv_answer *ipv_cached(void)
 {
 	unsigned long now = ipv_now_s();
-	unsigned long until = atomic_load_explicit(&ipv_cache_until, memory_order_acquire);
+	unsigned long until = atomic_load_explicit(&ipv_hot.until, memory_order_acquire);
 	const struct ipv_answer *a = atomic_load_explicit(&ipv_cache, memory_order_acquire);
 	return now < until ? a : NULL;
+}
+
+/* ipv_hot_cached is the hot word of the cached answer if it is within its
+ * TTL, else one whose scope is IPV_HOT_ASK: the hot path's look at the
+ * answer, on the hot line alone. */
+static inline uint64_t ipv_hot_cached(void)
+{
+	unsigned long now = ipv_now_s();
+	unsigned long until = atomic_load_explicit(&ipv_hot.until, memory_order_acquire);
+	uint64_t w = atomic_load_explicit(&ipv_hot.answer, memory_order_acquire);
+	return now < until ? w : ipv_hot_word(IPV_HOT_ASK, 0);
 }
 
 /* What query.c hands back: the decoded fixed part of an ANSWER. */
@@ -115,7 +164,8 @@ IPV_HIDDEN int ipv_real_connect(int fd, const struct sockaddr *sa, socklen_t len
 
 /* REAL_FN(name, ret, params, args) defines real_NAME, of type NAME_fn,
  * starting at its stub first_NAME. The file defines resolve() and the
- * typedef before it. */
+ * typedef before it. HOT_FN does the same for ipv_hot.NAME, with the stub
+ * ipv_first_NAME, declared here for ipv_hot's initializer. */
 #define REAL_FN(name, ret, params, args)                                 \
 	static ret first_##name params;                                  \
 	static _Atomic(name##_fn) real_##name = first_##name;            \
@@ -124,6 +174,17 @@ IPV_HIDDEN int ipv_real_connect(int fd, const struct sockaddr *sa, socklen_t len
 		resolve();                                               \
 		return REAL(real_##name) args;                           \
 	}
+#define HOT_FN(name, ret, params, args)                                  \
+	ret ipv_first_##name params                                      \
+	{                                                                \
+		resolve();                                               \
+		return REAL(ipv_hot.name) args;                          \
+	}
+IPV_HIDDEN int ipv_first_socket(int domain, int type, int protocol);
+IPV_HIDDEN int ipv_first_close(int fd);
+IPV_HIDDEN int ipv_first_bind(int fd, const struct sockaddr *sa, socklen_t len);
+IPV_HIDDEN int ipv_first_connect(int fd, const struct sockaddr *sa, socklen_t len);
+IPV_HIDDEN ssize_t ipv_first_sendto(int fd, const void *buf, size_t n, int flags, const struct sockaddr *sa, socklen_t len);
 
 /* The descriptor table (fdtable.c): one byte per descriptor below IPV_FDS,
  * what the library learnt of it when the program made it with socket(), so
@@ -144,9 +205,6 @@ enum {
 };
 
 IPV_HIDDEN extern _Atomic unsigned char ipv_fds[IPV_FDS];
-/* One more than the highest descriptor ever given an entry, so that
- * forgetting a range (close_range, closefrom) stops there. */
-IPV_HIDDEN extern atomic_int ipv_fds_top;
 
 static inline unsigned ipv_fd_get(int fd)
 {
@@ -158,8 +216,8 @@ static inline unsigned ipv_fd_get(int fd)
 /* ipv_fd_raise_top makes room for fd in the ranges forgotten. */
 static inline void ipv_fd_raise_top(int fd)
 {
-	int top = atomic_load_explicit(&ipv_fds_top, memory_order_relaxed);
-	while (top <= fd && !atomic_compare_exchange_weak_explicit(&ipv_fds_top, &top, fd + 1, memory_order_relaxed,
+	int top = atomic_load_explicit(&ipv_hot.fds_top, memory_order_relaxed);
+	while (top <= fd && !atomic_compare_exchange_weak_explicit(&ipv_hot.fds_top, &top, fd + 1, memory_order_relaxed,
 								   memory_order_relaxed))
 		;
 }
@@ -179,7 +237,7 @@ static inline void ipv_fd_set(int fd, unsigned e)
 
 /* ipv_fd_decide marks the TCP or UDP entry e of fd, which the caller read
  * from the table, as bound (e | IPV_FD_DECIDED), unless the entry changed
- * meanwhile, as ipv_fd_update does. The entry was made, and ipv_fds_top
+ * meanwhile, as ipv_fd_update does. The entry was made, and ipv_hot.fds_top
  * raised past fd, before the caller read it, and the top never comes down:
  * there is nothing to raise. */
 static inline void ipv_fd_decide(int fd, unsigned e)
