@@ -8,7 +8,7 @@ set -u
 cd "$(dirname "$0")/.."
 export IPVIRT_BIN="${IPVIRT_BIN:-$PWD/bin}"
 status=0
-for b in alloc preloadconnect bpfconnect peers dhcpstorm farm; do
+for b in alloc preloadconnect hotpath bpfconnect peers dhcpstorm farm; do
 	[ -d "bench/$b" ] || continue
 	echo "== bench/$b"
 	go run "./bench/$b" || status=1

@@ -15,10 +15,11 @@ set -eu
 # The Debian package (make deb, deploy/deb_test.go): strip and objdump
 # (binutils), and systemd-analyze (systemd) to verify the unit; dpkg-deb
 # comes with dpkg.
-# make bench: nftables, for the SNAT-by-uid peer (bench/peers).
+# make bench: nftables, for the SNAT-by-uid peer (bench/peers), and valgrind,
+# whose callgrind counts libipvirt.so's instructions per call (bench/hotpath).
 PACKAGES="${IPVIRT_PACKAGES:-gcc libc6-dev make iproute2 util-linux procps python3 curl netcat-openbsd socat
 	kea-dhcp4-server dnsmasq-base isc-dhcp-server openssh-server etcd-server clang llvm libbpf-dev bpftool prometheus
-	binutils systemd strace nftables}"
+	binutils systemd strace nftables valgrind}"
 
 missing=""
 for p in $PACKAGES; do

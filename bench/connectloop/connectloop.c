@@ -19,6 +19,15 @@
  *       to SRC port 0, connect (all inside the timing); prints
  *       "loopbind NS_PER_OP SOURCE". The kernel's own floor under any
  *       interceptor that binds: no interception, just the two extra calls
+ *   connectloop udploop N HOST PORT [OUT]
+ *       as loop, for UDP: N times socket(SOCK_DGRAM) + sendto (one byte,
+ *       to HOST:PORT, on the unconnected socket) + close, timed together;
+ *       prints "udploop NS_PER_OP SOURCE" (the address the last socket was
+ *       bound to when it sent)
+ *   connectloop sendloop N HOST PORT [OUT]
+ *       one UDP socket, one warm-up sendto, then N more sendto (one byte,
+ *       unconnected) timed; prints "sendloop NS_PER_OP SOURCE" (NS_PER_OP
+ *       to a tenth): a send on a socket bound already
  *   connectloop think N HOST PORT MEAN_US SEED OUT
  *       a session's realistic use: N times, sleep an exponentially
  *       distributed think time (mean MEAN_US µs, drand48 seeded with SEED,
@@ -92,6 +101,28 @@ static long long conn(char *src, size_t n)
 	setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
 	close(fd);
 	return took;
+}
+
+/* send1 sends one byte from a fresh unconnected UDP socket, the sendto
+ * counterpart of conn; fills src, when given, with the socket's source. */
+static void send1(char *src, size_t n)
+{
+	int fd = socket(AF_INET, SOCK_DGRAM, 0);
+	if (fd < 0) {
+		perror("connectloop: socket");
+		exit(1);
+	}
+	if (sendto(fd, "x", 1, 0, (struct sockaddr *)&dst, sizeof dst) != 1) {
+		perror("connectloop: sendto");
+		exit(1);
+	}
+	if (src) {
+		struct sockaddr_in me;
+		socklen_t len = sizeof me;
+		getsockname(fd, (struct sockaddr *)&me, &len);
+		inet_ntop(AF_INET, &me.sin_addr, src, n);
+	}
+	close(fd);
 }
 
 static void emit(const char *out, const char *line)
@@ -169,6 +200,7 @@ static int think(long n, double mean_us, long seed, const char *out)
 static int usage(void)
 {
 	fputs("usage: connectloop loop N HOST PORT [OUT] | loopbind N HOST PORT SRC [OUT] |\n"
+	      "       udploop N HOST PORT [OUT] | sendloop N HOST PORT [OUT] |\n"
 	      "       first K HOST PORT [OUT] | think N HOST PORT MEAN_US SEED OUT | once HOST PORT\n",
 	      stderr);
 	return 2;
@@ -228,6 +260,43 @@ int main(int argc, char **argv)
 		conn(src, sizeof src);
 		char line[128];
 		snprintf(line, sizeof line, "%s %lld %s\n", mode, (now_ns() - t0) / n, src);
+		emit(out, line);
+		return 0;
+	}
+	if (!strcmp(mode, "udploop")) {
+		send1(NULL, 0); /* the first call, outside the timing */
+		long long t0 = now_ns();
+		for (long i = 0; i < n - 1; i++)
+			send1(NULL, 0);
+		send1(src, sizeof src);
+		char line[128];
+		snprintf(line, sizeof line, "udploop %lld %s\n", (now_ns() - t0) / n, src);
+		emit(out, line);
+		return 0;
+	}
+	if (!strcmp(mode, "sendloop")) {
+		int fd = socket(AF_INET, SOCK_DGRAM, 0);
+		if (fd < 0) {
+			perror("connectloop: socket");
+			return 1;
+		}
+		long long t0 = 0;
+		for (long i = -1; i < n; i++) { /* -1: the warm-up, outside the timing */
+			if (i == 0)
+				t0 = now_ns();
+			if (sendto(fd, "x", 1, 0, (struct sockaddr *)&dst, sizeof dst) != 1) {
+				perror("connectloop: sendto");
+				return 1;
+			}
+		}
+		long long took = now_ns() - t0;
+		struct sockaddr_in me;
+		socklen_t len = sizeof me;
+		getsockname(fd, (struct sockaddr *)&me, &len);
+		inet_ntop(AF_INET, &me.sin_addr, src, sizeof src);
+		close(fd);
+		char line[128];
+		snprintf(line, sizeof line, "sendloop %.1f %s\n", (double)took / n, src);
 		emit(out, line);
 		return 0;
 	}

@@ -14,6 +14,7 @@ import (
 // bench is one run's state: what was built, what to undo, what was skipped.
 type bench struct {
 	n        int
+	ref      string // another build of libipvirt.so to time beside this one's (-ref)
 	work     string // the built programs
 	results  string // where loops write their result lines
 	tools    benchkit.Tools
@@ -34,12 +35,12 @@ func (b *bench) close() {
 	}
 }
 
-func run(rounds, n int) (skipped int, err error) {
+func run(rounds, n int, ref string) (skipped int, err error) {
 	work, results, err := benchkit.WorkDir()
 	if err != nil {
 		return 0, err
 	}
-	b := &bench{n: n, work: work, results: results}
+	b := &bench{n: n, ref: ref, work: work, results: results}
 	defer b.close()
 	b.onClose(func() { os.RemoveAll(work) })
 	if b.tools, err = benchkit.Build(work); err != nil {
@@ -87,7 +88,7 @@ type variant struct {
 	section section
 	// run runs the loop once and returns its result line.
 	run func(n int) (string, error)
-	ln  *benchkit.Listener
+	ln  counter
 	// client is the source the loop's getsockname must report; invalid:
 	// learnt from the first run, which must be in pool (libipvirt.so's VIP
 	// is the daemon's choice), and the same ever after.
@@ -101,10 +102,18 @@ type variant struct {
 	samples       []float64
 }
 
+// counter counts where a variant's connections (benchkit.Listener) or
+// datagrams (benchkit.UDPListener) came from.
+type counter interface {
+	Take(want int, timeout time.Duration) map[netip.Addr]int
+	Check(peers map[netip.Addr]int, want int, addr netip.Addr) string
+}
+
 type section int
 
 const (
 	loopback section = iota
+	udp
 	veth
 )
 
@@ -144,10 +153,16 @@ func (v *variant) once(n int) (float64, error) {
 		server = v.client
 	}
 	// The warm-up connect, outside the timing, counts too.
-	if why := benchkit.CheckPeers(v.ln.Take(n+1, 10*time.Second), n+1, server); why != "" {
+	if why := v.ln.Check(v.ln.Take(n+1, 10*time.Second), n+1, server); why != "" {
 		return 0, fmt.Errorf("%s: the variant did not apply its address to every connection", why)
 	}
 	return ns, nil
+}
+
+// udpArgs is connectloop's command line for a timed loop of n sends,
+// each from a fresh unconnected UDP socket, to host:port.
+func (b *bench) udpArgs(n int, host netip.Addr, port int) []string {
+	return []string{b.tools.Loop, "udploop", strconv.Itoa(n), host.String(), strconv.Itoa(port)}
 }
 
 // loopArgs is connectloop's command line for a timed loop of n connects

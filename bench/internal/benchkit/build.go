@@ -14,6 +14,7 @@ type Tools struct {
 	Loop      string // bench/connectloop/connectloop
 	Noopd     string // bench/connectloop/noopd
 	ForceBind string // bench/connectloop/forcebind.so
+	NoSys     string // bench/connectloop/nosys.so
 	Lib       string // libipvirt.so: $IPVIRT_BIN's (make bench builds it), else built here
 }
 
@@ -25,6 +26,7 @@ func Build(work string) (Tools, error) {
 		Loop:      filepath.Join(work, "connectloop"),
 		Noopd:     filepath.Join(work, "noopd"),
 		ForceBind: filepath.Join(work, "forcebind.so"),
+		NoSys:     filepath.Join(work, "nosys.so"),
 		Lib:       filepath.Join(work, "libipvirt.so"),
 	}
 	if out, err := exec.Command("make", "-s", "-C", "bench/connectloop", "OUT="+work).CombinedOutput(); err != nil {

@@ -72,6 +72,11 @@ func (l *Listener) Take(want int, timeout time.Duration) map[netip.Addr]int {
 	}
 }
 
+// Check is CheckPeers: a TCP listener loses no connection.
+func (l *Listener) Check(peers map[netip.Addr]int, want int, addr netip.Addr) string {
+	return CheckPeers(peers, want, addr)
+}
+
 // CheckPeers says why peers (from Take) are not exactly want connections
 // all from addr, or "" when they are.
 func CheckPeers(peers map[netip.Addr]int, want int, addr netip.Addr) string {

@@ -1,8 +1,9 @@
 /* The per-process answer: asked once, cached for the TTL the daemon gave,
  * shared by threads and inherited by fork() children.
  *
- * Hot path: two atomic loads and a vDSO clock read, no lock, no syscall, no
- * allocation, so it is async-signal-safe. Published answers are immutable
+ * Hot path (ipv_cached and ipv_hot_cached, ipvirt.h): two atomic loads
+ * and a coarse vDSO clock read, no lock, no syscall, no allocation, so it
+ * is async-signal-safe. Published answers are immutable
  * and interned (a process sees a handful of distinct answers in its life),
  * so a reader holding an old pointer never sees it change under it, and
  * nothing is freed. The expiry lives beside the pointer; the writer stores
@@ -39,8 +40,7 @@
 
 extern atomic_int ipv_query_fd;
 
-static _Atomic(const struct ipv_answer *) g_answer;
-static _Atomic unsigned long g_until; /* monotonic seconds; good while now < g_until */
+IPV_HIDDEN _Atomic(const struct ipv_answer *) ipv_cache;
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t g_atfork_once = PTHREAD_ONCE_INIT;
 /* Set while this thread is inside a query: a signal handler that calls
@@ -256,9 +256,11 @@ static const struct ipv_answer *ask(void)
 		say(line, msg.len);
 	}
 	const struct ipv_answer *p = intern(&n);
-	unsigned long now = (unsigned long)(ipv_mono_ms() / 1000);
-	atomic_store_explicit(&g_answer, p, memory_order_release);
-	atomic_store_explicit(&g_until, now + ttl, memory_order_release);
+	int scope = n.kind == IPV_VIP ? n.loopback_scope : n.kind == IPV_MIP ? IPV_HOT_NEVER : IPV_HOT_ASK;
+	unsigned long now = ipv_now_s();
+	atomic_store_explicit(&ipv_cache, p, memory_order_release);
+	atomic_store_explicit(&ipv_hot.answer, ipv_hot_word(scope, n.vip), memory_order_release);
+	atomic_store_explicit(&ipv_hot.until, now + ttl, memory_order_release);
 	return p;
 }
 
@@ -272,9 +274,8 @@ static const struct ipv_answer *refresh(void)
 	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
 	pthread_mutex_lock(&g_mu);
 	pthread_once(&g_atfork_once, register_atfork);
-	unsigned long now = (unsigned long)(ipv_mono_ms() / 1000);
-	const struct ipv_answer *a = atomic_load_explicit(&g_answer, memory_order_acquire);
-	if (!a || now >= atomic_load_explicit(&g_until, memory_order_acquire))
+	const struct ipv_answer *a = ipv_cached();
+	if (!a)
 		a = ask(); /* else another thread asked while this one waited */
 	pthread_mutex_unlock(&g_mu);
 	pthread_setcancelstate(cancel, NULL);
@@ -283,12 +284,8 @@ static const struct ipv_answer *refresh(void)
 
 const struct ipv_answer *ipv_current(void)
 {
-	unsigned long now = (unsigned long)(ipv_mono_ms() / 1000);
-	unsigned long until = atomic_load_explicit(&g_until, memory_order_acquire);
-	const struct ipv_answer *a = atomic_load_explicit(&g_answer, memory_order_acquire);
-	if (a && now < until)
-		return a;
-	return refresh();
+	const struct ipv_answer *a = ipv_cached();
+	return a ? a : refresh();
 }
 
 /* String building for messages: no stdio, no allocation. */

@@ -41,10 +41,7 @@
 #include <unistd.h>
 
 IPV_HIDDEN _Atomic unsigned char ipv_fds[IPV_FDS];
-IPV_HIDDEN atomic_int ipv_fds_top;
 
-typedef int (*socket_fn)(int, int, int);
-typedef int (*close_fn)(int);
 typedef int (*close_range_fn)(unsigned int, unsigned int, int);
 typedef void (*closefrom_fn)(int);
 typedef int (*dup2_fn)(int, int);
@@ -87,19 +84,27 @@ static int sys_fclose(FILE *f)
 	return sys_close(fileno(f)) < 0 || r != 0 ? EOF : 0;
 }
 
-static _Atomic(socket_fn) real_socket;
-static _Atomic(close_fn) real_close;
-static _Atomic(close_range_fn) real_close_range;
-static _Atomic(closefrom_fn) real_closefrom;
-static _Atomic(dup2_fn) real_dup2;
-static _Atomic(dup3_fn) real_dup3;
-static _Atomic(fclose_fn) real_fclose;
+static void resolve(void);
+HOT_FN(socket, int, (int domain, int type, int protocol), (domain, type, protocol))
+HOT_FN(close, int, (int fd), (fd))
+REAL_FN(close_range, int, (unsigned int first, unsigned int last, int flags), (first, last, flags))
+REAL_FN(dup2, int, (int oldfd, int newfd), (oldfd, newfd))
+REAL_FN(dup3, int, (int oldfd, int newfd, int flags), (oldfd, newfd, flags))
+REAL_FN(fclose, int, (FILE * f), (f))
+/* REAL_FN's stub, for a function that returns nothing. */
+static void first_closefrom(int lowfd);
+static _Atomic(closefrom_fn) real_closefrom = first_closefrom;
+static void first_closefrom(int lowfd)
+{
+	resolve();
+	REAL(real_closefrom)(lowfd);
+}
 
 static void resolve(void)
 {
 	int saved = errno;
-	RESOLVE(real_socket, "socket", sys_socket);
-	RESOLVE(real_close, "close", sys_close);
+	RESOLVE(ipv_hot.socket, "socket", sys_socket);
+	RESOLVE(ipv_hot.close, "close", sys_close);
 	RESOLVE(real_close_range, "close_range", sys_close_range);
 	RESOLVE(real_closefrom, "closefrom", sys_closefrom);
 	RESOLVE(real_dup2, "dup2", sys_dup2);
@@ -120,21 +125,24 @@ __attribute__((constructor)) static void fdtable_init(void)
  * them could only go stale. */
 static unsigned classify(int domain, int type, int protocol)
 {
-	if (domain != AF_INET && domain != AF_INET6)
+	_Static_assert((int)IPV_FD_TCP == (int)SOCK_STREAM && (int)IPV_FD_UDP == (int)SOCK_DGRAM &&
+			       IPV_FD_INET6 == (AF_INET6 & 8) >> 1,
+		       "classify's arithmetic");
+	/* AF_INET is 2 and AF_INET6 10: no other number ORed with 8 is 10. */
+	if ((domain | 8) != AF_INET6)
 		return IPV_FD_UNKNOWN;
-	unsigned fam = domain == AF_INET6 ? IPV_FD_INET6 : 0;
+	unsigned fam = (unsigned)(domain & 8) >> 1;
 	type &= ~(SOCK_NONBLOCK | SOCK_CLOEXEC);
-	if (type == SOCK_STREAM && (protocol == 0 || protocol == IPPROTO_TCP))
-		return IPV_FD_TCP | fam;
-	if (type == SOCK_DGRAM && (protocol == 0 || protocol == IPPROTO_UDP))
-		return IPV_FD_UDP | fam;
+	if ((type == SOCK_STREAM || type == SOCK_DGRAM) &&
+	    (protocol == 0 || protocol == (type == SOCK_STREAM ? IPPROTO_TCP : IPPROTO_UDP)))
+		return (unsigned)type | fam; /* IPV_FD_TCP or IPV_FD_UDP */
 	return IPV_FD_OTHER;
 }
 
 /* forget_range forgets [first, last], as far as entries were ever made. */
 static void forget_range(unsigned int first, unsigned int last)
 {
-	unsigned int top = (unsigned int)atomic_load_explicit(&ipv_fds_top, memory_order_relaxed);
+	unsigned int top = (unsigned int)atomic_load_explicit(&ipv_hot.fds_top, memory_order_relaxed);
 	if (first >= top)
 		return;
 	if (last >= top)
@@ -143,17 +151,21 @@ static void forget_range(unsigned int first, unsigned int last)
 		ipv_fd_forget((int)fd);
 }
 
-IPV_EXPORT int socket(int domain, int type, int protocol)
+/* The entry is worked out before the call, so that only it has to live
+ * across it. */
+IPV_HOT IPV_EXPORT int socket(int domain, int type, int protocol)
 {
-	int fd = REAL(real_socket)(domain, type, protocol);
+	socket_fn real = REAL(ipv_hot.socket);
+	unsigned e = classify(domain, type, protocol);
+	int fd = real(domain, type, protocol);
 	if (fd >= 0)
-		ipv_fd_set(fd, classify(domain, type, protocol));
+		ipv_fd_set(fd, e);
 	return fd;
 }
 
-IPV_EXPORT int close(int fd)
+IPV_HOT IPV_EXPORT int close(int fd)
 {
-	close_fn real = REAL(real_close);
+	close_fn real = REAL(ipv_hot.close);
 	ipv_fd_forget(fd);
 	int r = real(fd);
 	ipv_fd_forget(fd);

@@ -10,7 +10,15 @@
  * hot path is the bind alone (with IP_BIND_ADDRESS_NO_PORT for TCP), and
  * a socket bound once needs nothing more. errno is saved on entry and
  * restored before the real call, so the library's own work never shows
- * in it. */
+ * in it.
+ *
+ * The commonest calls take a short way (fast_prepare and the wrappers
+ * that jump to it): an AF_INET TCP or UDP socket's connect() or first
+ * addressed send to an AF_INET destination costs, beyond the floor's
+ * setsockopt and bind, a byte of the table, a coarse clock read and two
+ * loads for the cached answer, and a compare-and-swap; a send on a socket
+ * bound already costs the byte. Everything else goes the general way,
+ * prepare(), which the short one hands over to whenever it is not sure. */
 #define _GNU_SOURCE
 #include "ipvirt.h"
 
@@ -20,9 +28,6 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-typedef int (*bind_fn)(int, const struct sockaddr *, socklen_t);
-typedef int (*connect_fn)(int, const struct sockaddr *, socklen_t);
-typedef ssize_t (*sendto_fn)(int, const void *, size_t, int, const struct sockaddr *, socklen_t);
 typedef ssize_t (*sendmsg_fn)(int, const struct msghdr *, int);
 typedef int (*sendmmsg_fn)(int, struct mmsghdr *, unsigned int, int);
 
@@ -48,21 +53,31 @@ static int sys_sendmmsg(int fd, struct mmsghdr *v, unsigned int n, int flags)
 	return (int)syscall(SYS_sendmmsg, fd, v, n, flags);
 }
 
-static _Atomic(bind_fn) real_bind;
-static _Atomic(connect_fn) real_connect;
-static _Atomic(sendto_fn) real_sendto;
-static _Atomic(sendmsg_fn) real_sendmsg;
-static _Atomic(sendmmsg_fn) real_sendmmsg;
+static void resolve(void);
+HOT_FN(bind, int, (int fd, const struct sockaddr *sa, socklen_t len), (fd, sa, len))
+HOT_FN(connect, int, (int fd, const struct sockaddr *sa, socklen_t len), (fd, sa, len))
+HOT_FN(sendto, ssize_t, (int fd, const void *buf, size_t n, int flags, const struct sockaddr *sa, socklen_t len),
+       (fd, buf, n, flags, sa, len))
+REAL_FN(sendmsg, ssize_t, (int fd, const struct msghdr *m, int flags), (fd, m, flags))
+REAL_FN(sendmmsg, int, (int fd, struct mmsghdr *v, unsigned int n, int flags), (fd, v, n, flags))
+
+IPV_HIDDEN struct ipv_hot ipv_hot = {
+	.socket = ipv_first_socket,
+	.close = ipv_first_close,
+	.bind = ipv_first_bind,
+	.connect = ipv_first_connect,
+	.sendto = ipv_first_sendto,
+};
 
 /* resolve looks the real functions up. The constructor does it, and so does
- * any wrapper that runs before it (another library's constructor). It is
- * the only work done at load time. */
+ * any wrapper that runs before it (another library's constructor), through
+ * the stubs. It is the only work done at load time. */
 static void resolve(void)
 {
 	int saved = errno;
-	RESOLVE(real_bind, "bind", sys_bind);
-	RESOLVE(real_connect, "connect", sys_connect);
-	RESOLVE(real_sendto, "sendto", sys_sendto);
+	RESOLVE(ipv_hot.bind, "bind", sys_bind);
+	RESOLVE(ipv_hot.connect, "connect", sys_connect);
+	RESOLVE(ipv_hot.sendto, "sendto", sys_sendto);
 	RESOLVE(real_sendmsg, "sendmsg", sys_sendmsg);
 	RESOLVE(real_sendmmsg, "sendmmsg", sys_sendmmsg);
 	errno = saved;
@@ -76,7 +91,7 @@ __attribute__((constructor)) static void ipvirt_init(void)
 
 int ipv_real_connect(int fd, const struct sockaddr *sa, socklen_t len)
 {
-	return REAL(real_connect)(fd, sa, len);
+	return REAL(ipv_hot.connect)(fd, sa, len);
 }
 
 static int loopback(in_addr_t a)
@@ -222,13 +237,13 @@ static int bind_vip(int fd, int fam, int type, unsigned e, in_addr_t vip)
 	}
 	if (fam == AF_INET) {
 		struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = vip};
-		r = REAL(real_bind)(fd, (struct sockaddr *)&a, sizeof a);
+		r = REAL(ipv_hot.bind)(fd, (struct sockaddr *)&a, sizeof a);
 	} else {
 		struct sockaddr_in6 a6 = {.sin6_family = AF_INET6};
 		a6.sin6_addr.s6_addr[10] = 0xff;
 		a6.sin6_addr.s6_addr[11] = 0xff;
 		memcpy(&a6.sin6_addr.s6_addr[12], &vip, 4);
-		r = REAL(real_bind)(fd, (struct sockaddr *)&a6, sizeof a6);
+		r = REAL(ipv_hot.bind)(fd, (struct sockaddr *)&a6, sizeof a6);
 	}
 	if (r < 0 && errno != EINVAL)
 		return -1;
@@ -277,6 +292,62 @@ static int prepare(int fd, int dst_family, in_addr_t dst)
 	return bind_vip(fd, fam, type, e, a->vip);
 }
 
+/* The hot path: connect() or an addressed send from an AF_INET TCP or UDP
+ * socket the table knows, to an AF_INET destination. It is prepare()
+ * unrolled for that case, with everything else left to prepare(): what it
+ * adds to the call it wraps is a byte of the table, a coarse clock read,
+ * two loads of the cached answer and, once per socket, the bind and a
+ * compare-and-swap of the byte.
+ *
+ * fast_pass says whether the entry lets the call go straight to libc, as
+ * prepare() would: a socket bound already (DECIDED), or one the rules
+ * never touch (OTHER). */
+static inline int fast_pass(unsigned e)
+{
+	return e != IPV_FD_UNKNOWN && ((e & IPV_FD_DECIDED) || (e & IPV_FD_CLASS) == IPV_FD_OTHER);
+}
+
+/* fast_v4 says whether sa is an AF_INET address prepare() would look at. */
+static inline int fast_v4(const struct sockaddr *sa, socklen_t len)
+{
+	return sa && len >= (socklen_t)sizeof(struct sockaddr_in) && sa->sa_family == AF_INET;
+}
+
+enum { FAST_SLOW = 1 }; /* fast_prepare: not the hot case, ask prepare() */
+
+/* fast_prepare is prepare() for an AF_INET socket whose entry e is
+ * IPV_FD_TCP or IPV_FD_UDP (unbound as far as the table knows) and the
+ * AF_INET destination sa, on a cached answer: 0 to go on with the real
+ * call, -1 with bind's errno, or FAST_SLOW for anything but a VIP or MIP
+ * answer within its TTL (no answer yet, expired, DENIED), which prepare()
+ * then handles from the start. errno is as on entry whenever it returns 0,
+ * as prepare()'s callers leave it. */
+static inline __attribute__((always_inline)) int fast_prepare(int fd, unsigned e, const struct sockaddr *sa)
+{
+	uint64_t w = ipv_hot_cached();
+	int scope = ipv_hot_scope(w);
+	/* connect() to 0.0.0.0 reaches this host over loopback. */
+	in_addr_t dst = ((const struct sockaddr_in *)sa)->sin_addr.s_addr;
+	int dst_loop = dst == 0 || loopback(dst);
+	/* A VIP answer whose scope this is binds; a MIP answer, or a VIP
+	 * answer for the other scope, leaves the call alone; DENIED, or no
+	 * answer within its TTL, asks prepare(). */
+	if (scope != dst_loop)
+		return scope == IPV_HOT_ASK ? FAST_SLOW : 0;
+	int *err = &errno, saved = *err;
+	if (e == IPV_FD_TCP) {
+		static const int one = 1;
+		setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+	}
+	struct sockaddr_in b = {.sin_family = AF_INET, .sin_addr.s_addr = (in_addr_t)w};
+	if (REAL(ipv_hot.bind)(fd, (const struct sockaddr *)&b, sizeof b) < 0 && *err != EINVAL)
+		return -1;
+	/* Bound now, by this bind or (EINVAL) before it: see bind_vip. */
+	ipv_fd_decide(fd, e);
+	*err = saved;
+	return 0;
+}
+
 /* passed notes a call the rules did not look at (an IPv6 destination, an
  * IP_PKTINFO send, no address): once it succeeded, the kernel has bound
  * the socket, which later calls then leave alone without looking at the
@@ -287,9 +358,9 @@ static void passed(int fd, int ok)
 		decided(fd, ipv_fd_get(fd));
 }
 
-IPV_EXPORT int connect(int fd, const struct sockaddr *sa, socklen_t len)
+/* connect_slow is connect() for all but the hot case. */
+static __attribute__((noinline)) int connect_slow(connect_fn real, int fd, const struct sockaddr *sa, socklen_t len)
 {
-	connect_fn real = REAL(real_connect);
 	int saved = errno, any6;
 	in_addr_t dst;
 	if (!v4_of(sa, len, &dst, &any6) || any6) {
@@ -308,9 +379,38 @@ IPV_EXPORT int connect(int fd, const struct sockaddr *sa, socklen_t len)
 	return real(fd, sa, len);
 }
 
-IPV_EXPORT ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct sockaddr *sa, socklen_t len)
+/* connect_hot is connect() on an AF_INET socket whose entry e is
+ * IPV_FD_TCP or IPV_FD_UDP, to an AF_INET address. */
+IPV_HOT static __attribute__((noinline)) int connect_hot(connect_fn real, int fd, const struct sockaddr *sa,
+							 socklen_t len, unsigned e)
 {
-	sendto_fn real = REAL(real_sendto);
+	int r = fast_prepare(fd, e, sa);
+	if (__builtin_expect(r == 0, 1))
+		return real(fd, sa, len);
+	if (r < 0)
+		return -1;
+	return connect_slow(real, fd, sa, len);
+}
+
+/* The wrappers themselves only pick the way, and jump: no frame, no
+ * register saved, for a call the rules leave alone. */
+IPV_HOT IPV_EXPORT int connect(int fd, const struct sockaddr *sa, socklen_t len)
+{
+	connect_fn real = REAL(ipv_hot.connect);
+	if (__builtin_expect(fast_v4(sa, len), 1)) {
+		unsigned e = ipv_fd_get(fd);
+		if (__builtin_expect(e == IPV_FD_TCP || e == IPV_FD_UDP, 1))
+			return connect_hot(real, fd, sa, len, e);
+		if (fast_pass(e))
+			return real(fd, sa, len);
+	}
+	return connect_slow(real, fd, sa, len);
+}
+
+/* sendto_slow is sendto() for all but the hot case. */
+static __attribute__((noinline)) ssize_t sendto_slow(sendto_fn real, int fd, const void *buf, size_t n, int flags,
+						     const struct sockaddr *sa, socklen_t len)
+{
 	int saved = errno, any6;
 	in_addr_t dst;
 	if (!v4_of(sa, len, &dst, &any6) || any6) {
@@ -322,6 +422,35 @@ IPV_EXPORT ssize_t sendto(int fd, const void *buf, size_t n, int flags, const st
 		return -1;
 	errno = saved;
 	return real(fd, buf, n, flags, sa, len);
+}
+
+/* sendto_prep is sendto() on a socket the rules may have to bind. It
+ * takes sendto's own arguments, so that sendto() jumps to it. */
+IPV_HOT static __attribute__((noinline)) ssize_t sendto_prep(int fd, const void *buf, size_t n, int flags,
+							     const struct sockaddr *sa, socklen_t len)
+{
+	sendto_fn real = REAL(ipv_hot.sendto);
+	unsigned e = ipv_fd_get(fd);
+	if (__builtin_expect(fast_v4(sa, len) && (e == IPV_FD_TCP || e == IPV_FD_UDP), 1)) {
+		int r = fast_prepare(fd, e, sa);
+		if (__builtin_expect(r == 0, 1))
+			return real(fd, buf, n, flags, sa, len);
+		if (r < 0)
+			return -1;
+	}
+	return sendto_slow(real, fd, buf, n, flags, sa, len);
+}
+
+/* sendto on a socket bound already (the first send bound it) costs a byte
+ * of the table; an AF_INET UDP socket's first addressed send is the hot
+ * case of connect(). */
+IPV_HOT IPV_EXPORT ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct sockaddr *sa,
+				  socklen_t len)
+{
+	sendto_fn real = REAL(ipv_hot.sendto);
+	if (__builtin_expect(fast_pass(ipv_fd_get(fd)), 1))
+		return real(fd, buf, n, flags, sa, len);
+	return sendto_prep(fd, buf, n, flags, sa, len);
 }
 
 /* chooses_source reports whether m carries IP_PKTINFO / IPV6_PKTINFO: the
@@ -344,9 +473,9 @@ static int addressed(const struct msghdr *m, in_addr_t *dst)
 	return m && v4_of(m->msg_name, m->msg_namelen, dst, &any6) && !any6 && !chooses_source(m);
 }
 
-IPV_EXPORT ssize_t sendmsg(int fd, const struct msghdr *m, int flags)
+/* sendmsg_slow is sendmsg() on a socket the rules may have to bind. */
+static __attribute__((noinline)) ssize_t sendmsg_slow(sendmsg_fn real, int fd, const struct msghdr *m, int flags)
 {
-	sendmsg_fn real = REAL(real_sendmsg);
 	int saved = errno;
 	in_addr_t dst;
 	if (!addressed(m, &dst)) {
@@ -360,11 +489,19 @@ IPV_EXPORT ssize_t sendmsg(int fd, const struct msghdr *m, int flags)
 	return real(fd, m, flags);
 }
 
+IPV_HOT IPV_EXPORT ssize_t sendmsg(int fd, const struct msghdr *m, int flags)
+{
+	sendmsg_fn real = REAL(real_sendmsg);
+	if (__builtin_expect(fast_pass(ipv_fd_get(fd)), 1))
+		return real(fd, m, flags);
+	return sendmsg_slow(real, fd, m, flags);
+}
+
 /* sendmmsg binds once, by the first addressed message: a socket has one
  * source address for all of them. */
-IPV_EXPORT int sendmmsg(int fd, struct mmsghdr *v, unsigned int n, int flags)
+static __attribute__((noinline)) int sendmmsg_slow(sendmmsg_fn real, int fd, struct mmsghdr *v, unsigned int n,
+						   int flags)
 {
-	sendmmsg_fn real = REAL(real_sendmmsg);
 	int saved = errno, looked = 0;
 	in_addr_t dst;
 	for (unsigned int i = 0; v && i < n; i++) {
@@ -382,6 +519,14 @@ IPV_EXPORT int sendmmsg(int fd, struct mmsghdr *v, unsigned int n, int flags)
 	if (!looked)
 		passed(fd, r > 0);
 	return r;
+}
+
+IPV_HOT IPV_EXPORT int sendmmsg(int fd, struct mmsghdr *v, unsigned int n, int flags)
+{
+	sendmmsg_fn real = REAL(real_sendmmsg);
+	if (__builtin_expect(fast_pass(ipv_fd_get(fd)), 1))
+		return real(fd, v, n, flags);
+	return sendmmsg_slow(real, fd, v, n, flags);
 }
 
 /* wildcard reports whether sa is 0.0.0.0 or [::] with port 0: a bind that
@@ -433,7 +578,7 @@ static int bind_as_vip(bind_fn real, int fd, const struct sockaddr *sa, in_addr_
  * answer is looked at: a v6-only server never asks the daemon. */
 IPV_EXPORT int bind(int fd, const struct sockaddr *sa, socklen_t len)
 {
-	bind_fn real = REAL(real_bind);
+	bind_fn real = REAL(ipv_hot.bind);
 	int saved = errno, any6;
 	in_addr_t addr;
 	if (!v4_of(sa, len, &addr, &any6))
