@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/ipvirt/ipvirt/backend/api"
@@ -35,12 +36,26 @@ type Client struct {
 
 // Dial connects to the daemon's socket.
 func Dial(path string, timeout time.Duration) (*Client, error) {
-	c, err := net.DialTimeout("unix", path, timeout)
-	if err != nil {
+	deadline := time.Now().Add(timeout)
+	for {
+		c, err := net.DialTimeout("unix", path, time.Until(deadline))
+		if err == nil {
+			return &Client{conn: c, timeout: timeout}, nil
+		}
+		// A Unix socket whose backlog is full refuses at once (EAGAIN)
+		// rather than queue the connect: while a flood fills it, the
+		// daemon empties it within milliseconds, turning the flood away.
+		// Root's places are kept for this moment; try again.
+		if errors.Is(err, syscall.EAGAIN) && time.Until(deadline) > dialRetry {
+			time.Sleep(dialRetry)
+			continue
+		}
 		return nil, fmt.Errorf("cannot reach ipvirtd at %s: %w (is it running? set --socket or IPVIRT_SOCKET)", path, err)
 	}
-	return &Client{conn: c, timeout: timeout}, nil
 }
+
+// dialRetry is the pause before connecting again to a full socket.
+const dialRetry = 5 * time.Millisecond
 
 // Close closes the connection.
 func (c *Client) Close() error { return c.conn.Close() }

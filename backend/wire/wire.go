@@ -70,6 +70,12 @@ const (
 // ignore it, as they ignore every unknown flag.
 const FlagAcceptPending uint16 = 1
 
+// FlagLast on a request says the client sends no other request on the
+// connection: the daemon may close it as soon as the response is sent,
+// rather than wait for the client to hang up. Daemons that predate it
+// ignore it.
+const FlagLast uint16 = 2
+
 // AppendPending appends a RespPending payload announcing a wait of at most d.
 func AppendPending(b []byte, d time.Duration) []byte {
 	ms := d.Milliseconds()

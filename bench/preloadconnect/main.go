@@ -7,9 +7,19 @@
 // without looking at the caller: the floor any daemon round trip has on
 // this machine (process wake-ups, mostly across CPUs), beside which
 // ipvirtd's own share (identifying the caller from /proc, the Go runtime)
-// can be read.
+// can be read. -ref DIR adds a second ipvirtd, DIR/ipvirtd of another build
+// (go build -o DIR/ ./cmd/ipvirtd in a checkout of it), whose first calls
+// are timed in the same rounds, the two daemons taking turns at going
+// first, for a change's effect on the daemon's share.
 //
-//	go run ./bench/preloadconnect [-rounds 5] [-n 20000] [-first 200]
+// On a VM whose idle virtual CPUs halt (cat
+// /sys/module/haltpoll/parameters/guest_halt_poll_ns: 0), waking a thread
+// on the other, idle CPU takes 25-50 µs, and whatever keeps that CPU awake
+// changes every figure here: the Go runtime's own threads do at times for
+// ipvirtd, a one-thread C server never does. The share moves by ±10 µs
+// from run to run; read it over several.
+//
+//	go run ./bench/preloadconnect [-rounds 5] [-n 20000] [-first 200] [-ref DIR]
 package main
 
 import (
@@ -38,14 +48,15 @@ func main() {
 	rounds := flag.Int("rounds", 5, "interleaved rounds")
 	n := flag.Int("n", 20000, "connects per loop")
 	first := flag.Int("first", 200, "fresh processes timed per round for the first call")
+	ref := flag.String("ref", "", "directory of another build's ipvirtd, timed beside this one's")
 	flag.Parse()
-	if err := run(*rounds, *n, *first); err != nil {
+	if err := run(*rounds, *n, *first, *ref); err != nil {
 		fmt.Fprintln(os.Stderr, "preloadconnect:", err)
 		os.Exit(1)
 	}
 }
 
-func run(rounds, n, first int) error {
+func run(rounds, n, first int, refDir string) error {
 	work, err := os.MkdirTemp("", "ipvirt-bench-")
 	if err != nil {
 		return err
@@ -61,19 +72,19 @@ func run(rounds, n, first int) error {
 	if ok, _ := loginsession.Available(loginsession.Audit); ok {
 		kind, identity = loginsession.Audit, "audit"
 	}
-	if err := os.Mkdir(filepath.Join(work, "d"), 0o755); err != nil {
-		return err
-	}
-	d, err := daemonproc.New(filepath.Join(work, "d"), fmt.Sprintf(
-		"adapter: lo\nsource: static\nsession_identity: %s\nadmins: {users: [], groups: []}\n"+
-			"static_pool: {start: 127.76.0.10, end: 127.76.0.250, subnet_mask: 255.255.255.0}\n", identity), false)
+	d, err := startDaemon(work, "d", identity, "127.76.0", "")
 	if err != nil {
 		return err
 	}
-	if err := d.Start(context.Background()); err != nil {
-		return err
-	}
 	defer d.Stop(syscall.SIGTERM)
+	var ref *daemonproc.Daemon
+	if refDir != "" {
+		// Its own pool, so that the two never hand out one address.
+		if ref, err = startDaemon(work, "ref", identity, "127.77.0", filepath.Join(refDir, "ipvirtd")); err != nil {
+			return err
+		}
+		defer ref.Stop(syscall.SIGTERM)
+	}
 
 	// The peer accepts and closes: the loop measures connect, not a server.
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
@@ -98,9 +109,16 @@ func run(rounds, n, first int) error {
 	}
 	defer sess.Close()
 	pre := []string{"LD_PRELOAD=" + lib, "IPVIRT_SOCKET=" + d.Socket}
+	var refPre []string
+	if ref != nil {
+		refPre = []string{"LD_PRELOAD=" + lib, "IPVIRT_SOCKET=" + ref.Socket}
+		if _, src, err := inSession(sess, work, refPre, loop, "loop", "1", "127.0.0.1", port); err != nil || !strings.HasPrefix(src, "127.77.0.") {
+			return fmt.Errorf("against the -ref ipvirtd the loop left from %q (%v), not one of its VIPs", src, err)
+		}
+	}
 
 	var base, cached []float64
-	var firsts, plainFirsts, floorFirsts []float64
+	var firsts, refFirsts, plainFirsts, floorFirsts []float64
 	var vip string
 	var floorPre []string
 	for r := 0; r < rounds; r++ {
@@ -131,11 +149,26 @@ func run(rounds, n, first int) error {
 				return fmt.Errorf("against the no-op server the loop left from %q (%v), want %s", src, err, vip)
 			}
 		}
-		f, _, err := inSession(sess, work, pre, loop, "first", strconv.Itoa(first), "127.0.0.1", port)
-		if err != nil {
-			return err
+		// With -ref the two daemons take turns at going first, so that
+		// neither always follows the same thing.
+		type daemonFirsts struct {
+			env []string
+			to  *[]float64
 		}
-		firsts = append(firsts, f...)
+		order := []daemonFirsts{{pre, &firsts}}
+		if refPre != nil {
+			order = append(order, daemonFirsts{refPre, &refFirsts})
+			if r%2 == 1 {
+				order[0], order[1] = order[1], order[0]
+			}
+		}
+		for _, o := range order {
+			f, _, err := inSession(sess, work, o.env, loop, "first", strconv.Itoa(first), "127.0.0.1", port)
+			if err != nil {
+				return err
+			}
+			*o.to = append(*o.to, f...)
+		}
 		pf, _, err := inSession(sess, work, nil, loop, "first", strconv.Itoa(first), "127.0.0.1", port)
 		if err != nil {
 			return err
@@ -156,6 +189,7 @@ func run(rounds, n, first int) error {
 	slices.Sort(firsts)
 	slices.Sort(plainFirsts)
 	slices.Sort(floorFirsts)
+	slices.Sort(refFirsts)
 	fmt.Printf("  first connect of a fresh process (%d samples each):\n", len(firsts))
 	row := func(name string, v []float64) {
 		fmt.Printf("    %-40s median %6.1f µs  p99 %6.1f µs\n", name, pct(v, 0.5)/1e3, pct(v, 0.99)/1e3)
@@ -163,10 +197,37 @@ func run(rounds, n, first int) error {
 	row("no interceptor", plainFirsts)
 	row("libipvirt.so, no-op C server (floor)", floorFirsts)
 	row("libipvirt.so, ipvirtd", firsts)
+	if ref != nil {
+		row("libipvirt.so, -ref ipvirtd", refFirsts)
+	}
 	added := func(v []float64, q float64) float64 { return (pct(v, q) - pct(plainFirsts, q)) / 1e3 }
 	fmt.Printf("    added by the first call: median %.1f µs (target <= 30), p99 %.1f µs (target <= 100)\n", added(firsts, 0.5), added(firsts, 0.99))
 	fmt.Printf("    the floor, a no-op server, adds: median %.1f µs, p99 %.1f µs\n", added(floorFirsts, 0.5), added(floorFirsts, 0.99))
+	share := func(v []float64, q float64) float64 { return (pct(v, q) - pct(floorFirsts, q)) / 1e3 }
+	fmt.Printf("    ipvirtd's own share (less the floor): median %.1f µs (target <= 10), p99 %.1f µs (target <= 50)\n", share(firsts, 0.5), share(firsts, 0.99))
+	if ref != nil {
+		fmt.Printf("    the -ref ipvirtd's share: median %.1f µs, p99 %.1f µs (%s)\n", share(refFirsts, 0.5), share(refFirsts, 0.99), refDir)
+	}
 	return nil
+}
+
+// startDaemon starts an ipvirtd (bin, or this build's when empty) in
+// work/name, giving VIPs from net.10-250.
+func startDaemon(work, name, identity, net, bin string) (*daemonproc.Daemon, error) {
+	if err := os.Mkdir(filepath.Join(work, name), 0o755); err != nil {
+		return nil, err
+	}
+	d, err := daemonproc.New(filepath.Join(work, name), fmt.Sprintf(
+		"adapter: lo\nsource: static\nsession_identity: %s\nadmins: {users: [], groups: []}\n"+
+			"static_pool: {start: %s.10, end: %s.250, subnet_mask: 255.255.255.0}\n", identity, net, net), false)
+	if err != nil {
+		return nil, err
+	}
+	d.Bin = bin
+	if err := d.Start(context.Background()); err != nil {
+		return nil, err
+	}
+	return d, nil
 }
 
 // startNoop runs bench/connectloop/noopd answering every QUERY as ipvirtd

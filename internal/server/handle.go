@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -11,9 +12,17 @@ import (
 	"github.com/ipvirt/ipvirt/internal/identity"
 )
 
-// handle serves c's requests until it hangs up, goes idle or fails;
-// caller and pending are as for goServe.
-func (s *Unix) handle(c *net.UnixConn, caller *identity.Caller, pending *wire.Frame) {
+// handle serves c's requests until it hangs up, goes idle or fails, or
+// says its request is its last (wire.FlagLast); h is what the accept
+// thread learnt of c.
+func (s *Unix) handle(c *net.UnixConn, h handoff) {
+	caller, pending := h.caller, h.pending
+	// Requests are read through r: after what the accept thread read of
+	// the first, if any, from c.
+	var r io.Reader = c
+	if len(h.head) > 0 {
+		r = io.MultiReader(bytes.NewReader(h.head), c)
+	}
 	counted := false
 	defer func() {
 		if counted {
@@ -39,16 +48,16 @@ func (s *Unix) handle(c *net.UnixConn, caller *identity.Caller, pending *wire.Fr
 	for time.Now().Before(end) {
 		var f wire.Frame
 		var err error
-		announced := pending != nil
-		if announced {
-			f, pending = *pending, nil
+		announced := false
+		if pending != nil {
+			f, pending, announced = *pending, nil, h.announced
 		} else {
 			deadline := time.Now().Add(idleTimeout)
 			if deadline.After(end) {
 				deadline = end
 			}
 			c.SetReadDeadline(deadline)
-			f, err = wire.ReadFrame(c, wire.MaxRequestPayload)
+			f, err = wire.ReadFrame(r, wire.MaxRequestPayload)
 		}
 		if err != nil {
 			if errors.Is(err, wire.ErrVersion) {
@@ -92,6 +101,9 @@ func (s *Unix) handle(c *net.UnixConn, caller *identity.Caller, pending *wire.Fr
 			return
 		}
 		s.observe(f.Type, start)
+		if f.Flags&wire.FlagLast != 0 {
+			return
+		}
 	}
 }
 

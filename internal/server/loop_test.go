@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"reflect"
 	"testing"
@@ -166,6 +167,9 @@ func TestPathsAnswerAlike(t *testing.T) {
 		{"at hand", true, false, 0, 1},
 		{"to be looked up", false, false, wire.FlagAcceptPending, 1},
 		{"pending first", true, true, wire.FlagAcceptPending, 2},
+		{"at hand, last", true, false, wire.FlagLast, 1},
+		{"to be looked up, last", false, false, wire.FlagAcceptPending | wire.FlagLast, 1},
+		{"pending first, last", true, true, wire.FlagAcceptPending | wire.FlagLast, 2},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -193,6 +197,9 @@ func TestPathsAnswerAlike(t *testing.T) {
 				if fast && s.fast == nil {
 					t.Fatal("the fast path did not start")
 				}
+				if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+					t.Fatalf("after Close the socket file is still there (%v)", err)
+				}
 			}
 			if len(got[0]) != tc.wantFrames || !reflect.DeepEqual(got[0], got[1]) {
 				t.Fatalf("accept thread sent %+v, goroutines %+v; want %d frames alike", got[0], got[1], tc.wantFrames)
@@ -201,7 +208,9 @@ func TestPathsAnswerAlike(t *testing.T) {
 	}
 }
 
-// query sends one QUERY and reads frames up to the ANSWER.
+// query sends one QUERY and reads frames up to the ANSWER. Then the
+// daemon must close the connection if flags say FlagLast, and keep it
+// open otherwise.
 func query(t *testing.T, path string, flags uint16) []wire.Frame {
 	t.Helper()
 	c, err := net.Dial("unix", path)
@@ -222,7 +231,81 @@ func query(t *testing.T, path string, flags uint16) []wire.Frame {
 		}
 		frames = append(frames, f)
 		if f.Type != wire.RespPending {
-			return frames
+			break
 		}
+	}
+	last := flags&wire.FlagLast != 0
+	if !last {
+		// Past the accept thread's wait for a hang-up: a goroutine holds
+		// the connection now.
+		c.SetReadDeadline(time.Now().Add(10 * fastWait))
+	}
+	var b [1]byte
+	if n, err := c.Read(b[:]); last && (n != 0 || err != io.EOF) {
+		t.Fatalf("after the ANSWER to a last request, read %d bytes, %v; want the daemon to have closed", n, err)
+	} else if !last && !isTimeout(err) {
+		t.Fatalf("after the ANSWER, read %d bytes, %v; want the connection kept open for another request", n, err)
+	}
+	return frames
+}
+
+// TestFirstRequestHandedOff: what the accept thread reads of a first
+// request it does not answer itself, another request than QUERY or a
+// header that arrives in pieces, reaches the goroutine that takes over,
+// which answers as the goroutines alone do.
+func TestFirstRequestHandedOff(t *testing.T) {
+	status := wire.AppendHeader(nil, wire.Header{Version: wire.Version, Type: wire.OpStatus})
+	bareQuery := wire.AppendHeader(nil, wire.Header{Version: wire.Version, Type: wire.OpQuery, Flags: wire.FlagLast})
+	cases := []struct {
+		name   string
+		pieces [][]byte
+	}{
+		{"STATUS", [][]byte{status}},
+		{"STATUS in pieces", [][]byte{status[:5], status[5:]}},
+		{"QUERY in pieces", [][]byte{bareQuery[:7], bareQuery[7:]}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var got [2]wire.Frame
+			for i, fast := range []bool{true, false} {
+				s := &Unix{Backend: answering{true}, Resolver: identity.NewResolver(identity.POSIX, ""),
+					Log: slog.New(slog.DiscardHandler)}
+				path := filepath.Join(t.TempDir(), "s")
+				ln, err := Listen(path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				done := make(chan error, 1)
+				if fast {
+					go func() { done <- s.Serve(ln) }()
+				} else {
+					s.open(ln)
+					go func() { done <- acceptLoop[*net.UnixConn](s, netListener{s, ln}) }()
+				}
+				c, err := net.Dial("unix", path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				c.SetDeadline(time.Now().Add(5 * time.Second))
+				for j, p := range tc.pieces {
+					if j > 0 {
+						// The accept thread has read the first piece by now.
+						time.Sleep(fastWait / 2)
+					}
+					c.Write(p)
+				}
+				if got[i], err = wire.ReadFrame(c, wire.MaxResponsePayload); err != nil {
+					t.Fatalf("fast path %v: %v", fast, err)
+				}
+				c.Close()
+				s.Close()
+				if err := <-done; err != nil {
+					t.Fatalf("serve: %v", err)
+				}
+			}
+			if got[0].Type == wire.RespError || !reflect.DeepEqual(got[0], got[1]) {
+				t.Fatalf("accept thread's hand-off answered %+v, goroutines %+v; want the same, not an error", got[0], got[1])
+			}
+		})
 	}
 }

@@ -250,7 +250,7 @@ func (s *Unix) peerSession(pid int) (lease.Session, bool) {
 	return sess, err == nil && sess.Valid()
 }
 
-func (l netListener) serve(c *net.UnixConn, uid uint32) { l.s.goServe(c, uid, nil, nil) }
+func (l netListener) serve(c *net.UnixConn, uid uint32) { l.s.goServe(c, uid, handoff{}) }
 
 // peerUID is the uid of the process at the other end of a Unix socket.
 func peerUID(fd int) (uint32, error) {
@@ -261,14 +261,28 @@ func peerUID(fd int) (uint32, error) {
 	return cred.Uid, nil
 }
 
-// goServe serves c from a goroutine; caller is its identity when known,
-// pending a QUERY already read and answered PENDING. The caller of goServe
-// holds a slot for c from uid, which the goroutine gives back.
-func (s *Unix) goServe(c *net.UnixConn, uid uint32, caller *identity.Caller, pending *wire.Frame) {
+// handoff is what the accept thread learnt of a connection it passes on
+// to a goroutine.
+type handoff struct {
+	// caller is the client's identity, when known in full.
+	caller *identity.Caller
+	// pending is a first request already read in full; announced says
+	// that it was answered PENDING.
+	pending   *wire.Frame
+	announced bool
+	// head is the start of a first request already read, the rest of
+	// which is still to be read from the connection.
+	head []byte
+}
+
+// goServe serves c from a goroutine, taking up where h leaves off. The
+// caller of goServe holds a slot for c from uid, which the goroutine gives
+// back.
+func (s *Unix) goServe(c *net.UnixConn, uid uint32, h handoff) {
 	s.track(c, true)
 	s.wg.Go(func() {
 		defer func() { s.slots.free(uid); s.track(c, false); c.Close() }()
-		s.handle(c, caller, pending)
+		s.handle(c, h)
 	})
 }
 

@@ -17,10 +17,11 @@ import (
 )
 
 // queryFrame is the only request the library may send: a QUERY that
-// accepts PENDING (flags 1), or with IPVIRT_PENDING_MS=0 one that does not.
+// accepts PENDING and is the connection's last (flags 1|2), or with
+// IPVIRT_PENDING_MS=0 one that does not accept PENDING (flags 2).
 var (
-	queryFrame          = []byte{'I', 'P', 'V', 'T', 1, 1, 0, 1, 0, 0, 0, 0}
-	queryFrameNoPending = []byte{'I', 'P', 'V', 'T', 1, 1, 0, 0, 0, 0, 0, 0}
+	queryFrame          = []byte{'I', 'P', 'V', 'T', 1, 1, 0, 3, 0, 0, 0, 0}
+	queryFrameNoPending = []byte{'I', 'P', 'V', 'T', 1, 1, 0, 2, 0, 0, 0, 0}
 )
 
 // standIn is a Unix socket standing in for ipvirtd, to give the library

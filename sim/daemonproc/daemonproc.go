@@ -97,6 +97,9 @@ type Daemon struct {
 	// DialHTTP, when set, dials the daemon's HTTP address for Metric (from
 	// inside the daemon's network namespace).
 	DialHTTP func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Bin, when set, is the ipvirtd to run instead of Binary("ipvirtd"):
+	// another build's, for a benchmark that compares the two.
+	Bin string
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -141,9 +144,12 @@ func freePort() (int, error) {
 
 // Start runs ipvirtd and waits until its socket answers STATUS, or it exits.
 func (d *Daemon) Start(ctx context.Context) error {
-	bin, err := Binary("ipvirtd")
-	if err != nil {
-		return err
+	bin := d.Bin
+	if bin == "" {
+		var err error
+		if bin, err = Binary("ipvirtd"); err != nil {
+			return err
+		}
 	}
 	d.mu.Lock()
 	if d.cmd != nil && d.done != nil {

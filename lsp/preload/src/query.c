@@ -24,6 +24,9 @@
 #define RESP_ERROR 3
 #define RESP_PENDING 4
 #define FLAG_ACCEPT_PENDING 1
+/* The connection's last request: the daemon closes it once it has answered,
+ * instead of waiting to be woken by this side's close. */
+#define FLAG_LAST 2
 /* An ANSWER is 32 bytes and a reason of at most 65,535; later versions may
  * append fields, so allow some slack, but never the 16 MiB a JSON reply may
  * use: an ANSWER that large is not one. */
@@ -254,9 +257,9 @@ static int dial(int fd, const char *path, uint64_t deadline, char *err, size_t e
 /* roundtrip does the exchange on a connected socket. */
 static int roundtrip(int fd, uint64_t deadline, int pending_ms, struct ipv_reply *out, char *err, size_t errlen)
 {
-	unsigned char query[HEADER_SIZE] = {'I', 'P', 'V', 'T', PROTO_VERSION, OP_QUERY, 0, 0, 0, 0, 0, 0};
+	unsigned char query[HEADER_SIZE] = {'I', 'P', 'V', 'T', PROTO_VERSION, OP_QUERY, 0, FLAG_LAST, 0, 0, 0, 0};
 	if (pending_ms > 0)
-		query[7] = FLAG_ACCEPT_PENDING;
+		query[7] |= FLAG_ACCEPT_PENDING;
 	/* PENDING never buys more than pending_ms from the moment it arrives. */
 	int pendings = 0;
 	size_t sent = 0;
