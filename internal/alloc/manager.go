@@ -407,22 +407,9 @@ func (m *Manager) acquire(e *entry, h lease.Holder, uid uint32) {
 	if err == nil && m.kernel != nil && !h.Session.Stock() {
 		l, err = m.keepKernels(h, l, uid)
 	}
-	m.mu.Lock()
-	if err != nil {
-		delete(m.holders, h)
-		e.err = err
-	} else {
-		e.lease = l
-		delete(m.outcomes, h)
-	}
-	m.mu.Unlock()
-	if err == nil {
-		for _, o := range m.observers {
-			o.Granted(l)
-		}
+	m.finish(e, h, l, err, func() {
 		m.log.Info("vip granted", "holder", h.Key(), "vip", l.Addr.String(), "uid", uid)
-	}
-	close(e.ready)
+	})
 }
 
 // keepKernels makes l, just committed, h's address in the kernel, unless

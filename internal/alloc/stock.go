@@ -179,7 +179,7 @@ func (m *Manager) Assigned(h lease.Holder, addr netip.Addr, uid uint32) (lease.L
 			if err == nil {
 				l, err = m.transferInto(h, addr, uid)
 			}
-			m.finish(e, h, l, err)
+			m.finish(e, h, l, err, nil)
 			return l, err
 		}
 		m.mu.Unlock()
@@ -244,8 +244,9 @@ func (m *Manager) transferInto(h lease.Holder, addr netip.Addr, uid uint32) (lea
 	return l, nil
 }
 
-// finish completes entry e of h with l or err, as acquire does.
-func (m *Manager) finish(e *entry, h lease.Holder, l lease.Lease, err error) {
+// finish completes entry e of h with l or err: observers see a grant, and
+// then granted runs (nil: nothing), before anyone waiting on e learns of it.
+func (m *Manager) finish(e *entry, h lease.Holder, l lease.Lease, err error, granted func()) {
 	m.mu.Lock()
 	if err != nil {
 		delete(m.holders, h)
@@ -258,6 +259,9 @@ func (m *Manager) finish(e *entry, h lease.Holder, l lease.Lease, err error) {
 	if err == nil {
 		for _, o := range m.observers {
 			o.Granted(l)
+		}
+		if granted != nil {
+			granted()
 		}
 	}
 	close(e.ready)

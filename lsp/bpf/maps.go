@@ -416,31 +416,11 @@ func (ic *Interceptor) SetProgramsOfInterest(ids []ExeID) error {
 	if ic.closed {
 		return ErrClosed
 	}
-	m := ic.ko.maps["interest"]
 	want := map[interceptExeId]bool{}
 	for _, id := range ids {
 		want[interceptExeId{Ino: id.Ino, Dev: id.Dev}] = true
 	}
-	var k interceptExeId
-	var v uint8
-	var stale []interceptExeId
-	it := m.Iterate()
-	for it.Next(&k, &v) {
-		if !want[k] {
-			stale = append(stale, k)
-		}
-	}
-	for _, k := range stale {
-		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("bpf: remove program of interest %v: %w", ExeID{Dev: k.Dev, Ino: k.Ino}, err)
-		}
-	}
-	for k := range want {
-		if err := m.Put(k, uint8(1)); err != nil {
-			return fmt.Errorf("bpf: add program of interest %v: %w", ExeID{Dev: k.Dev, Ino: k.Ino}, err)
-		}
-	}
-	return nil
+	return replaceKeys(ic.ko.maps["interest"], "programs of interest", want)
 }
 
 // Stats reads the kernel counters.

@@ -212,14 +212,18 @@ func (ic *Interceptor) replaceSet(name string, ids []uint32) error {
 	if ic.closed {
 		return ErrClosed
 	}
-	m := ic.ko.maps[name]
 	want := make(map[uint32]bool, len(ids))
 	for _, id := range ids {
 		want[id] = true
 	}
-	var k uint32
+	return replaceKeys(ic.ko.maps[name], name, want)
+}
+
+// replaceKeys makes the keys of the set map m (values 1) exactly want.
+func replaceKeys[K comparable](m *ebpf.Map, name string, want map[K]bool) error {
+	var k K
 	var v uint8
-	var stale []uint32
+	var stale []K
 	it := m.Iterate()
 	for it.Next(&k, &v) {
 		if !want[k] {
@@ -228,12 +232,12 @@ func (ic *Interceptor) replaceSet(name string, ids []uint32) error {
 	}
 	for _, k := range stale {
 		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("bpf: %s: remove %d: %w", name, k, err)
+			return fmt.Errorf("bpf: %s: remove %v: %w", name, k, err)
 		}
 	}
 	for k := range want {
 		if err := m.Put(k, uint8(1)); err != nil {
-			return fmt.Errorf("bpf: %s: add %d: %w", name, k, err)
+			return fmt.Errorf("bpf: %s: add %v: %w", name, k, err)
 		}
 	}
 	return nil
