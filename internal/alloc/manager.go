@@ -527,6 +527,11 @@ func (m *Manager) withdraw(h lease.Holder, addr netip.Addr, why string) (lease.L
 // ReleaseSession releases every lease of a session now (ipvirtctl release),
 // without waiting for its processes to end.
 func (m *Manager) ReleaseSession(s lease.Session) []lease.Lease {
+	if s.Stock() {
+		// Not a session: the address may sit in the kernel's stock, for
+		// a first call to take (ReleaseStock takes it out first).
+		return nil
+	}
 	m.mu.RLock()
 	var hs []lease.Holder
 	for h := range m.holders {

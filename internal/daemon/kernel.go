@@ -98,34 +98,39 @@ func (k *kernel) TakeStock() (netip.Addr, bool) {
 	return a, ok
 }
 
+// entryOf is the kernel's key for h: its audit session and, per program,
+// its executable; ok is false for a holder the kernel has no entry for
+// (not an audit session, or a program whose executable cannot be read).
+func (k *kernel) entryOf(h lease.Holder) (sid uint32, exe bpf.ExeID, ok bool) {
+	if h.Session.Kind != lease.KindAudit {
+		return 0, bpf.ExeID{}, false
+	}
+	if h.Program != "" {
+		id, err := k.exe(h.Program)
+		if err != nil {
+			return 0, bpf.ExeID{}, false // Granted logs it
+		}
+		exe = id
+	}
+	return h.Session.ID, exe, true
+}
+
 // Entry implements alloc.KernelClaims.
 func (k *kernel) Entry(h lease.Holder) (netip.Addr, bool) {
-	if h.Session.Kind != lease.KindAudit {
+	sid, exe, ok := k.entryOf(h)
+	if !ok {
 		return netip.Addr{}, false
 	}
-	if h.Program == "" {
-		return k.ic.SessionEntry(h.Session.ID)
-	}
-	id, err := k.exe(h.Program)
-	if err != nil {
-		return netip.Addr{}, false
-	}
-	return k.ic.ProgramEntry(h.Session.ID, id)
+	return k.ic.Entry(sid, exe)
 }
 
 // Claim implements alloc.KernelClaims.
 func (k *kernel) Claim(h lease.Holder, addr netip.Addr) (netip.Addr, error) {
-	if h.Session.Kind != lease.KindAudit {
+	sid, exe, ok := k.entryOf(h)
+	if !ok {
 		return addr, nil
 	}
-	if h.Program == "" {
-		return k.ic.ClaimSession(h.Session.ID, addr)
-	}
-	id, err := k.exe(h.Program)
-	if err != nil {
-		return addr, nil // no executable, no kernel entry (Granted logs it)
-	}
-	return k.ic.ClaimProgram(h.Session.ID, id, addr)
+	return k.ic.Claim(sid, exe, addr)
 }
 
 // Granted implements alloc.Observer. Stock leases are the stocker's.

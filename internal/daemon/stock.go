@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -48,6 +49,10 @@ type stocker struct {
 	// lease counts in status only once the kernel can hand it out, not
 	// from when it is acquired.
 	queued map[netip.Addr]bool
+	// found are administrators /etc/passwd does not list (a directory
+	// service's), learnt from their sessions' assignments: kept in the
+	// kernel's map across refreshes.
+	found []uint32
 }
 
 // adminsRefresh is how often the kernel's administrators are read again
@@ -79,9 +84,7 @@ func (s *stocker) configure(cfg config.Config) {
 	s.target = cfg.KernelStockSize()
 	s.mu.Unlock()
 	ic := s.k.ic
-	if err := ic.SetAdmins(adminUIDs(s.d.users, cfg.Admins)); err != nil {
-		s.d.log.Error("kernel interceptor: administrators", "err", err)
-	}
+	s.setAdmins(cfg.Admins)
 	var ids []bpf.ExeID
 	if cfg.Mode == policy.PerProgram {
 		for _, e := range s.d.programsFor(cfg) {
@@ -115,6 +118,22 @@ func (s *stocker) syncRegistered() {
 	}
 	if err := s.k.ic.SetRegistered(ids); err != nil {
 		s.d.log.Error("kernel interceptor: registered sessions", "err", err)
+	}
+}
+
+// setAdmins gives the kernel the login uids a names, and those found.
+func (s *stocker) setAdmins(a alloc.Admins) {
+	s.mu.Lock()
+	found := slices.Clone(s.found)
+	s.mu.Unlock()
+	uids := adminUIDs(s.d.users, a)
+	for _, uid := range found {
+		if s.d.users.IsAdmin(uid, a.Users, a.Groups) { // still, after a reload
+			uids = append(uids, uid)
+		}
+	}
+	if err := s.k.ic.SetAdmins(uids); err != nil {
+		s.d.log.Error("kernel interceptor: administrators", "err", err)
 	}
 }
 
@@ -259,15 +278,18 @@ func (s *stocker) assigned(en bpf.Entry, a netip.Addr, loginUID uint32) {
 	_, err := s.d.mgr.Assigned(h, a, uid)
 	switch {
 	case err == nil:
-		if s.d.users != nil && uid != bpf.NoSession && s.d.mgr.IsAdmin(uid) {
+		if uid != bpf.NoSession && s.d.mgr.IsAdmin(uid) {
 			// Only a directory service knows this administrator: the
 			// map did not. Its sessions get no more VIPs from now on.
 			s.d.log.Warn("kernel interceptor gave a VIP to an administrator's session not in /etc/passwd; added to the kernel's administrators",
 				"session", h.Session.String(), "uid", uid, "vip", a.String())
+			s.mu.Lock()
+			s.found = append(s.found, uid)
+			s.mu.Unlock()
 			s.d.mu.Lock()
-			admins := append(adminUIDs(s.d.users, s.d.cfg.Admins), uid)
+			admins := s.d.cfg.Admins
 			s.d.mu.Unlock()
-			s.k.ic.SetAdmins(admins)
+			s.setAdmins(admins)
 		}
 	case errors.Is(err, alloc.ErrStale):
 		s.d.log.Info("kernel interceptor: an assignment report overtaken (its holder's entry is gone or names another address)", "holder", h.Key(), "vip", a.String())
@@ -294,9 +316,7 @@ func (s *stocker) run(ctx context.Context) {
 			s.d.mu.Lock()
 			admins := s.d.cfg.Admins
 			s.d.mu.Unlock()
-			if err := s.k.ic.SetAdmins(adminUIDs(s.d.users, admins)); err != nil {
-				s.d.log.Error("kernel interceptor: administrators", "err", err)
-			}
+			s.setAdmins(admins)
 		}
 		select {
 		case <-ctx.Done():
@@ -327,7 +347,7 @@ func (s *stocker) fill(ctx context.Context) {
 		}
 	}
 	s.mu.Unlock()
-	for i := len(stock) - 1; i >= 0 && i >= target; i-- {
+	for range len(stock) - target { // none unless a reload shrank it
 		if a, ok, err := s.k.ic.PopStock(); err == nil && ok {
 			s.d.mgr.ReleaseStock(a)
 		}

@@ -174,7 +174,7 @@ func ParseSessionArg(s string) (lease.Session, error) {
 		return lease.Session{Kind: lease.KindAudit, ID: uint32(id)}, nil
 	}
 	sess, err := lease.ParseSession(s)
-	if err != nil || !sess.Valid() {
+	if err != nil || !sess.Valid() || sess.Stock() {
 		return lease.Session{}, fmt.Errorf("%q is not a session id (write 42, a:42 or p:1234)", s)
 	}
 	return sess, nil

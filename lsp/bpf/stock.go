@@ -107,21 +107,23 @@ func (ic *Interceptor) PopStock() (netip.Addr, bool, error) {
 	return netip.AddrFrom4(b), true, nil
 }
 
-// ClaimSession makes vip session sid's VIP unless the session has one
-// already (the kernel gave it one from the stock first), which it returns
-// instead: a holder keeps the address its first call took. ClaimProgram is
-// the same for a program entry.
-func (ic *Interceptor) ClaimSession(sid uint32, vip netip.Addr) (netip.Addr, error) {
-	return ic.claim("sessions", sid, sessionHolder(sid), vip)
+// Claim makes vip the VIP of session sid (exe zero) or of program exe in
+// it, unless the holder has one already (the kernel gave it one from the
+// stock first), which it returns instead: a holder keeps the address its
+// first call took.
+func (ic *Interceptor) Claim(sid uint32, exe ExeID, vip netip.Addr) (netip.Addr, error) {
+	name, key, h := entryOf(sid, exe)
+	return ic.claim(name, key, h, vip)
 }
 
-// ClaimProgram is ClaimSession for program exe in session sid.
-func (ic *Interceptor) ClaimProgram(sid uint32, exe ExeID, vip netip.Addr) (netip.Addr, error) {
+// entryOf is the map, key and owner of the entry of session sid (exe
+// zero) or of program exe in it.
+func entryOf(sid uint32, exe ExeID) (mapName string, key any, h interceptHolder) {
 	if exe.IsZero() {
-		return netip.Addr{}, fmt.Errorf("bpf: claim for session %d: zero ExeID", sid)
+		return "sessions", sid, sessionHolder(sid)
 	}
-	h := programHolder(sid, exe)
-	return ic.claim("programs", h, h, vip)
+	h = programHolder(sid, exe)
+	return "programs", h, h
 }
 
 func (ic *Interceptor) claim(mapName string, key any, h interceptHolder, vip netip.Addr) (netip.Addr, error) {
@@ -156,14 +158,11 @@ func (ic *Interceptor) claim(mapName string, key any, h interceptHolder, vip net
 	return vip, ic.decided(h.Sid)
 }
 
-// SessionEntry is session sid's VIP in the kernel, if it has one.
-func (ic *Interceptor) SessionEntry(sid uint32) (netip.Addr, bool) {
-	return ic.entry("sessions", sid)
-}
-
-// ProgramEntry is the VIP of program exe in session sid, if it has one.
-func (ic *Interceptor) ProgramEntry(sid uint32, exe ExeID) (netip.Addr, bool) {
-	return ic.entry("programs", programHolder(sid, exe))
+// Entry is the VIP of session sid (exe zero), or of program exe in it, in
+// the kernel, if it has one.
+func (ic *Interceptor) Entry(sid uint32, exe ExeID) (netip.Addr, bool) {
+	name, key, _ := entryOf(sid, exe)
+	return ic.entry(name, key)
 }
 
 func (ic *Interceptor) entry(mapName string, key any) (netip.Addr, bool) {
