@@ -8,11 +8,16 @@
  *       times socket + connect + close, timed together; prints
  *       "loop NS_PER_OP SOURCE" (SOURCE: the address the last connect left
  *       from, so a run can prove the interceptor was on the path)
- *   connectloop first K HOST PORT [OUT]
- *       spawns K fresh copies of itself (inheriting the environment, so
- *       LD_PRELOAD too), each timing only its own first connect; prints
- *       "first NS NS ..." — the cost of a process's first call, which for
- *       libipvirt.so includes its one round trip to ipvirtd
+ *   connectloop firsts K HOST PORT OUT LIB SOCKET...
+ *       spawns K fresh copies of itself per SOCKET, each timing only its
+ *       own first connect ("once"), with LD_PRELOAD=LIB and
+ *       IPVIRT_SOCKET=SOCKET, or with neither when SOCKET is "-": the cost
+ *       of a process's first call, which for libipvirt.so includes its one
+ *       round trip to the daemon. The SOCKETs take turns (copy i of turn t
+ *       runs SOCKET (i + t) mod their number, so that none always follows
+ *       the same one), so the variants of one run share the machine's
+ *       every moment instead of a batch each; writes "firsts" and then
+ *       "V:NS" per copy, V the SOCKET's index
  *   connectloop loopbind N HOST PORT SRC [OUT]
  *       as loop, but each socket is bound to SRC first, the way a program
  *       that picks its own source does it: IP_BIND_ADDRESS_NO_PORT, bind
@@ -140,7 +145,33 @@ static void emit(const char *out, const char *line)
 	}
 }
 
-static long long once_child(char *self, const char *host, const char *port)
+/* variant_env is environ without LD_PRELOAD and IPVIRT_SOCKET, then with
+ * both when sock is not "-". */
+static char **variant_env(const char *lib, const char *sock)
+{
+	size_t n = 0;
+	while (environ[n])
+		n++;
+	char **env = calloc(n + 3, sizeof *env);
+	if (!env) {
+		perror("connectloop");
+		exit(1);
+	}
+	size_t j = 0;
+	for (size_t i = 0; i < n; i++)
+		if (strncmp(environ[i], "LD_PRELOAD=", 11) && strncmp(environ[i], "IPVIRT_SOCKET=", 14))
+			env[j++] = environ[i];
+	if (strcmp(sock, "-")) {
+		if (asprintf(&env[j++], "LD_PRELOAD=%s", lib) < 0 || asprintf(&env[j++], "IPVIRT_SOCKET=%s", sock) < 0) {
+			perror("connectloop");
+			exit(1);
+		}
+	}
+	return env;
+}
+
+/* once_child runs "connectloop once" with env and returns its time. */
+static long long once_child(char *self, const char *host, const char *port, char **env)
 {
 	int p[2];
 	if (pipe(p) != 0) {
@@ -153,7 +184,7 @@ static long long once_child(char *self, const char *host, const char *port)
 	posix_spawn_file_actions_addclose(&fa, p[0]);
 	char *argv[] = {self, "once", (char *)host, (char *)port, NULL};
 	pid_t pid;
-	if (posix_spawn(&pid, self, &fa, NULL, argv, environ) != 0) {
+	if (posix_spawn(&pid, self, &fa, NULL, argv, env) != 0) {
 		perror("connectloop: spawn");
 		exit(1);
 	}
@@ -201,7 +232,8 @@ static int usage(void)
 {
 	fputs("usage: connectloop loop N HOST PORT [OUT] | loopbind N HOST PORT SRC [OUT] |\n"
 	      "       udploop N HOST PORT [OUT] | sendloop N HOST PORT [OUT] |\n"
-	      "       first K HOST PORT [OUT] | think N HOST PORT MEAN_US SEED OUT | once HOST PORT\n",
+	      "       firsts K HOST PORT OUT LIB SOCKET... |\n"
+	      "       think N HOST PORT MEAN_US SEED OUT | once HOST PORT\n",
 	      stderr);
 	return 2;
 }
@@ -234,6 +266,36 @@ int main(int argc, char **argv)
 	}
 	/* Arguments after PORT: the mode's own, then OUT. */
 	int own = !strcmp(mode, "loopbind") ? 1 : !strcmp(mode, "think") ? 2 : 0;
+	if (!strcmp(mode, "firsts")) {
+		if (argc < 8)
+			return usage();
+		int nv = argc - 7;
+		char **envs[16];
+		if (nv > 16) {
+			fputs("connectloop: at most 16 sockets\n", stderr);
+			return 2;
+		}
+		for (int v = 0; v < nv; v++)
+			envs[v] = variant_env(argv[6], argv[7 + v]);
+		char self[4096];
+		ssize_t sl = readlink("/proc/self/exe", self, sizeof self - 1);
+		size_t cap = 32 + (size_t)n * nv * 28, len = 0;
+		char *line = malloc(cap);
+		if (!line || sl <= 0) {
+			perror("connectloop");
+			return 1;
+		}
+		self[sl] = 0;
+		len += snprintf(line, cap, "firsts");
+		for (long t = 0; t < n; t++)
+			for (int i = 0; i < nv; i++) {
+				int v = (int)((i + t) % nv);
+				len += snprintf(line + len, cap - len, " %d:%lld", v, once_child(self, host, port, envs[v]));
+			}
+		snprintf(line + len, cap - len, "\n");
+		emit(argv[5], line);
+		return 0;
+	}
 	if (argc < 5 + own)
 		return usage();
 	const char *out = argc > 5 + own ? argv[5 + own] : NULL;
@@ -297,23 +359,6 @@ int main(int argc, char **argv)
 		close(fd);
 		char line[128];
 		snprintf(line, sizeof line, "sendloop %.1f %s\n", (double)took / n, src);
-		emit(out, line);
-		return 0;
-	}
-	if (!strcmp(mode, "first")) {
-		size_t cap = 32 + (size_t)n * 24, len = 0;
-		char *line = malloc(cap);
-		char self[4096];
-		ssize_t sl = readlink("/proc/self/exe", self, sizeof self - 1);
-		if (!line || sl <= 0) {
-			perror("connectloop");
-			return 1;
-		}
-		self[sl] = 0;
-		len += snprintf(line, cap, "first");
-		for (long i = 0; i < n; i++)
-			len += snprintf(line + len, cap - len, " %lld", once_child(self, host, port));
-		snprintf(line + len, cap - len, "\n");
 		emit(out, line);
 		return 0;
 	}

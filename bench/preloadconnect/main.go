@@ -1,25 +1,27 @@
 // Command preloadconnect measures what libipvirt.so adds to connect():
-// the same C loop (bench/connectloop) with no interceptor, with the library
-// on a cached answer, and each fresh process's first call (one round trip
-// to a real ipvirtd), interleaved round by round in one run so that the
-// machine's mood affects all of them alike. The first call is also timed
+// the same C loop (bench/connectloop) with no interceptor and with the
+// library on a cached answer, interleaved round by round in one run so that
+// the machine's mood affects both alike; and each fresh process's first
+// call (one round trip to a real ipvirtd), timed against no interceptor and
 // against bench/connectloop/noopd, a C server that sends the same answer
-// without looking at the caller: the floor any daemon round trip has on
-// this machine (process wake-ups, mostly across CPUs), beside which
-// ipvirtd's own share (identifying the caller from /proc, the Go runtime)
-// can be read. -ref DIR adds a second ipvirtd, DIR/ipvirtd of another build
-// (go build -o DIR/ ./cmd/ipvirtd in a checkout of it), whose first calls
-// are timed in the same rounds, the two daemons taking turns at going
-// first, for a change's effect on the daemon's share.
+// without looking at the caller: the floor any daemon round trip has on this
+// machine (process wake-ups, mostly across CPUs), beside which ipvirtd's own
+// share (identifying the caller, the Go runtime) can be read. The first-call
+// variants take turns process by process (connectloop firsts), so that no
+// variant runs warm behind its own previous call: a real first call comes
+// after other work, not after another first call. -ref DIR adds a second
+// ipvirtd, DIR/ipvirtd of another build (go build -o DIR/ ./cmd/ipvirtd in
+// a checkout of it), whose first calls take turns with the others, for a
+// change's effect on the daemon's share.
 //
 // On a VM whose idle virtual CPUs halt (cat
 // /sys/module/haltpoll/parameters/guest_halt_poll_ns: 0), waking a thread
 // on the other, idle CPU takes 25-50 µs, and whatever keeps that CPU awake
 // changes every figure here: the Go runtime's own threads do at times for
-// ipvirtd, a one-thread C server never does. The share moves by ±10 µs
-// from run to run; read it over several.
+// ipvirtd, a one-thread C server never does. Read the share over several
+// runs.
 //
-//	go run ./bench/preloadconnect [-rounds 5] [-n 20000] [-first 200] [-ref DIR]
+//	go run ./bench/preloadconnect [-rounds 5] [-n 20000] [-first 1000] [-ref DIR]
 package main
 
 import (
@@ -47,7 +49,7 @@ import (
 func main() {
 	rounds := flag.Int("rounds", 5, "interleaved rounds")
 	n := flag.Int("n", 20000, "connects per loop")
-	first := flag.Int("first", 200, "fresh processes timed per round for the first call")
+	first := flag.Int("first", 1000, "fresh processes timed per round and variant for the first call")
 	ref := flag.String("ref", "", "directory of another build's ipvirtd, timed beside this one's")
 	flag.Parse()
 	if err := run(*rounds, *n, *first, *ref); err != nil {
@@ -149,36 +151,21 @@ func run(rounds, n, first int, refDir string) error {
 				return fmt.Errorf("against the no-op server the loop left from %q (%v), want %s", src, err, vip)
 			}
 		}
-		// With -ref the two daemons take turns at going first, so that
-		// neither always follows the same thing.
-		type daemonFirsts struct {
-			env []string
-			to  *[]float64
+		// Every first-call variant in one interleaved run: fresh processes
+		// take turns (connectloop firsts), so that the machine's every
+		// moment falls on all of them alike, not on one variant's batch.
+		socks := []string{"-", floorPre[1][len("IPVIRT_SOCKET="):], d.Socket}
+		tos := []*[]float64{&plainFirsts, &floorFirsts, &firsts}
+		if ref != nil {
+			socks, tos = append(socks, ref.Socket), append(tos, &refFirsts)
 		}
-		order := []daemonFirsts{{pre, &firsts}}
-		if refPre != nil {
-			order = append(order, daemonFirsts{refPre, &refFirsts})
-			if r%2 == 1 {
-				order[0], order[1] = order[1], order[0]
-			}
-		}
-		for _, o := range order {
-			f, _, err := inSession(sess, work, o.env, loop, "first", strconv.Itoa(first), "127.0.0.1", port)
-			if err != nil {
-				return err
-			}
-			*o.to = append(*o.to, f...)
-		}
-		pf, _, err := inSession(sess, work, nil, loop, "first", strconv.Itoa(first), "127.0.0.1", port)
+		got, err := firstsInSession(sess, work, loop, first, port, lib, socks)
 		if err != nil {
 			return err
 		}
-		plainFirsts = append(plainFirsts, pf...)
-		ff, _, err := inSession(sess, work, floorPre, loop, "first", strconv.Itoa(first), "127.0.0.1", port)
-		if err != nil {
-			return err
+		for v, to := range tos {
+			*to = append(*to, got[v]...)
 		}
-		floorFirsts = append(floorFirsts, ff...)
 		fmt.Fprintf(os.Stderr, "round %d/%d: baseline %.0f ns, cached %.0f ns\n", r+1, rounds, b[0], c[0])
 	}
 	mb, mc := median(base), median(cached)
@@ -256,6 +243,44 @@ func startNoop(work, noopd, vip string) (sock string, stop func(), err error) {
 		if time.Now().After(deadline) {
 			stop()
 			return "", nil, fmt.Errorf("noopd did not listen on %s", sock)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// firstsInSession runs connectloop firsts in the benchmark's login session:
+// k fresh processes per socket ("-": no interceptor), interleaved, each
+// timing its first connect; it returns each socket's times.
+func firstsInSession(s *loginsession.Session, work, loop string, k int, port, lib string, socks []string) ([][]float64, error) {
+	out := filepath.Join(work, fmt.Sprintf("out-%d", time.Now().UnixNano()))
+	pid, err := s.RunEnv(nil, loop, append([]string{"firsts", strconv.Itoa(k), "127.0.0.1", port, out, lib}, socks...)...)
+	if err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(10 * time.Minute)
+	for {
+		b, err := os.ReadFile(out)
+		if err == nil {
+			s.Reap(pid)
+			got := make([][]float64, len(socks))
+			for _, w := range strings.Fields(string(b))[1:] {
+				vs, ns, ok := strings.Cut(w, ":")
+				v, err1 := strconv.Atoi(vs)
+				t, err2 := strconv.ParseFloat(ns, 64)
+				if !ok || err1 != nil || err2 != nil || v < 0 || v >= len(socks) {
+					return nil, fmt.Errorf("connectloop firsts: bad sample %q", w)
+				}
+				got[v] = append(got[v], t)
+			}
+			for v := range got {
+				if len(got[v]) != k {
+					return nil, fmt.Errorf("connectloop firsts: %d samples for %s, want %d", len(got[v]), socks[v], k)
+				}
+			}
+			return got, nil
+		}
+		if syscall.Kill(pid, 0) == syscall.ESRCH || time.Now().After(deadline) {
+			return nil, fmt.Errorf("connectloop firsts gave no result")
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

@@ -209,6 +209,8 @@ func (d *Daemon) warnProgramsLocked() {
 // one when the kernel refused it.
 func (d *Daemon) interceptorState(cfg config.Config) string {
 	switch {
+	case !cfg.Interceptor.Kernel() && d.peers != nil:
+		return string(cfg.Interceptor) + " (callers' sessions recorded by the kernel at connect)"
 	case !cfg.Interceptor.Kernel():
 		return string(cfg.Interceptor)
 	case d.kernel == nil:

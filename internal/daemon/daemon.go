@@ -23,6 +23,7 @@ import (
 	"github.com/ipvirt/ipvirt/internal/identity"
 	"github.com/ipvirt/ipvirt/internal/lease"
 	"github.com/ipvirt/ipvirt/internal/metrics"
+	"github.com/ipvirt/ipvirt/internal/peerid"
 	"github.com/ipvirt/ipvirt/internal/policy"
 	"github.com/ipvirt/ipvirt/internal/server"
 	"github.com/ipvirt/ipvirt/internal/source"
@@ -98,6 +99,7 @@ type Daemon struct {
 	programWarned map[string]string
 	metrics       *metrics.Metrics
 	unix          *server.Unix
+	peers         *peerid.Records // nil: callers are identified from /proc
 	started       time.Time
 
 	// registry holds the sessions PAM registered; under session_trust: pam
@@ -304,7 +306,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 	cfg := d.cfg
 	d.mu.Unlock()
 	ln := d.ln
-	d.unix = &server.Unix{Backend: d, Resolver: d.resolver, Metrics: d.metrics, Log: d.log, PendingWait: pendingWait(cfg),
+	resolver := d.resolver
+	if d.peers = openPeers(cfg, d.log); d.peers != nil {
+		resolver.Peers = d.peers
+		defer d.peers.Close()
+	}
+	d.unix = &server.Unix{Backend: d, Resolver: resolver, Metrics: d.metrics, Log: d.log, PendingWait: pendingWait(cfg),
 		SlowSource: cfg.Source == dhcp.Name}
 	errc := make(chan error, 2)
 	go func() { errc <- d.unix.Serve(ln) }()

@@ -85,10 +85,26 @@ type Resolver struct {
 	// the audit sessions it holds: a process of any other is in no session
 	// (Caller.Unregistered), and scans skip it.
 	Registry Registry
+	// Peers, when set, is the kernel's record of each process connecting
+	// to the daemon's socket (package peerid): its audit session and login
+	// uid, noted at connect(), used instead of reading them from /proc.
+	Peers PeerRecords
 	// logins remembers each audit session's login uid; nil: read it every
 	// time.
 	logins *loginCache
 }
+
+// PeerRecords hands out the kernel's record of a connecting process: its
+// audit session and login uid. pid is the process id SO_PEERCRED gives;
+// pidfsIno, the pidfs inode number of the caller's pidfd, proves the record
+// is the caller's and not an earlier process's with the same pid. A record
+// is handed out once.
+type PeerRecords interface {
+	Take(pid int32, pidfsIno uint64) (session, loginUID uint32, ok bool)
+}
+
+// peerRecord is what PeerRecords gave for a caller.
+type peerRecord struct{ session, loginUID uint32 }
 
 // NewResolver returns a resolver reading the host's /proc, limited to
 // the cgroup scope ("": the whole host).
@@ -116,15 +132,31 @@ func (r Resolver) Resolve(pid int, uid, gid uint32) (Caller, error) {
 // life: ResolveFD remembers it, once the caller is known to have outlived
 // the reads, and skips a fifth of identifying the session's next process.
 func (r Resolver) resolve(pid int, uid, gid uint32, exe bool) (c Caller, readLogin bool, err error) {
+	return r.resolveWith(pid, uid, gid, exe, nil)
+}
+
+// resolveWith is resolve, taking the session and login uid from rec when
+// there is one instead of reading them.
+func (r Resolver) resolveWith(pid int, uid, gid uint32, exe bool, rec *peerRecord) (c Caller, readLogin bool, err error) {
 	c = Caller{PID: pid, UID: uid, GID: gid, SessionUID: uid}
-	if c.Login, err = r.Session(pid); err != nil {
-		return Caller{}, false, fmt.Errorf("identity: session of pid %d: %w", pid, err)
+	switch {
+	case rec != nil && rec.session != unsetID:
+		c.Login = lease.Session{Kind: lease.KindAudit, ID: rec.session}
+	case rec != nil:
+	default:
+		if c.Login, err = r.Session(pid); err != nil {
+			return Caller{}, false, fmt.Errorf("identity: session of pid %d: %w", pid, err)
+		}
 	}
 	c.Session = c.Login
 	if r.Identity != POSIX && c.Login.Valid() {
 		// Read before the scope and trust are applied: `session open`
 		// registers the login uid of whatever session the caller is in.
-		if luid, ok := r.logins.get(c.Login.ID); ok {
+		if rec != nil {
+			if rec.loginUID != unsetID {
+				c.SessionUID, readLogin = rec.loginUID, true
+			}
+		} else if luid, ok := r.logins.get(c.Login.ID); ok {
 			c.SessionUID = luid
 		} else {
 			luid, ok, err := r.Proc.LoginUID(pid)
@@ -193,30 +225,67 @@ func (r Resolver) ResolveFD(fd int, exe bool) (Caller, error) {
 // has read already (the accept loop does, to count connections per uid):
 // one system call fewer on the path of every first connect.
 func (r Resolver) ResolveFDCred(fd int, cred *unix.Ucred, exe bool) (Caller, error) {
-	pidfd := -1
+	pidfd := PeerPidfd(fd, cred.Pid)
+	defer pidfd.Close()
+	return r.ResolvePeer(cred, pidfd, exe)
+}
+
+// Pidfd is a pidfd of a connection's peer.
+type Pidfd struct {
+	FD int // -1: none
+	// Own says it came with the connection (SO_PEERPIDFD, Linux 6.5), so
+	// it pins the very process that connected; else it was opened by pid
+	// afterwards, which still catches a pid reused while /proc is read, if
+	// not one reused before.
+	Own bool
+}
+
+// PeerPidfd returns a pidfd of the peer of the connected Unix socket fd,
+// whose SO_PEERCRED pid is pid.
+func PeerPidfd(fd int, pid int32) Pidfd {
 	if v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, soPeerPIDFD); err == nil {
-		pidfd = v
+		return Pidfd{FD: v, Own: true}
 	}
-	if pidfd < 0 {
-		// Older kernels: a pidfd opened now still catches a pid reused
-		// during the reads below, if not one reused before this point.
-		if v, err := unix.PidfdOpen(int(cred.Pid), 0); err == nil {
-			pidfd = v
+	if v, err := unix.PidfdOpen(int(pid), 0); err == nil {
+		return Pidfd{FD: v}
+	}
+	return Pidfd{FD: -1}
+}
+
+// Close closes the pidfd, if any.
+func (p Pidfd) Close() {
+	if p.FD >= 0 {
+		unix.Close(p.FD)
+	}
+}
+
+// ResolvePeer identifies the peer whose SO_PEERCRED is cred, with a pidfd
+// of it from PeerPidfd, which the caller closes (the accept thread once
+// its answer is out). The session and login uid come from the kernel's
+// record of the connect when Peers has one of this very process, else from
+// /proc, which the pidfd then proves described the caller.
+func (r Resolver) ResolvePeer(cred *unix.Ucred, pidfd Pidfd, exe bool) (Caller, error) {
+	var rec *peerRecord
+	if pidfd.Own && r.Peers != nil && r.Identity != POSIX {
+		var st unix.Stat_t
+		if unix.Fstat(pidfd.FD, &st) == nil {
+			if sid, luid, ok := r.Peers.Take(cred.Pid, st.Ino); ok {
+				rec = &peerRecord{session: sid, loginUID: luid}
+			}
 		}
 	}
-	if pidfd >= 0 {
-		defer unix.Close(pidfd)
-	}
-	caller, readLogin, err := r.resolve(int(cred.Pid), cred.Uid, cred.Gid, exe)
+	caller, readLogin, err := r.resolveWith(int(cred.Pid), cred.Uid, cred.Gid, exe, rec)
 	if err != nil {
 		return Caller{}, err
 	}
-	if pidfd >= 0 {
-		if err := unix.PidfdSendSignal(pidfd, 0, nil, 0); err != nil {
+	// /proc was read (for the session, the scope or the executable): it
+	// described the caller only if the caller still lives.
+	if pidfd.FD >= 0 && (rec == nil || exe || r.Scope != "") {
+		if err := unix.PidfdSendSignal(pidfd.FD, 0, nil, 0); err != nil {
 			return Caller{}, fmt.Errorf("%w (pid %d)", ErrCallerGone, cred.Pid)
 		}
 	}
-	if readLogin && pidfd >= 0 {
+	if readLogin && pidfd.FD >= 0 {
 		// A reused pid would have shown another session's login uid.
 		r.logins.put(caller.Login.ID, caller.SessionUID)
 	}

@@ -266,12 +266,14 @@ func (f *fastPath) first(fd int) (r firstResult) {
 	// From here on the request is the goroutine's to answer if this
 	// thread does not.
 	r.handoff.pending = &wire.Frame{Version: wire.Version, Type: wire.OpQuery, Flags: h.Flags}
-	var who identity.Caller
-	if f.cred != nil {
-		who, err = f.s.Resolver.ResolveFDCred(fd, f.cred, f.s.Backend.NeedsProgram())
-	} else {
-		who, err = f.s.Resolver.ResolveFD(fd, f.s.Backend.NeedsProgram())
+	if f.cred == nil {
+		return r
 	}
+	// The pidfd is closed once the answer is out: the client, woken by
+	// the answer, need not wait for it.
+	pidfd := identity.PeerPidfd(fd, f.cred.Pid)
+	defer pidfd.Close()
+	who, err := f.s.Resolver.ResolvePeer(f.cred, pidfd, f.s.Backend.NeedsProgram())
 	if err != nil {
 		return r
 	}
