@@ -155,8 +155,11 @@ type Manager struct {
 }
 
 type entry struct {
-	ready   chan struct{} // closed once acquisition finished
-	lease   lease.Lease   // valid after ready, if err == nil
+	// ready is closed when acquisition finishes, and set to nil at the
+	// same moment (under m.mu, which every read of it holds): a settled
+	// entry keeps no channel, which would be a third of its memory.
+	ready   chan struct{}
+	lease   lease.Lease // valid once done, if err == nil
 	err     error
 	created time.Time
 	// goneSince is when scans stopped seeing the holder; zero while alive.
@@ -167,14 +170,8 @@ type entry struct {
 	moving bool
 }
 
-func (e *entry) done() bool {
-	select {
-	case <-e.ready:
-		return true
-	default:
-		return false
-	}
-}
+// done reports whether acquisition finished. The caller holds m.mu.
+func (e *entry) done() bool { return e.ready == nil }
 
 type outcome struct {
 	kind   wire.Kind
@@ -295,20 +292,17 @@ func (m *Manager) QueryNow(c identity.Caller) (Answer, bool) {
 	}
 	m.mu.RLock()
 	e := m.holders[v.Holder]
+	ok := e != nil && e.done() && e.err == nil
+	var l lease.Lease
+	if ok {
+		l = e.lease
+	}
 	m.mu.RUnlock()
-	if e == nil {
-		return Answer{}, false
-	}
-	select {
-	case <-e.ready:
-	default:
-		return Answer{}, false
-	}
-	if e.err != nil {
+	if !ok {
 		return Answer{}, false
 	}
 	m.counters.count(wire.KindVIP, policy.RuleVirtualize)
-	return Answer{Kind: wire.KindVIP, Lease: e.lease, Rule: policy.RuleVirtualize, TTL: vipTTL(e.lease, m.opts.Now()), Holder: v.Holder}, true
+	return Answer{Kind: wire.KindVIP, Lease: l, Rule: policy.RuleVirtualize, TTL: vipTTL(l, m.opts.Now()), Holder: v.Holder}, true
 }
 
 // NeedsProgram reports whether decisions depend on the caller's executable
@@ -358,6 +352,15 @@ func (m *Manager) notVirtualized(s *Settings, h lease.Holder, c identity.Caller,
 func (m *Manager) leaseFor(ctx context.Context, h lease.Holder, uid uint32) (lease.Lease, error) {
 	m.mu.RLock()
 	e := m.holders[h]
+	var ready chan struct{}
+	if e != nil {
+		if e.done() && e.err == nil {
+			l := e.lease
+			m.mu.RUnlock()
+			return l, nil
+		}
+		ready = e.ready
+	}
 	m.mu.RUnlock()
 	if e == nil {
 		m.mu.Lock()
@@ -366,12 +369,15 @@ func (m *Manager) leaseFor(ctx context.Context, h lease.Holder, uid uint32) (lea
 			m.holders[h] = e
 			go m.acquire(e, h, uid)
 		}
+		ready = e.ready
 		m.mu.Unlock()
 	}
-	select {
-	case <-e.ready:
-	case <-ctx.Done():
-		return lease.Lease{}, fmt.Errorf("waiting for a lease: %w", ctx.Err())
+	if ready != nil {
+		select {
+		case <-ready:
+		case <-ctx.Done():
+			return lease.Lease{}, fmt.Errorf("waiting for a lease: %w", ctx.Err())
+		}
 	}
 	if e.err != nil {
 		return lease.Lease{}, e.err

@@ -182,8 +182,11 @@ func (m *Manager) Assigned(h lease.Holder, addr netip.Addr, uid uint32) (lease.L
 			m.finish(e, h, l, err, nil)
 			return l, err
 		}
+		ready := e.ready
 		m.mu.Unlock()
-		<-e.ready
+		if ready != nil {
+			<-ready
+		}
 		if e.err != nil {
 			continue // that acquisition failed and is gone: try again
 		}
@@ -264,7 +267,10 @@ func (m *Manager) finish(e *entry, h lease.Holder, l lease.Lease, err error, gra
 			granted()
 		}
 	}
+	m.mu.Lock()
 	close(e.ready)
+	e.ready = nil
+	m.mu.Unlock()
 }
 
 // SessionUID is the user of sess as the last scan saw it, or
