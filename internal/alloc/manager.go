@@ -141,6 +141,14 @@ type Manager struct {
 
 	mu      sync.RWMutex
 	holders map[lease.Holder]*entry
+	// gone holds when scans stopped seeing each holder that is gone (in
+	// its grace period); moving holds the stock places whose lease is
+	// being transferred to the holder the kernel gave its address to: the
+	// place is not refilled, nor the lease released or transferred again,
+	// meanwhile. Few holders are in either, so neither is a field of every
+	// entry.
+	gone   map[lease.Holder]time.Time
+	moving map[lease.Holder]bool
 	// outcomes remembers, per holder, the last answer that was not a VIP
 	// for want of one (exhausted, source failure), for reports.
 	outcomes map[lease.Holder]outcome
@@ -163,16 +171,18 @@ type entry struct {
 	lease   lease.Lease // valid once done, if err == nil
 	err     error
 	created time.Time
-	// goneSince is when scans stopped seeing the holder; zero while alive.
-	goneSince time.Time
-	// moving marks a stock lease being transferred to the holder the
-	// kernel gave its address to (m.mu guards it): the place is not
-	// refilled, nor the lease released or transferred again, meanwhile.
-	moving bool
 }
 
 // done reports whether acquisition finished. The caller holds m.mu.
 func (e *entry) done() bool { return e.ready == nil }
+
+// drop forgets h's entry, with its grace period and transfer mark. The
+// caller holds m.mu.
+func (m *Manager) drop(h lease.Holder) {
+	delete(m.holders, h)
+	delete(m.gone, h)
+	delete(m.moving, h)
+}
 
 type outcome struct {
 	kind   wire.Kind
@@ -195,6 +205,8 @@ func New(opts Options, s Settings) *Manager {
 		opts:     opts,
 		log:      opts.Log,
 		holders:  map[lease.Holder]*entry{},
+		gone:     map[lease.Holder]time.Time{},
+		moving:   map[lease.Holder]bool{},
 		outcomes: map[lease.Holder]outcome{},
 		seen:     map[lease.Session]time.Time{},
 		logged:   map[lease.Holder]time.Time{},
@@ -508,7 +520,7 @@ func (m *Manager) withdraw(h lease.Holder, addr netip.Addr, why string) (lease.L
 		m.mu.Unlock()
 		return lease.Lease{}, false
 	}
-	delete(m.holders, h)
+	m.drop(h)
 	delete(m.outcomes, h)
 	delete(m.logged, h)
 	m.mu.Unlock()
