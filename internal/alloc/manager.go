@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -140,6 +141,14 @@ type Manager struct {
 
 	mu      sync.RWMutex
 	holders map[lease.Holder]*entry
+	// gone holds when scans stopped seeing each holder that is gone (in
+	// its grace period); moving holds the stock places whose lease is
+	// being transferred to the holder the kernel gave its address to: the
+	// place is not refilled, nor the lease released or transferred again,
+	// meanwhile. Few holders are in either, so neither is a field of every
+	// entry.
+	gone   map[lease.Holder]time.Time
+	moving map[lease.Holder]bool
 	// outcomes remembers, per holder, the last answer that was not a VIP
 	// for want of one (exhausted, source failure), for reports.
 	outcomes map[lease.Holder]outcome
@@ -155,25 +164,24 @@ type Manager struct {
 }
 
 type entry struct {
-	ready   chan struct{} // closed once acquisition finished
-	lease   lease.Lease   // valid after ready, if err == nil
+	// ready is closed when acquisition finishes, and set to nil at the
+	// same moment (under m.mu, which every read of it holds): a settled
+	// entry keeps no channel, which would be a third of its memory.
+	ready   chan struct{}
+	lease   lease.Lease // valid once done, if err == nil
 	err     error
 	created time.Time
-	// goneSince is when scans stopped seeing the holder; zero while alive.
-	goneSince time.Time
-	// moving marks a stock lease being transferred to the holder the
-	// kernel gave its address to (m.mu guards it): the place is not
-	// refilled, nor the lease released or transferred again, meanwhile.
-	moving bool
 }
 
-func (e *entry) done() bool {
-	select {
-	case <-e.ready:
-		return true
-	default:
-		return false
-	}
+// done reports whether acquisition finished. The caller holds m.mu.
+func (e *entry) done() bool { return e.ready == nil }
+
+// drop forgets h's entry, with its grace period and transfer mark. The
+// caller holds m.mu.
+func (m *Manager) drop(h lease.Holder) {
+	delete(m.holders, h)
+	delete(m.gone, h)
+	delete(m.moving, h)
 }
 
 type outcome struct {
@@ -197,6 +205,8 @@ func New(opts Options, s Settings) *Manager {
 		opts:     opts,
 		log:      opts.Log,
 		holders:  map[lease.Holder]*entry{},
+		gone:     map[lease.Holder]time.Time{},
+		moving:   map[lease.Holder]bool{},
 		outcomes: map[lease.Holder]outcome{},
 		seen:     map[lease.Session]time.Time{},
 		logged:   map[lease.Holder]time.Time{},
@@ -295,20 +305,17 @@ func (m *Manager) QueryNow(c identity.Caller) (Answer, bool) {
 	}
 	m.mu.RLock()
 	e := m.holders[v.Holder]
+	ok := e != nil && e.done() && e.err == nil
+	var l lease.Lease
+	if ok {
+		l = e.lease
+	}
 	m.mu.RUnlock()
-	if e == nil {
-		return Answer{}, false
-	}
-	select {
-	case <-e.ready:
-	default:
-		return Answer{}, false
-	}
-	if e.err != nil {
+	if !ok {
 		return Answer{}, false
 	}
 	m.counters.count(wire.KindVIP, policy.RuleVirtualize)
-	return Answer{Kind: wire.KindVIP, Lease: e.lease, Rule: policy.RuleVirtualize, TTL: vipTTL(e.lease, m.opts.Now()), Holder: v.Holder}, true
+	return Answer{Kind: wire.KindVIP, Lease: l, Rule: policy.RuleVirtualize, TTL: vipTTL(l, m.opts.Now()), Holder: v.Holder}, true
 }
 
 // NeedsProgram reports whether decisions depend on the caller's executable
@@ -358,6 +365,15 @@ func (m *Manager) notVirtualized(s *Settings, h lease.Holder, c identity.Caller,
 func (m *Manager) leaseFor(ctx context.Context, h lease.Holder, uid uint32) (lease.Lease, error) {
 	m.mu.RLock()
 	e := m.holders[h]
+	var ready chan struct{}
+	if e != nil {
+		if e.done() && e.err == nil {
+			l := e.lease
+			m.mu.RUnlock()
+			return l, nil
+		}
+		ready = e.ready
+	}
 	m.mu.RUnlock()
 	if e == nil {
 		m.mu.Lock()
@@ -366,12 +382,15 @@ func (m *Manager) leaseFor(ctx context.Context, h lease.Holder, uid uint32) (lea
 			m.holders[h] = e
 			go m.acquire(e, h, uid)
 		}
+		ready = e.ready
 		m.mu.Unlock()
 	}
-	select {
-	case <-e.ready:
-	case <-ctx.Done():
-		return lease.Lease{}, fmt.Errorf("waiting for a lease: %w", ctx.Err())
+	if ready != nil {
+		select {
+		case <-ready:
+		case <-ctx.Done():
+			return lease.Lease{}, fmt.Errorf("waiting for a lease: %w", ctx.Err())
+		}
 	}
 	if e.err != nil {
 		return lease.Lease{}, e.err
@@ -501,7 +520,7 @@ func (m *Manager) withdraw(h lease.Holder, addr netip.Addr, why string) (lease.L
 		m.mu.Unlock()
 		return lease.Lease{}, false
 	}
-	delete(m.holders, h)
+	m.drop(h)
 	delete(m.outcomes, h)
 	delete(m.logged, h)
 	m.mu.Unlock()
@@ -574,18 +593,24 @@ func (m *Manager) Leases() []lease.Lease {
 }
 
 // DuplicateVIPs counts addresses held by more than one holder: a self-check
-// that must always be zero, exported as ipvirt_duplicate_vips.
+// that must always be zero, exported as ipvirt_duplicate_vips. Every status
+// request and metrics scrape runs it, so it sorts a slice (24 bytes a
+// lease) rather than fill a map of every address (some 80), and sorts it
+// once the lock is released.
 func (m *Manager) DuplicateVIPs() int {
 	m.mu.RLock()
-	defer m.mu.RUnlock()
-	seen := make(map[netip.Addr]int, len(m.holders))
-	dups := 0
+	addrs := make([]netip.Addr, 0, len(m.holders))
 	for _, e := range m.holders {
-		if !e.done() || e.err != nil {
-			continue
+		if e.done() && e.err == nil {
+			addrs = append(addrs, e.lease.Addr)
 		}
-		seen[e.lease.Addr]++
-		if seen[e.lease.Addr] == 2 {
+	}
+	m.mu.RUnlock()
+	slices.SortFunc(addrs, netip.Addr.Compare)
+	dups := 0
+	for i := 1; i < len(addrs); i++ {
+		// The first repeat of each address counts it.
+		if addrs[i] == addrs[i-1] && (i == 1 || addrs[i-1] != addrs[i-2]) {
 			dups++
 		}
 	}

@@ -91,13 +91,15 @@ func (m *Manager) reap(snap identity.Snapshot, taken time.Time, prealloc bool) {
 			continue // stock places have no processes: the daemon keeps them
 		}
 		if snap.Alive(h) {
-			e.goneSince = time.Time{}
+			delete(m.gone, h)
 			continue
 		}
-		if e.goneSince.IsZero() {
-			e.goneSince = now
+		since, ok := m.gone[h]
+		if !ok {
+			since = now
+			m.gone[h] = since
 		}
-		if now.Sub(e.goneSince) >= s.Grace {
+		if now.Sub(since) >= s.Grace {
 			ended = append(ended, h)
 		}
 	}

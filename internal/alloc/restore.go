@@ -98,8 +98,7 @@ func (m *Manager) Restore() (RestoreReport, error) {
 			m.opts.Store.DeleteAsync(l.Holder)
 			continue
 		}
-		e := &entry{ready: make(chan struct{}), lease: l, created: taken}
-		close(e.ready)
+		e := &entry{lease: l, created: taken}
 		m.mu.Lock()
 		m.holders[l.Holder] = e
 		m.mu.Unlock()
@@ -152,8 +151,7 @@ func (m *Manager) Claim(h lease.Holder, addr netip.Addr, uid uint32) (lease.Leas
 		m.opts.Source.Release(l)
 		return lease.Lease{}, fmt.Errorf("persist lease %s for %s: %w", addr, h, err)
 	}
-	e := &entry{ready: make(chan struct{}), lease: l, created: m.opts.Now()}
-	close(e.ready)
+	e := &entry{lease: l, created: m.opts.Now()}
 	m.mu.Lock()
 	m.holders[h] = e
 	m.mu.Unlock()

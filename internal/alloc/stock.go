@@ -136,7 +136,7 @@ func (m *Manager) stockHolderOf(addr netip.Addr) (lease.Holder, bool) {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	for h, e := range m.holders {
-		if h.Session.Stock() && e.done() && e.err == nil && !e.moving && e.lease.Addr == addr {
+		if h.Session.Stock() && e.done() && e.err == nil && !m.moving[h] && e.lease.Addr == addr {
 			return h, true
 		}
 	}
@@ -182,8 +182,11 @@ func (m *Manager) Assigned(h lease.Holder, addr netip.Addr, uid uint32) (lease.L
 			m.finish(e, h, l, err, nil)
 			return l, err
 		}
+		ready := e.ready
 		m.mu.Unlock()
-		<-e.ready
+		if ready != nil {
+			<-ready
+		}
 		if e.err != nil {
 			continue // that acquisition failed and is gone: try again
 		}
@@ -209,7 +212,7 @@ func (m *Manager) transferInto(h lease.Holder, addr netip.Addr, uid uint32) (lea
 	}
 	m.mu.Lock()
 	se := m.holders[sh]
-	if se == nil || !se.done() || se.err != nil || se.moving || se.lease.Addr != addr {
+	if se == nil || !se.done() || se.err != nil || m.moving[sh] || se.lease.Addr != addr {
 		m.mu.Unlock()
 		return lease.Lease{}, fmt.Errorf("assign %s to %s: %w", addr, h, ErrNotStock)
 	}
@@ -217,14 +220,14 @@ func (m *Manager) transferInto(h lease.Holder, addr netip.Addr, uid uint32) (lea
 	// same lease, and the place is not refilled (an Acquire for the stock
 	// holder while the source still has it could hand out the same
 	// address, and its record must come after the stock one's delete).
-	se.moving = true
+	m.moving[sh] = true
 	m.mu.Unlock()
 	stock := se.lease
 	stock.UID = uid // the record's user, where the source shows it (etcd)
 	l, err := tr.Transfer(stock, h)
 	if err != nil {
 		m.mu.Lock()
-		se.moving = false
+		delete(m.moving, sh)
 		m.mu.Unlock()
 		return lease.Lease{}, fmt.Errorf("assign %s to %s: %w", addr, h, err)
 	}
@@ -238,7 +241,7 @@ func (m *Manager) transferInto(h lease.Holder, addr netip.Addr, uid uint32) (lea
 	}
 	m.opts.Store.DeleteAsync(sh)
 	m.mu.Lock()
-	delete(m.holders, sh)
+	m.drop(sh)
 	m.mu.Unlock()
 	m.log.Info("vip assigned by the kernel", "holder", h.Key(), "vip", addr.String(), "uid", uid, "stock", sh.Key())
 	return l, nil
@@ -249,7 +252,7 @@ func (m *Manager) transferInto(h lease.Holder, addr netip.Addr, uid uint32) (lea
 func (m *Manager) finish(e *entry, h lease.Holder, l lease.Lease, err error, granted func()) {
 	m.mu.Lock()
 	if err != nil {
-		delete(m.holders, h)
+		m.drop(h)
 		e.err = err
 	} else {
 		e.lease = l
@@ -264,7 +267,10 @@ func (m *Manager) finish(e *entry, h lease.Holder, l lease.Lease, err error, gra
 			granted()
 		}
 	}
+	m.mu.Lock()
 	close(e.ready)
+	e.ready = nil
+	m.mu.Unlock()
 }
 
 // SessionUID is the user of sess as the last scan saw it, or

@@ -110,6 +110,16 @@ func (p *Pool) IsFree(a netip.Addr) bool {
 	return ok && p.inFree[i]
 }
 
+// Index returns the position of a in the range (0 for its start), if a
+// lies in it: owners keep per-address data in a slice of Size entries.
+func (p *Pool) Index(a netip.Addr) (int, bool) {
+	i, ok := p.index(a)
+	return int(i), ok
+}
+
+// At returns the address at position i of the range.
+func (p *Pool) At(i int) netip.Addr { return p.addr(int32(i)) }
+
 func (p *Pool) index(a netip.Addr) (int32, bool) {
 	if !a.Is4() {
 		return 0, false

@@ -139,3 +139,17 @@ func BenchmarkTakePut65536(b *testing.B) {
 		p.Put(a)
 	}
 }
+
+func TestIndexAt(t *testing.T) {
+	p, _ := New(a10, a12)
+	for i, a := range []netip.Addr{a10, a11, a12} {
+		if got, ok := p.Index(a); !ok || got != i || p.At(i) != a {
+			t.Errorf("Index(%s) = %d, %v; At(%d) = %s", a, got, ok, i, p.At(i))
+		}
+	}
+	for _, a := range []string{"10.0.0.9", "10.0.0.13", "2001:db8::a", "::ffff:10.0.0.10"} {
+		if i, ok := p.Index(netip.MustParseAddr(a)); ok {
+			t.Errorf("Index(%s) = %d inside a range it is not in", a, i)
+		}
+	}
+}

@@ -21,13 +21,9 @@ const Name = "static"
 // Source hands out addresses of a static range.
 type Source struct {
 	mu     sync.Mutex
-	pool   *pool.Pool
+	held   held // the range's free list, and who holds what
 	subnet netip.Prefix
-	// held maps every address in use to its holder, including addresses
-	// outside the current range (stranded by a reconfiguration), so that a
-	// reload can never hand out an address someone still has.
-	held map[netip.Addr]lease.Holder
-	now  func() time.Time
+	now    func() time.Time
 }
 
 var (
@@ -43,7 +39,7 @@ func New(p Config) (*Source, error) {
 	if err != nil {
 		return nil, fmt.Errorf("static: %w", err)
 	}
-	return &Source{pool: pl, subnet: p.Subnet(), held: map[netip.Addr]lease.Holder{}, now: time.Now}, nil
+	return &Source{held: newHeld(pl), subnet: p.Subnet(), now: time.Now}, nil
 }
 
 // Name implements source.Source.
@@ -53,11 +49,11 @@ func (s *Source) Name() string { return Name }
 func (s *Source) Acquire(_ context.Context, h lease.Holder) (lease.Lease, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	a, ok := s.pool.Take()
+	a, ok := s.held.pool.Take()
 	if !ok {
-		return lease.Lease{}, fmt.Errorf("static: pool of %d addresses: all in use: %w", s.pool.Size(), source.ErrExhausted)
+		return lease.Lease{}, fmt.Errorf("static: pool of %d addresses: all in use: %w", s.held.pool.Size(), source.ErrExhausted)
 	}
-	s.held[a] = h
+	s.held.set(a, h)
 	return lease.Lease{Holder: h, Addr: a, Subnet: s.subnet, Source: Name, Granted: s.now()}, nil
 }
 
@@ -67,14 +63,14 @@ func (s *Source) Acquire(_ context.Context, h lease.Holder) (lease.Lease, error)
 func (s *Source) Adopt(l lease.Lease) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if other, ok := s.held[l.Addr]; ok {
+	if other, ok := s.held.get(l.Addr); ok {
 		if other == l.Holder {
 			return nil
 		}
 		return fmt.Errorf("static: adopt %s for %s: already held by %s", l.Addr, l.Holder, other)
 	}
-	s.pool.TakeAddr(l.Addr) // false for a stranded address: held all the same
-	s.held[l.Addr] = l.Holder
+	s.held.pool.TakeAddr(l.Addr) // false for a stranded address: held all the same
+	s.held.set(l.Addr, l.Holder)
 	return nil
 }
 
@@ -103,11 +99,10 @@ func (s *Source) subnetOf() netip.Prefix {
 func (s *Source) Release(l lease.Lease) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if h, ok := s.held[l.Addr]; !ok || h != l.Holder {
+	if h, ok := s.held.get(l.Addr); !ok || h != l.Holder {
 		return
 	}
-	delete(s.held, l.Addr)
-	s.pool.Put(l.Addr)
+	s.held.free(l.Addr)
 }
 
 // Transfer implements source.Transferer: the address passes from l.Holder
@@ -117,15 +112,15 @@ func (s *Source) Release(l lease.Lease) {
 func (s *Source) Transfer(l lease.Lease, to lease.Holder) (lease.Lease, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if h, ok := s.held[l.Addr]; !ok || h != l.Holder {
+	if h, ok := s.held.get(l.Addr); !ok || h != l.Holder {
 		return lease.Lease{}, fmt.Errorf("static: transfer %s from %s to %s: %s does not hold it", l.Addr, l.Holder, to, l.Holder)
 	}
-	for a, h := range s.held {
+	for a, h := range s.held.all() {
 		if h == to {
 			return lease.Lease{}, fmt.Errorf("static: transfer %s from %s to %s: %s already holds %s", l.Addr, l.Holder, to, to, a)
 		}
 	}
-	s.held[l.Addr] = to
+	s.held.set(l.Addr, to)
 	l.Holder = to
 	return l, nil
 }
@@ -136,14 +131,16 @@ func (s *Source) Reconfigure(r source.Range) (stranded []netip.Addr, err error) 
 	if err != nil {
 		return nil, fmt.Errorf("static: %w", err)
 	}
+	next := newHeld(pl)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for a := range s.held {
+	for a, h := range s.held.all() {
 		if !pl.TakeAddr(a) {
 			stranded = append(stranded, a)
 		}
+		next.set(a, h)
 	}
-	s.pool, s.subnet = pl, r.Subnet
+	s.held, s.subnet = next, r.Subnet
 	return stranded, nil
 }
 
@@ -153,14 +150,14 @@ func (s *Source) Stats() source.Stats {
 	defer s.mu.Unlock()
 	// Used counts the range only: stranded addresses (outside it after a
 	// reload) are leases, not pool addresses, so free + used = size.
-	return source.Stats{Size: s.pool.Size(), Used: s.pool.Size() - s.pool.Free(), Healthy: true, Health: "static pool"}
+	return source.Stats{Size: s.held.pool.Size(), Used: s.held.pool.Size() - s.held.pool.Free(), Healthy: true, Health: "static pool"}
 }
 
 // Free returns the number of addresses of the current range not in use.
 func (s *Source) Free() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.pool.Free()
+	return s.held.pool.Free()
 }
 
 // Close implements source.Source; a static pool has no background work.

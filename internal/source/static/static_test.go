@@ -111,6 +111,9 @@ func TestReconfigureKeepsStranded(t *testing.T) {
 	}
 }
 
+// heldMap is who holds what, as a map to compare.
+func heldMap(s *Source) map[netip.Addr]lease.Holder { return maps.Collect(s.held.all()) }
+
 func stock(id uint32) lease.Holder {
 	return lease.Holder{Session: lease.Session{Kind: lease.KindStock, ID: id}}
 }
@@ -172,15 +175,15 @@ func TestTransfer(t *testing.T) {
 				t.Fatal(err)
 			}
 			l := tc.setup(t, s)
-			before := maps.Clone(s.held)
+			before := heldMap(s)
 			freeBefore := s.Free()
 			got, err := s.Transfer(l, tc.to)
 			if !tc.ok {
 				if err == nil {
 					t.Fatalf("Transfer(%s of %s to %s) = %+v, want an error", l.Addr, l.Holder, tc.to, got)
 				}
-				if !maps.Equal(s.held, before) || s.Free() != freeBefore {
-					t.Fatalf("a failed transfer changed the pool: held %v, was %v", s.held, before)
+				if !maps.Equal(heldMap(s), before) || s.Free() != freeBefore {
+					t.Fatalf("a failed transfer changed the pool: held %v, was %v", heldMap(s), before)
 				}
 				return
 			}
@@ -192,13 +195,13 @@ func TestTransfer(t *testing.T) {
 			if !reflect.DeepEqual(got, want) {
 				t.Fatalf("transferred lease %+v, want %+v", got, want)
 			}
-			if s.held[l.Addr] != tc.to || len(s.held) != len(before) || s.Free() != freeBefore {
-				t.Fatalf("held %v (free %d), want %s held by %s and nothing else changed", s.held, s.Free(), l.Addr, tc.to)
+			if heldMap(s)[l.Addr] != tc.to || len(heldMap(s)) != len(before) || s.Free() != freeBefore {
+				t.Fatalf("held %v (free %d), want %s held by %s and nothing else changed", heldMap(s), s.Free(), l.Addr, tc.to)
 			}
 			// The old holder has nothing left to give back or adopt;
 			// the new one has.
 			s.Release(l)
-			if s.held[l.Addr] != tc.to {
+			if heldMap(s)[l.Addr] != tc.to {
 				t.Fatal("the old holder's release freed the transferred address")
 			}
 			if err := s.Adopt(l); err == nil {
@@ -211,9 +214,32 @@ func TestTransfer(t *testing.T) {
 				t.Fatal("the old holder transferred the address again")
 			}
 			s.Release(got)
-			if _, ok := s.held[l.Addr]; ok {
+			if _, ok := heldMap(s)[l.Addr]; ok {
 				t.Fatal("the new holder's release did not free the address")
 			}
 		})
+	}
+}
+
+func TestReconfigureBackTakesStrandedIn(t *testing.T) {
+	s, _ := New(poolOf("10.0.0.10", "10.0.0.11"))
+	ctx := context.Background()
+	l, _ := s.Acquire(ctx, holder(1)) // .10
+	if _, err := s.Reconfigure(poolOf("10.0.0.11", "10.0.0.12").Range()); err != nil {
+		t.Fatal(err)
+	}
+	stranded, err := s.Reconfigure(poolOf("10.0.0.10", "10.0.0.11").Range())
+	if err != nil || len(stranded) != 0 {
+		t.Fatalf("back to the first range: stranded %v, %v", stranded, err)
+	}
+	if st := s.Stats(); st.Used != 1 {
+		t.Fatalf("stats %+v: want the formerly stranded address counted as used", st)
+	}
+	if err := s.Adopt(lease.Lease{Holder: holder(2), Addr: l.Addr}); err == nil {
+		t.Fatal("another holder adopted the address back in range")
+	}
+	s.Release(l)
+	if s.Free() != 2 {
+		t.Fatalf("free %d after the holder's release, want 2", s.Free())
 	}
 }
