@@ -15,6 +15,7 @@ package peerid
 import (
 	"errors"
 	"fmt"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -61,8 +62,11 @@ func Open(cgroup, path string) (*Records, error) {
 // caller), since pid alone could name an earlier process. The record is
 // that of the process's latest connect to the socket.
 func (r *Records) Take(pid int32, ino uint64) (session, loginUID uint32, ok bool) {
+	// Raw pointers: the map takes them as they are, with no marshalling
+	// (and no allocation) on the path of every first call.
+	key := uint32(pid)
 	var v peeridPeer
-	if err := r.objs.Peers.LookupAndDelete(uint32(pid), &v); err != nil || v.PidfsIno != ino || ino == 0 {
+	if err := r.objs.Peers.LookupAndDelete(unsafe.Pointer(&key), unsafe.Pointer(&v)); err != nil || v.PidfsIno != ino || ino == 0 {
 		return 0, 0, false
 	}
 	return v.Sessionid, v.Loginuid, true
