@@ -28,11 +28,15 @@
 // Variants that need what the host lacks (root, nft) are skipped and
 // named; with CI=true a skip is an error.
 //
+// After the rounds, libipvirt.so and the force_bind floor (TCP and UDP) run
+// again as an A/B of back-to-back pairs, the yardstick of issue 13, read as
+// the median of the per-pair ratios (see paired.go).
+//
 // With -ref PATH, another build of libipvirt.so (an earlier commit's, say)
 // is timed too, TCP and UDP, interleaved with this one's: an A/B in one
 // run.
 //
-//	sudo go run ./bench/peers [-rounds 5] [-n 20000] [-ref LIB]
+//	sudo go run ./bench/peers [-rounds 5] [-n 20000] [-pairs 80] [-pair-n 5000] [-ref LIB]
 package main
 
 import (
@@ -45,10 +49,12 @@ import (
 func main() {
 	rounds := flag.Int("rounds", 5, "interleaved rounds (at least 5)")
 	n := flag.Int("n", 20000, "connects per loop")
+	pairs := flag.Int("pairs", 80, "back-to-back A/B pairs of libipvirt.so and its floor, after the rounds (0: none)")
+	pairN := flag.Int("pair-n", 5000, "calls per run of a pair")
 	ref := flag.String("ref", "", "another build of libipvirt.so to time beside this one's, interleaved (a path the sessions' users can read)")
 	flag.Parse()
-	if *rounds < 5 || *n < 1 {
-		fmt.Fprintln(os.Stderr, "peers: -rounds must be at least 5 (a median and a minimum of fewer say little) and -n at least 1")
+	if *rounds < 5 || *n < 1 || *pairs < 0 || *pairN < 1 {
+		fmt.Fprintln(os.Stderr, "peers: -rounds must be at least 5 (a median and a minimum of fewer say little), -n and -pair-n at least 1, -pairs at least 0")
 		os.Exit(2)
 	}
 	if *ref != "" {
@@ -63,7 +69,7 @@ func main() {
 		}
 		*ref = abs
 	}
-	skipped, err := run(*rounds, *n, *ref)
+	skipped, err := run(*rounds, *n, *pairs, *pairN, *ref)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "peers:", err)
 		os.Exit(1)

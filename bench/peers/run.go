@@ -19,6 +19,7 @@ type bench struct {
 	results  string // where loops write their result lines
 	tools    benchkit.Tools
 	variants []*variant
+	paired   []pairedResult
 	skips    []string
 	undo     []func()
 }
@@ -35,7 +36,7 @@ func (b *bench) close() {
 	}
 }
 
-func run(rounds, n int, ref string) (skipped int, err error) {
+func run(rounds, n, pairs, pairN int, ref string) (skipped int, err error) {
 	work, results, err := benchkit.WorkDir()
 	if err != nil {
 		return 0, err
@@ -78,7 +79,13 @@ func run(rounds, n int, ref string) (skipped int, err error) {
 		}
 		fmt.Fprintf(os.Stderr, "round %d/%d done\n", r+1, rounds)
 	}
+	if pairs > 0 {
+		if err := b.runPairs(pairs, pairN); err != nil {
+			return 0, err
+		}
+	}
 	b.report(rounds)
+	b.reportPairs()
 	return len(b.skips), nil
 }
 
