@@ -21,7 +21,7 @@
 // ipvirtd, a one-thread C server never does. Read the share over several
 // runs.
 //
-//	go run ./bench/preloadconnect [-rounds 5] [-n 20000] [-first 1000] [-ref DIR]
+//	go run ./bench/preloadconnect [-rounds 5] [-n 20000] [-first 2000] [-ref DIR]
 package main
 
 import (
@@ -49,7 +49,7 @@ import (
 func main() {
 	rounds := flag.Int("rounds", 5, "interleaved rounds")
 	n := flag.Int("n", 20000, "connects per loop")
-	first := flag.Int("first", 1000, "fresh processes timed per round and variant for the first call")
+	first := flag.Int("first", 2000, "fresh processes timed per round and variant for the first call")
 	ref := flag.String("ref", "", "directory of another build's ipvirtd, timed beside this one's")
 	flag.Parse()
 	if err := run(*rounds, *n, *first, *ref); err != nil {
