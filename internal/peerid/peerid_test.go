@@ -1,7 +1,6 @@
 package peerid
 
 import (
-	"context"
 	"net"
 	"os"
 	"path/filepath"
@@ -15,7 +14,6 @@ import (
 	"github.com/ipvirt/ipvirt/internal/cgroup"
 	"github.com/ipvirt/ipvirt/internal/identity"
 	"github.com/ipvirt/ipvirt/internal/testenv"
-	"github.com/ipvirt/ipvirt/sim/loginsession"
 )
 
 // client connects to a Unix socket and holds the connection, from a login
@@ -82,16 +80,6 @@ func open(t *testing.T, path string) *Records {
 	return r
 }
 
-func session(t *testing.T, uid uint32) *loginsession.Session {
-	t.Helper()
-	s, err := loginsession.Start(context.Background(), loginsession.Audit, uid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	return s
-}
-
 // socketDir is a directory the sessions' users can reach (t.TempDir's
 // parent is private to root).
 func socketDir(t *testing.T) string {
@@ -113,7 +101,7 @@ func TestRecordOfEachConnect(t *testing.T) {
 	r := open(t, path)
 	uids := []uint32{60711, 60712, 60713}
 	for _, uid := range uids {
-		s := session(t, uid)
+		s := testenv.AuditSession(t, uid)
 		if _, err := s.Run("python3", "-c", client, path); err != nil {
 			t.Fatal(err)
 		}
@@ -135,7 +123,7 @@ func TestRecordOfEachConnect(t *testing.T) {
 		}
 	}
 	for _, uid := range uids {
-		s := session(t, uid)
+		s := testenv.AuditSession(t, uid)
 		if _, err := s.Run("python3", "-c", client, path); err != nil {
 			t.Fatal(err)
 		}
@@ -157,7 +145,7 @@ func TestOnlyTheSocketIsNoted(t *testing.T) {
 	dir := socketDir(t)
 	path, other := filepath.Join(dir, "ipvirt.sock"), filepath.Join(dir, "ipvirt.sock2")
 	ln, lnOther := listen(t, path), listen(t, other)
-	s := session(t, 60714)
+	s := testenv.AuditSession(t, 60714)
 
 	if _, err := s.Run("python3", "-c", client, path); err != nil {
 		t.Fatal(err)
@@ -188,7 +176,7 @@ func TestResolverUsesTheRecord(t *testing.T) {
 	path := filepath.Join(socketDir(t), "ipvirt.sock")
 	ln := listen(t, path)
 	r := open(t, path)
-	s := session(t, 60715)
+	s := testenv.AuditSession(t, 60715)
 	for _, withRecords := range []bool{true, false} {
 		if _, err := s.Run("python3", "-c", client, path); err != nil {
 			t.Fatal(err)

@@ -3,8 +3,11 @@
 package testenv
 
 import (
+	"context"
 	"os"
 	"testing"
+
+	"github.com/ipvirt/ipvirt/sim/loginsession"
 )
 
 // RequireRoot skips t unless it runs as root. With CI=true it fails
@@ -19,4 +22,16 @@ func RequireRoot(t testing.TB) {
 		t.Fatalf("needs root, runs as uid %d (CI=true: not skipping)", os.Geteuid())
 	}
 	t.Skipf("needs root, runs as uid %d", os.Geteuid())
+}
+
+// AuditSession opens a real audit login session of login uid uid for t,
+// closed with the test.
+func AuditSession(t testing.TB, uid uint32) *loginsession.Session {
+	t.Helper()
+	s, err := loginsession.Start(context.Background(), loginsession.Audit, uid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
 }

@@ -1,7 +1,6 @@
 package bpf
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"net/http"
@@ -76,16 +75,6 @@ func (p *peers) last() string {
 	return p.seen[len(p.seen)-1]
 }
 
-func session(t *testing.T, uid uint32) *loginsession.Session {
-	t.Helper()
-	s, err := loginsession.Start(context.Background(), loginsession.Audit, uid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	return s
-}
-
 // runIn runs argv in session s and returns its combined output; the
 // session's leader discards output, so the program writes to a file.
 func runIn(t *testing.T, s *loginsession.Session, argv ...string) (string, int) {
@@ -139,7 +128,7 @@ func TestProgramsLeaveFromTheirSessionsVIP(t *testing.T) {
 	url := "http://" + p.addr.String() + "/"
 	vips := []string{"127.74.0.10", "127.74.0.11"}
 	for i, vip := range vips {
-		s := session(t, uint32(62001+i))
+		s := testenv.AuditSession(t, uint32(62001+i))
 		if err := ic.SetSession(s.ID, netip.MustParseAddr(vip)); err != nil {
 			t.Fatal(err)
 		}
@@ -158,7 +147,7 @@ func TestProgramsLeaveFromTheirSessionsVIP(t *testing.T) {
 			}
 		}
 	}
-	plain := session(t, 62009)
+	plain := testenv.AuditSession(t, 62009)
 	if out, code := runIn(t, plain, cBin, p.addr.Addr().String(), fmt.Sprint(p.addr.Port())); code != 0 {
 		t.Fatalf("session without entry: exit %d: %s", code, out)
 	}
@@ -180,7 +169,7 @@ const bindProbe = `exec("import socket,sys\ns=socket.socket()\ntry:\n s.bind((sy
 // address nobody gave it, gets EPERM, and the kernel counts it.
 func TestEnforcement(t *testing.T) {
 	ic, _ := open(t, true)
-	a, b, other := session(t, 62101), session(t, 62102), session(t, 62103)
+	a, b, other := testenv.AuditSession(t, 62101), testenv.AuditSession(t, 62102), testenv.AuditSession(t, 62103)
 	if err := ic.SetSession(a.ID, netip.MustParseAddr("127.74.0.12")); err != nil {
 		t.Fatal(err)
 	}
@@ -296,7 +285,7 @@ func TestReleaseKeepsWorkingAndAdopts(t *testing.T) {
 	ic, pin := open(t, false)
 	_, cBin := buildStatic(t)
 	p := newPeers(t)
-	s := session(t, 62201)
+	s := testenv.AuditSession(t, 62201)
 	vip := netip.MustParseAddr("127.74.0.14")
 	if err := ic.SetSession(s.ID, vip); err != nil {
 		t.Fatal(err)

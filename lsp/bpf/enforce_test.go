@@ -14,6 +14,7 @@ import (
 
 	"github.com/cilium/ebpf/link"
 
+	"github.com/ipvirt/ipvirt/internal/testenv"
 	"github.com/ipvirt/ipvirt/sim/loginsession"
 )
 
@@ -87,7 +88,7 @@ func TestEnforcementBeyondBind(t *testing.T) {
 			if mode == "enforce=true,slots=full" {
 				fillSlots(t, ic)
 			}
-			holder, other, withVIP := session(t, 62111), session(t, 62112), session(t, 62113)
+			holder, other, withVIP := testenv.AuditSession(t, 62111), testenv.AuditSession(t, 62112), testenv.AuditSession(t, 62113)
 			vip, ownVIP := "127.74.0.14", "127.74.0.15"
 			if err := ic.SetSession(holder.ID, netip.MustParseAddr(vip)); err != nil {
 				t.Fatal(err)
@@ -139,7 +140,7 @@ func TestEnforcementBeyondBind(t *testing.T) {
 			for _, how := range []string{"multicast_if", "ping", "raw"} {
 				s := other
 				if how == "raw" {
-					s = session(t, 0) // root inside a login session (su): CAP_NET_RAW
+					s = testenv.AuditSession(t, 0) // root inside a login session (su): CAP_NET_RAW
 				}
 				out, code := runIn(t, s, pyIn(sendProbe, how, vip)...)
 				want := "0"
@@ -236,7 +237,7 @@ func TestEnforcementImplicitSource(t *testing.T) {
 			if mode == "on, slots full" {
 				fillSlots(t, ic)
 			}
-			holder := session(t, 62121)
+			holder := testenv.AuditSession(t, 62121)
 			if err := ic.SetSession(holder.ID, netip.MustParseAddr(vip)); err != nil {
 				t.Fatal(err)
 			}
@@ -312,7 +313,7 @@ func TestEnforcementHooksOnlyWhileOn(t *testing.T) {
 	}
 	probe := func(on bool, when string) {
 		t.Helper()
-		s := session(t, 62131)
+		s := testenv.AuditSession(t, 62131)
 		out, code := runIn(t, s, pyIn(sendProbe, "multicast_if", "127.74.0.17")...)
 		wantErr := "0"
 		if on {
