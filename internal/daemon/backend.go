@@ -223,6 +223,9 @@ func (d *Daemon) interceptorState(cfg config.Config) string {
 	if d.stock != nil {
 		state += "; first use: " + d.stock.status()
 	}
+	if d.peers != nil {
+		state += "; socket callers' sessions recorded by the kernel at connect"
+	}
 	if d.kernel.ic.SessionEvents() {
 		return state + "; new sessions reported by the kernel)"
 	}
