@@ -44,11 +44,10 @@ build: deps
 deb: build
 	@./scripts/deb.sh $(BIN) $(BIN)
 
-# Regenerates the eBPF objects from lsp/bpf/*.bpf.c and
-# internal/peerid/*.bpf.c (bpf2go). The objects are committed, so only
-# someone editing the C needs clang.
+# Regenerates the eBPF objects from lsp/bpf/*.bpf.c (bpf2go). The objects are
+# committed, so only someone editing the C needs clang.
 generate: deps
-	$(GO) generate ./lsp/bpf/... ./internal/peerid/...
+	$(GO) generate ./lsp/bpf/...
 
 # Tests run against the binaries in bin/ (integration tests start the real
 # ipvirtd), so build first. Every package runs at once, the scenario files

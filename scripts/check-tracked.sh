@@ -1,6 +1,6 @@
 #!/bin/bash
 # Fails when git tracks a build output: any ELF file except the eBPF objects
-# bpf2go generates (lsp/bpf/*_bpfel.o, internal/peerid/*_bpfel.o), committed so that building needs no
+# bpf2go generates (lsp/bpf/*_bpfel.o), committed so that building needs no
 # clang. Reads the index, so a staged binary fails before it is committed.
 set -eu
 cd "$(dirname "$0")/.."
@@ -21,8 +21,7 @@ while IFS= read -r -d '' entry; do
 	# The header's first 20 bytes: the magic, then e_machine at offset 18.
 	head=$(git cat-file blob "$object" | head -c 20 | od -An -tx1 | tr -d ' \n')
 	[ "${head:0:8}" = 7f454c46 ] || continue
-	if [[ ($path == lsp/bpf/*_bpfel.o && $path != lsp/bpf/*/*) ||
-		($path == internal/peerid/*_bpfel.o && $path != internal/peerid/*/*) ]]; then
+	if [[ $path == lsp/bpf/*_bpfel.o && $path != lsp/bpf/*/* ]]; then
 		# e_machine 247 (EM_BPF), little-endian: an eBPF object, not a
 		# host binary under a bpf2go name.
 		[ "${head:36:4}" = f700 ] && continue

@@ -23,7 +23,6 @@ import (
 	"github.com/ipvirt/ipvirt/internal/identity"
 	"github.com/ipvirt/ipvirt/internal/lease"
 	"github.com/ipvirt/ipvirt/internal/metrics"
-	"github.com/ipvirt/ipvirt/internal/peerid"
 	"github.com/ipvirt/ipvirt/internal/policy"
 	"github.com/ipvirt/ipvirt/internal/server"
 	"github.com/ipvirt/ipvirt/internal/source"
@@ -99,7 +98,7 @@ type Daemon struct {
 	programWarned map[string]string
 	metrics       *metrics.Metrics
 	unix          *server.Unix
-	peers         *peerid.Records // nil: callers are identified from /proc
+	peers         *bpf.PeerRecords // nil: callers are identified from /proc
 	started       time.Time
 
 	// registry holds the sessions PAM registered; under session_trust: pam

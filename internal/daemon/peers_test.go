@@ -8,7 +8,7 @@ import (
 )
 
 // As root the daemon has the kernel note its callers' sessions at connect
-// (package peerid), says so, and identifies callers by the records: a
+// (bpf.PeerRecords), says so, and identifies callers by the records: a
 // session's processes get its VIP, another session's get another.
 func TestCallersIdentifiedByTheKernelRecord(t *testing.T) {
 	testenv.RequireRoot(t)

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
 /*
- * The few kernel types intercept.bpf.c needs, instead of a generated
- * vmlinux.h (2.8 MB on 6.18, unreadable in review, and it pins the build to
- * one kernel's headers).
+ * The few kernel types intercept.bpf.c and peerid.bpf.c need, instead of a
+ * generated vmlinux.h (2.8 MB on 6.18, unreadable in review, and it pins the
+ * build to one kernel's headers).
  *
  * Two kinds of definitions live here:
  *   - UAPI (struct bpf_sock_addr, struct bpf_sock, map type numbers): a
@@ -190,11 +190,31 @@ struct mm_struct {
 	struct file *exe_file;
 } __attribute__((preserve_access_index));
 
+/* ino: the process's pidfs inode number (6.9 and later), what fstat() of a
+ * pidfd of it gives; unique for the life of the boot. */
+struct pid {
+	__u64 ino;
+} __attribute__((preserve_access_index));
+
 struct task_struct {
 	pid_t tgid;
 	struct mm_struct *mm;
 	kuid_t loginuid;
 	unsigned int sessionid;
+	struct task_struct *group_leader;
+	struct pid *thread_pid;
+} __attribute__((preserve_access_index));
+
+/* The kernel's side of a cgroup/connect_unix program's context, and the
+ * address it holds (peerid.bpf.c). */
+struct bpf_sock_addr_kern {
+	struct sockaddr *uaddr;
+	__u32 uaddrlen;
+} __attribute__((preserve_access_index));
+
+struct sockaddr_un {
+	__u16 sun_family;
+	char sun_path[108];
 } __attribute__((preserve_access_index));
 
 struct linux_binprm;

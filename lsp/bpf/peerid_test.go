@@ -1,4 +1,4 @@
-package peerid
+package bpf
 
 import (
 	"net"
@@ -16,20 +16,20 @@ import (
 	"github.com/ipvirt/ipvirt/internal/testenv"
 )
 
-// client connects to a Unix socket and holds the connection, from a login
-// session: a real process of a real audit session, as the library is. One
-// line: the session leader reads its commands line by line.
-const client = `import socket, sys, time; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); time.sleep(60)`
+// peerClient connects to a Unix socket and holds the connection, run in a
+// login session: a real process of a real audit session, as the library
+// is. One line: the session leader reads its commands line by line.
+const peerClient = `import socket, sys, time; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); time.sleep(60)`
 
-// peer is an accepted connection's SO_PEERCRED and a pidfd of its own.
-type peer struct {
+// peerConn is an accepted connection's SO_PEERCRED and a pidfd of its own.
+type peerConn struct {
 	conn  *net.UnixConn
 	cred  *unix.Ucred
 	pidfd identity.Pidfd
 	ino   uint64
 }
 
-func accept(t *testing.T, ln *net.UnixListener) peer {
+func peerAccept(t *testing.T, ln *net.UnixListener) peerConn {
 	t.Helper()
 	ln.SetDeadline(time.Now().Add(10 * time.Second))
 	c, err := ln.AcceptUnix()
@@ -38,7 +38,7 @@ func accept(t *testing.T, ln *net.UnixListener) peer {
 	}
 	t.Cleanup(func() { c.Close() })
 	raw, _ := c.SyscallConn()
-	var p peer
+	var p peerConn
 	raw.Control(func(fd uintptr) {
 		p.cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
 		p.pidfd = identity.PeerPidfd(int(fd), p.cred.Pid)
@@ -55,7 +55,7 @@ func accept(t *testing.T, ln *net.UnixListener) peer {
 	return p
 }
 
-func listen(t *testing.T, path string) *net.UnixListener {
+func peerListen(t *testing.T, path string) *net.UnixListener {
 	t.Helper()
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
@@ -66,13 +66,13 @@ func listen(t *testing.T, path string) *net.UnixListener {
 	return ln
 }
 
-func open(t *testing.T, path string) *Records {
+func openPeers(t *testing.T, path string) *PeerRecords {
 	t.Helper()
 	m, err := cgroup.Mount()
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := Open(m, path)
+	r, err := OpenPeerRecords(m, path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +82,7 @@ func open(t *testing.T, path string) *Records {
 
 // socketDir is a directory the sessions' users can reach (t.TempDir's
 // parent is private to root).
-func socketDir(t *testing.T) string {
+func peerSocketDir(t *testing.T) string {
 	dir, err := os.MkdirTemp("", "ipvirt-peerid-")
 	if err != nil {
 		t.Fatal(err)
@@ -96,16 +96,16 @@ func socketDir(t *testing.T) string {
 // uid, as /proc does, and is handed out once, to the process that made it.
 func TestRecordOfEachConnect(t *testing.T) {
 	testenv.RequireRoot(t)
-	path := filepath.Join(socketDir(t), "ipvirt.sock")
-	ln := listen(t, path)
-	r := open(t, path)
+	path := filepath.Join(peerSocketDir(t), "ipvirt.sock")
+	ln := peerListen(t, path)
+	r := openPeers(t, path)
 	uids := []uint32{60711, 60712, 60713}
 	for _, uid := range uids {
 		s := testenv.AuditSession(t, uid)
-		if _, err := s.Run("python3", "-c", client, path); err != nil {
+		if _, err := s.Run("python3", "-c", peerClient, path); err != nil {
 			t.Fatal(err)
 		}
-		p := accept(t, ln)
+		p := peerAccept(t, ln)
 		b, err := os.ReadFile("/proc/" + strconv.Itoa(int(p.cred.Pid)) + "/sessionid")
 		if err != nil {
 			t.Fatal(err)
@@ -124,10 +124,10 @@ func TestRecordOfEachConnect(t *testing.T) {
 	}
 	for _, uid := range uids {
 		s := testenv.AuditSession(t, uid)
-		if _, err := s.Run("python3", "-c", client, path); err != nil {
+		if _, err := s.Run("python3", "-c", peerClient, path); err != nil {
 			t.Fatal(err)
 		}
-		p := accept(t, ln)
+		p := peerAccept(t, ln)
 		sid, luid, ok := r.Take(p.cred.Pid, p.ino)
 		if !ok || sid != s.ID || luid != uid {
 			t.Fatalf("pid %d of session %d (login uid %d): record %v, session %d, login uid %d", p.cred.Pid, s.ID, uid, ok, sid, luid)
@@ -142,46 +142,46 @@ func TestRecordOfEachConnect(t *testing.T) {
 // program is attached.
 func TestOnlyTheSocketIsNoted(t *testing.T) {
 	testenv.RequireRoot(t)
-	dir := socketDir(t)
+	dir := peerSocketDir(t)
 	path, other := filepath.Join(dir, "ipvirt.sock"), filepath.Join(dir, "ipvirt.sock2")
-	ln, lnOther := listen(t, path), listen(t, other)
+	ln, lnOther := peerListen(t, path), peerListen(t, other)
 	s := testenv.AuditSession(t, 60714)
 
-	if _, err := s.Run("python3", "-c", client, path); err != nil {
+	if _, err := s.Run("python3", "-c", peerClient, path); err != nil {
 		t.Fatal(err)
 	}
-	before := accept(t, ln)
-	r := open(t, path)
+	before := peerAccept(t, ln)
+	r := openPeers(t, path)
 	if _, _, ok := r.Take(before.cred.Pid, before.ino); ok {
 		t.Fatalf("a record of a connect made before Open")
 	}
-	if _, err := s.Run("python3", "-c", client, other); err != nil {
+	if _, err := s.Run("python3", "-c", peerClient, other); err != nil {
 		t.Fatal(err)
 	}
-	p := accept(t, lnOther)
+	p := peerAccept(t, lnOther)
 	if _, _, ok := r.Take(p.cred.Pid, p.ino); ok {
 		t.Fatalf("a connect to %s was noted as one to %s", other, path)
 	}
 	r.Close()
-	if _, err := s.Run("python3", "-c", client, path); err != nil {
+	if _, err := s.Run("python3", "-c", peerClient, path); err != nil {
 		t.Fatal(err)
 	}
-	accept(t, ln) // no record to take: the table went with the program
+	peerAccept(t, ln) // no record to take: the table went with the program
 }
 
 // The resolver gives the same caller from a record as from /proc, and
 // leaves /proc to a connection with no record.
 func TestResolverUsesTheRecord(t *testing.T) {
 	testenv.RequireRoot(t)
-	path := filepath.Join(socketDir(t), "ipvirt.sock")
-	ln := listen(t, path)
-	r := open(t, path)
+	path := filepath.Join(peerSocketDir(t), "ipvirt.sock")
+	ln := peerListen(t, path)
+	r := openPeers(t, path)
 	s := testenv.AuditSession(t, 60715)
 	for _, withRecords := range []bool{true, false} {
-		if _, err := s.Run("python3", "-c", client, path); err != nil {
+		if _, err := s.Run("python3", "-c", peerClient, path); err != nil {
 			t.Fatal(err)
 		}
-		p := accept(t, ln)
+		p := peerAccept(t, ln)
 		res := identity.NewResolver(identity.Audit, "")
 		if withRecords {
 			res.Peers = r
