@@ -35,7 +35,6 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
-	"golang.org/x/sys/unix"
 
 	"github.com/ipvirt/ipvirt/bench/internal/benchkit"
 	"github.com/ipvirt/ipvirt/internal/cgroup"
@@ -158,7 +157,7 @@ func run(all []spec, rounds, n int, only *regexp.Regexp, refObj string) error {
 		case sp.plain:
 			v.want = loHost
 		case sp.bare:
-			detach, err := attachBare(g.Dir)
+			detach, err := benchkit.AttachBare(g.Dir, vip)
 			if err != nil {
 				return err
 			}
@@ -372,37 +371,4 @@ func swapNoop(l link.Link, name string) error {
 	}
 	defer p.Close()
 	return l.Update(p)
-}
-
-// attachBare attaches, to the cgroup directory dir, the least a
-// cgroup/connect4 program can do to give a socket its source (as
-// bench/peers' bare variant): bpf_bind to the VIP, allow.
-func attachBare(dir string) (func(), error) {
-	a := vip.As4()
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Name: "bare_bind4", Type: ebpf.CGroupSockAddr, AttachType: ebpf.AttachCGroupInet4Connect, License: "GPL",
-		Instructions: asm.Instructions{
-			asm.Mov.Reg(asm.R6, asm.R1),
-			asm.StoreImm(asm.RFP, -16, unix.AF_INET, asm.Word),
-			asm.StoreImm(asm.RFP, -12, int64(int32(binary.LittleEndian.Uint32(a[:]))), asm.Word),
-			asm.StoreImm(asm.RFP, -8, 0, asm.Word),
-			asm.StoreImm(asm.RFP, -4, 0, asm.Word),
-			asm.Mov.Reg(asm.R1, asm.R6),
-			asm.Mov.Reg(asm.R2, asm.RFP),
-			asm.Add.Imm(asm.R2, -16),
-			asm.Mov.Imm(asm.R3, 16),
-			asm.FnBind.Call(),
-			asm.Mov.Imm(asm.R0, 1),
-			asm.Return(),
-		},
-	})
-	if err != nil {
-		return nil, err
-	}
-	l, err := link.AttachCgroup(link.CgroupOptions{Path: dir, Attach: ebpf.AttachCGroupInet4Connect, Program: prog})
-	if err != nil {
-		prog.Close()
-		return nil, fmt.Errorf("attach the bare program: %w", err)
-	}
-	return func() { l.Close(); prog.Close() }, nil
 }

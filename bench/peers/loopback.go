@@ -203,8 +203,8 @@ func (b *bench) setupBare(kind loginsession.Kind, ln *benchkit.Listener) error {
 	if err != nil {
 		return err
 	}
-	detach, err := attachBare(p.group.Dir, fixedVIP)
-	if errors.Is(err, errBPFUnsupported) {
+	detach, err := benchkit.AttachBare(p.group.Dir, fixedVIP)
+	if errors.Is(err, benchkit.ErrBPFUnsupported) {
 		b.skip(bareName, err.Error())
 		return nil
 	}

@@ -216,8 +216,16 @@ func (mc *machine) startProgram(t *rapid.T) {
 	if len(mc.sessions) == 0 {
 		t.Skip("no session")
 	}
-	s := rapid.SampledFrom(mc.sessions).Draw(t, "session")
-	exe := rapid.SampledFrom([]string{mc.f.progA, mc.f.progB}).Draw(t, "program")
+	startModelProgram(t, mc.f, mc.sessions)
+}
+
+func (mc *machine) stopProgram(t *rapid.T) { stopModelProgram(t, mc.sessions) }
+
+// startModelProgram starts one of the fixture's two programs in one of
+// sessions (which must not be empty).
+func startModelProgram(t *rapid.T, f fixture, sessions []*modelSession) {
+	s := rapid.SampledFrom(sessions).Draw(t, "session")
+	exe := rapid.SampledFrom([]string{f.progA, f.progB}).Draw(t, "program")
 	pid, err := s.s.Run(exe, "600")
 	if err != nil {
 		t.Fatal(err)
@@ -225,9 +233,11 @@ func (mc *machine) startProgram(t *rapid.T) {
 	s.procs = append(s.procs, proc{pid: pid, exe: exe})
 }
 
-func (mc *machine) stopProgram(t *rapid.T) {
+// stopModelProgram kills a program startModelProgram started in one of
+// sessions (a session's first process, its leader, stays).
+func stopModelProgram(t *rapid.T, sessions []*modelSession) {
 	var owners []*modelSession
-	for _, s := range mc.sessions {
+	for _, s := range sessions {
 		if len(s.procs) > 1 {
 			owners = append(owners, s)
 		}

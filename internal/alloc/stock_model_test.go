@@ -441,32 +441,10 @@ func (mc *stockMachine) startProgram(t *rapid.T) {
 	if !mc.perProgram || len(mc.sessions) == 0 {
 		t.Skip("per-session mode, or no session")
 	}
-	s := rapid.SampledFrom(mc.sessions).Draw(t, "session")
-	exe := rapid.SampledFrom([]string{mc.f.progA, mc.f.progB}).Draw(t, "program")
-	pid, err := s.s.Run(exe, "600")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.procs = append(s.procs, proc{pid: pid, exe: exe})
+	startModelProgram(t, mc.f, mc.sessions)
 }
 
-func (mc *stockMachine) stopProgram(t *rapid.T) {
-	var owners []*modelSession
-	for _, s := range mc.sessions {
-		if len(s.procs) > 1 {
-			owners = append(owners, s)
-		}
-	}
-	if len(owners) == 0 {
-		t.Skip("no program running")
-	}
-	s := rapid.SampledFrom(owners).Draw(t, "session")
-	i := rapid.IntRange(1, len(s.procs)-1).Draw(t, "proc")
-	if err := s.s.Kill(s.procs[i].pid); err != nil {
-		t.Fatal(err)
-	}
-	s.procs = slices.Delete(s.procs, i, i+1)
-}
+func (mc *stockMachine) stopProgram(t *rapid.T) { stopModelProgram(t, mc.sessions) }
 
 // fill is the stocker's fill: the places below n that have no lease get
 // one, each pushed into the kernel's stock as soon as it is durable.

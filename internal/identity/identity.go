@@ -86,7 +86,7 @@ type Resolver struct {
 	// (Caller.Unregistered), and scans skip it.
 	Registry Registry
 	// Peers, when set, is the kernel's record of each process connecting
-	// to the daemon's socket (package peerid): its audit session and login
+	// to the daemon's socket (lsp/bpf PeerRecords): its audit session and login
 	// uid, noted at connect(), used instead of reading them from /proc.
 	Peers PeerRecords
 	// logins remembers each audit session's login uid; nil: read it every
@@ -140,13 +140,12 @@ func (r Resolver) resolve(pid int, uid, gid uint32, exe bool) (c Caller, readLog
 func (r Resolver) resolveWith(pid int, uid, gid uint32, exe bool, rec *peerRecord) (c Caller, readLogin bool, err error) {
 	c = Caller{PID: pid, UID: uid, GID: gid, SessionUID: uid}
 	switch {
-	case rec != nil && rec.session != unsetID:
-		c.Login = lease.Session{Kind: lease.KindAudit, ID: rec.session}
-	case rec != nil:
-	default:
+	case rec == nil:
 		if c.Login, err = r.Session(pid); err != nil {
 			return Caller{}, false, fmt.Errorf("identity: session of pid %d: %w", pid, err)
 		}
+	case rec.session != unsetID:
+		c.Login = lease.Session{Kind: lease.KindAudit, ID: rec.session}
 	}
 	c.Session = c.Login
 	if r.Identity != POSIX && c.Login.Valid() {

@@ -177,23 +177,9 @@ func TestPathsAnswerAlike(t *testing.T) {
 			for i, fast := range []bool{true, false} {
 				s := &Unix{Backend: answering{tc.now}, Resolver: identity.NewResolver(identity.POSIX, ""),
 					Log: slog.New(slog.DiscardHandler), PendingWait: time.Second, SlowSource: tc.slow}
-				path := filepath.Join(t.TempDir(), "s")
-				ln, err := Listen(path)
-				if err != nil {
-					t.Fatal(err)
-				}
-				done := make(chan error, 1)
-				if fast {
-					go func() { done <- s.Serve(ln) }()
-				} else {
-					s.open(ln)
-					go func() { done <- acceptLoop[*net.UnixConn](s, netListener{s, ln}) }()
-				}
+				path, stop := serveWith(t, s, fast)
 				got[i] = query(t, path, tc.flags)
-				s.Close()
-				if err := <-done; err != nil {
-					t.Fatalf("serve: %v", err)
-				}
+				stop()
 				if fast && s.fast == nil {
 					t.Fatal("the fast path did not start")
 				}
@@ -270,18 +256,7 @@ func TestFirstRequestHandedOff(t *testing.T) {
 			for i, fast := range []bool{true, false} {
 				s := &Unix{Backend: answering{true}, Resolver: identity.NewResolver(identity.POSIX, ""),
 					Log: slog.New(slog.DiscardHandler)}
-				path := filepath.Join(t.TempDir(), "s")
-				ln, err := Listen(path)
-				if err != nil {
-					t.Fatal(err)
-				}
-				done := make(chan error, 1)
-				if fast {
-					go func() { done <- s.Serve(ln) }()
-				} else {
-					s.open(ln)
-					go func() { done <- acceptLoop[*net.UnixConn](s, netListener{s, ln}) }()
-				}
+				path, stop := serveWith(t, s, fast)
 				c, err := net.Dial("unix", path)
 				if err != nil {
 					t.Fatal(err)
@@ -298,14 +273,36 @@ func TestFirstRequestHandedOff(t *testing.T) {
 					t.Fatalf("fast path %v: %v", fast, err)
 				}
 				c.Close()
-				s.Close()
-				if err := <-done; err != nil {
-					t.Fatalf("serve: %v", err)
-				}
+				stop()
 			}
 			if got[0].Type == wire.RespError || !reflect.DeepEqual(got[0], got[1]) {
 				t.Fatalf("accept thread's hand-off answered %+v, goroutines %+v; want the same, not an error", got[0], got[1])
 			}
 		})
+	}
+}
+
+// serveWith serves s on a socket of its own, on the accept thread (fast)
+// or from goroutines alone; stop closes s and fails t if serving failed.
+func serveWith(t *testing.T, s *Unix, fast bool) (path string, stop func()) {
+	t.Helper()
+	path = filepath.Join(t.TempDir(), "s")
+	ln, err := Listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	if fast {
+		go func() { done <- s.Serve(ln) }()
+	} else {
+		s.open(ln)
+		go func() { done <- acceptLoop[*net.UnixConn](s, netListener{s, ln}) }()
+	}
+	return path, func() {
+		t.Helper()
+		s.Close()
+		if err := <-done; err != nil {
+			t.Fatalf("serve: %v", err)
+		}
 	}
 }

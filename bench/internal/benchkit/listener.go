@@ -2,10 +2,8 @@ package benchkit
 
 import (
 	"fmt"
-	"maps"
 	"net"
 	"net/netip"
-	"sync"
 	"time"
 )
 
@@ -14,10 +12,8 @@ import (
 // proof a variant applied its address: a SNAT rule leaves the client's own
 // getsockname unchanged.
 type Listener struct {
-	ln    net.Listener
-	mu    sync.Mutex
-	peers map[netip.Addr]int
-	total int
+	ln net.Listener
+	tally
 }
 
 // Listen starts a listener on addr ("127.0.0.1:0"). Call it on a thread
@@ -27,7 +23,7 @@ func Listen(addr string) (*Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", addr, err)
 	}
-	l := &Listener{ln: ln, peers: map[netip.Addr]int{}}
+	l := &Listener{ln: ln}
 	go l.serve()
 	return l, nil
 }
@@ -40,10 +36,7 @@ func (l *Listener) serve() {
 		}
 		from := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap()
 		c.Close()
-		l.mu.Lock()
-		l.peers[from]++
-		l.total++
-		l.mu.Unlock()
+		l.add(from)
 	}
 }
 
@@ -57,19 +50,7 @@ func (l *Listener) Close() error { return l.ln.Close() }
 // once there are at least want of them (the accept loop may trail the
 // client by a few) or timeout has passed, and starts a new count.
 func (l *Listener) Take(want int, timeout time.Duration) map[netip.Addr]int {
-	deadline := time.Now().Add(timeout)
-	for {
-		l.mu.Lock()
-		if l.total >= want || time.Now().After(deadline) {
-			got := maps.Clone(l.peers)
-			clear(l.peers)
-			l.total = 0
-			l.mu.Unlock()
-			return got
-		}
-		l.mu.Unlock()
-		time.Sleep(2 * time.Millisecond)
-	}
+	return l.take(want, timeout, 0)
 }
 
 // Check is CheckPeers: a TCP listener loses no connection.

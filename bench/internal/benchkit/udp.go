@@ -2,10 +2,8 @@ package benchkit
 
 import (
 	"fmt"
-	"maps"
 	"net"
 	"net/netip"
-	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -15,15 +13,12 @@ import (
 // counts them by the source address it saw: the server's proof that every
 // send left from the address a variant gives.
 type UDPListener struct {
-	c  *net.UDPConn
-	mu sync.Mutex
+	c *net.UDPConn
+	tally
 	// Exact is set when the receive buffer could be made large enough for
 	// a whole loop (SO_RCVBUFFORCE, which needs CAP_NET_ADMIN): then no
 	// datagram of a loop is lost, and a short count is a failure.
 	Exact bool
-	peers map[netip.Addr]int
-	total int
-	last  time.Time // when the last datagram came
 }
 
 // udpBuffer holds a loop of 20,000 one-byte datagrams, each charged about
@@ -40,7 +35,7 @@ func ListenUDP(addr string) (*UDPListener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen on udp %s: %w", addr, err)
 	}
-	l := &UDPListener{c: c, peers: map[netip.Addr]int{}}
+	l := &UDPListener{c: c}
 	if rc, err := c.SyscallConn(); err == nil {
 		rc.Control(func(fd uintptr) {
 			l.Exact = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, udpBuffer) == nil
@@ -60,11 +55,7 @@ func (l *UDPListener) serve() {
 		if err != nil {
 			return
 		}
-		l.mu.Lock()
-		l.peers[from.Addr().Unmap()]++
-		l.total++
-		l.last = time.Now()
-		l.mu.Unlock()
+		l.add(from.Addr().Unmap())
 	}
 }
 
@@ -79,20 +70,7 @@ func (l *UDPListener) Close() error { return l.c.Close() }
 // (the rest were lost, or never sent), or timeout has passed; and starts a
 // new count.
 func (l *UDPListener) Take(want int, timeout time.Duration) map[netip.Addr]int {
-	deadline := time.Now().Add(timeout)
-	for {
-		l.mu.Lock()
-		now := time.Now()
-		if l.total >= want || now.After(deadline) || (l.total > 0 && now.Sub(l.last) > 500*time.Millisecond) {
-			got := maps.Clone(l.peers)
-			clear(l.peers)
-			l.total = 0
-			l.mu.Unlock()
-			return got
-		}
-		l.mu.Unlock()
-		time.Sleep(2 * time.Millisecond)
-	}
+	return l.take(want, timeout, 500*time.Millisecond)
 }
 
 // Check is CheckPeers for datagrams: exactly want of them, all from addr;

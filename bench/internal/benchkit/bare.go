@@ -1,4 +1,4 @@
-package main
+package benchkit
 
 import (
 	"encoding/binary"
@@ -13,7 +13,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-var errBPFUnsupported = errors.New("the kernel refused a cgroup/connect4 program")
+// ErrBPFUnsupported means the kernel would not load or attach AttachBare's
+// program.
+var ErrBPFUnsupported = errors.New("the kernel refused a cgroup/connect4 program")
 
 // bareBind is the least a cgroup/connect4 program can do to give a socket
 // its source: build a sockaddr_in for vip (port 0) on the stack, call
@@ -40,9 +42,10 @@ func bareBind(vip netip.Addr) asm.Instructions {
 	}
 }
 
-// attachBare loads bareBind and attaches it to the cgroup directory dir;
-// the returned function detaches and unloads it.
-func attachBare(dir string, vip netip.Addr) (func(), error) {
+// AttachBare loads bareBind for vip and attaches it to the cgroup
+// directory dir: the yardstick beside which bench/peers and bench/bpfcost
+// put ipvirt's programs. The returned function detaches and unloads it.
+func AttachBare(dir string, vip netip.Addr) (func(), error) {
 	_ = rlimit.RemoveMemlock() // no-op on kernels with memcg accounting
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name:         "bare_bind4",
@@ -52,12 +55,12 @@ func attachBare(dir string, vip netip.Addr) (func(), error) {
 		License:      "GPL",
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", errBPFUnsupported, err)
+		return nil, fmt.Errorf("%w: %v", ErrBPFUnsupported, err)
 	}
 	l, err := link.AttachCgroup(link.CgroupOptions{Path: dir, Attach: ebpf.AttachCGroupInet4Connect, Program: prog})
 	if err != nil {
 		prog.Close()
-		return nil, fmt.Errorf("%w: attach to %s: %v", errBPFUnsupported, dir, err)
+		return nil, fmt.Errorf("%w: attach to %s: %v", ErrBPFUnsupported, dir, err)
 	}
 	return func() { l.Close(); prog.Close() }, nil
 }
